@@ -1,0 +1,268 @@
+"""Resolve a `--checkpoint` argument (alias, hub id, local directory or `tiny`) and load it with all its heads.
+
+Loading goes through transformers' `from_pretrained` (safetensors preferred, `.bin` only with weights_only loading,
+the HF cache for hub ids). Without network a hub id fails in seconds with a message that says how to proceed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .configs import KNOWN_CHECKPOINTS, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
+from .errors import CheckpointError, UnsupportedConfigError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_LAYOUTS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: object  # bt_export.model.BridgeTowerWithHeads, eval mode
+    heads: tuple[str, ...]
+    tokenizer_dir: Path  # holds tokenizer.json, or vocab.json + merges.txt
+    image_processor: dict  # kwargs for transformers' BridgeTowerImageProcessorPil
+    source: dict = field(default_factory=dict)  # what the manifest records about where this came from
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def load_checkpoint(checkpoint: str, *, random_init: bool = False, tokenizer: str | Path | None = None,
+                    revision: str | None = None) -> LoadedCheckpoint:
+    """Load `checkpoint` with every head its weights hold. `random_init`: official architecture, random weights."""
+    if checkpoint == "tiny":
+        return _random_checkpoint("tiny", TINY_CONFIG, TINY_HEADS, tokenizer or TINY_TOKENIZER_DIR, seed=TINY_SEED)
+    if random_init:
+        if checkpoint not in KNOWN_CHECKPOINTS:
+            raise CheckpointError(
+                f"--random-init needs an alias to know the architecture; got {checkpoint!r}. Valid: {valid_names()}")
+        known = KNOWN_CHECKPOINTS[checkpoint]
+        return _random_checkpoint(checkpoint, known.config, known.heads, tokenizer or TINY_TOKENIZER_DIR, seed=0)
+
+    local = Path(checkpoint).expanduser()
+    if local.is_dir():
+        return _load_directory(local, {"kind": "local", "path": str(local.resolve())}, tokenizer)
+    if checkpoint in KNOWN_CHECKPOINTS:
+        hub_id = KNOWN_CHECKPOINTS[checkpoint].hub_id
+        source = {"kind": "alias", "alias": checkpoint, "hub_id": hub_id}
+    elif _looks_like_hub_id(checkpoint):
+        hub_id, source = checkpoint, {"kind": "hub", "hub_id": checkpoint}
+    else:
+        raise CheckpointError(
+            f"--checkpoint {checkpoint!r} is neither a known alias ({', '.join(valid_names())}), nor an existing "
+            "local directory, nor a hub id of the form 'owner/name'")
+    directory = _snapshot(hub_id, revision)
+    source["revision"] = directory.name  # snapshot folders are named by commit hash
+    return _load_directory(directory, source, tokenizer)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _snapshot(hub_id: str, revision: str | None) -> Path:
+    """The local snapshot folder of `hub_id`: from the HF cache, else downloaded if the hub answers quickly."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, local_files_only=True, allow_patterns=HUB_PATTERNS))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    how = (f"Options: run once where the hub is reachable so {hub_id!r} lands in the HF cache "
+           f"(HF_HOME / HF_HUB_CACHE), pass a local directory made with save_pretrained, "
+           f"or use `--random-init` with an alias for the architecture with random weights.")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise CheckpointError(f"--checkpoint {hub_id!r} is not in the HF cache and HF_HUB_OFFLINE is set. {how}")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if not _reachable(endpoint, timeout=3.0):
+        raise CheckpointError(f"--checkpoint {hub_id!r} is not in the HF cache and {endpoint} cannot be reached. {how}")
+    try:
+        path = Path(snapshot_download(hub_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        if not any((path / name).exists() for name in WEIGHT_FILES[:2]):
+            path = Path(snapshot_download(hub_id, revision=revision, allow_patterns=HUB_PATTERNS + ["*.bin"]))
+        return path
+    except Exception as err:  # the hub answered but refused: unknown repo, gated, revision missing, …
+        raise CheckpointError(f"--checkpoint {hub_id!r} could not be downloaded: {err}. {how}") from err
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tokenizer_files(directory: Path) -> tuple[str, ...] | None:
+    for layout in TOKENIZER_LAYOUTS:
+        if all((directory / name).is_file() for name in layout):
+            return layout
+    return None
+
+
+def _check_directory(directory: Path, tokenizer: str | Path | None) -> None:
+    missing = []
+    if not (directory / "config.json").is_file():
+        missing.append("config.json")
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        missing.append("weights (one of " + ", ".join(WEIGHT_FILES) + ")")
+    if tokenizer is None and _tokenizer_files(directory) is None:
+        missing.append("tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    if missing:
+        raise CheckpointError(f"--checkpoint {str(directory)!r} is missing: {'; '.join(missing)}")
+
+
+def _tensor_names(directory: Path) -> set[str]:
+    """Names of the tensors stored in a checkpoint directory, read without loading the tensors."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (directory / index).is_file():
+            return set(json.loads((directory / index).read_text())["weight_map"])
+    if (directory / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(directory / "model.safetensors", framework="pt") as f:
+            return set(f.keys())
+    import torch
+
+    return set(torch.load(directory / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True))
+
+
+def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None) -> LoadedCheckpoint:
+    from transformers import BridgeTowerConfig
+
+    from .model import heads_in_keys, with_heads_class
+
+    _check_directory(directory, tokenizer)
+    try:
+        config = BridgeTowerConfig.from_pretrained(directory)
+    except Exception as err:
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: {err}") from err
+    check_supported(config)
+    heads = heads_in_keys(_tensor_names(directory))
+    model_cls = with_heads_class(heads)
+    try:
+        model, info = model_cls.from_pretrained(directory, config=config, output_loading_info=True)
+    except Exception as err:
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: weights could not be loaded: {err}") from err
+    problems = [f"missing {k}" for k in info.get("missing_keys", [])]
+    problems += [f"shape mismatch {m[0] if isinstance(m, tuple) else m}" for m in info.get("mismatched_keys", [])]
+    if problems:
+        shown = "; ".join(sorted(problems)[:8]) + (" …" if len(problems) > 8 else "")
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: {len(problems)} weight problem(s): {shown}")
+    return LoadedCheckpoint(
+        model=model.eval(), heads=model.HEADS, tokenizer_dir=Path(tokenizer) if tokenizer else directory,
+        image_processor=image_processor_kwargs(config, directory / "preprocessor_config.json"),
+        source={**source, "random_init": False},
+    )
+
+
+def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], tokenizer: str | Path,
+                       seed: int) -> LoadedCheckpoint:
+    import torch
+    from transformers import BridgeTowerConfig
+
+    from .model import with_heads_class
+
+    tokenizer = Path(tokenizer)
+    if not tokenizer.is_dir() or _tokenizer_files(tokenizer) is None:
+        raise CheckpointError(f"--tokenizer {str(tokenizer)!r} must be a directory with tokenizer.json, "
+                              "or vocab.json + merges.txt")
+    config = BridgeTowerConfig(**config_kwargs)
+    vocab = _tokenizer_vocab_size(tokenizer)
+    if vocab > config.text_config.vocab_size:
+        raise CheckpointError(f"--tokenizer {str(tokenizer)!r} has {vocab} tokens, more than the model's "
+                              f"vocab_size {config.text_config.vocab_size}")
+    check_supported(config)
+    torch.manual_seed(seed)
+    model = with_heads_class(heads)(config).eval()
+    if "itc" in heads:
+        with torch.no_grad():
+            model.logit_scale.fill_(config.logit_scale_init_value)
+    source = {"kind": "tiny" if name == "tiny" else "alias", "alias": name, "random_init": True, "seed": seed}
+    if name in KNOWN_CHECKPOINTS:
+        source["hub_id"] = KNOWN_CHECKPOINTS[name].hub_id
+    return LoadedCheckpoint(model=model, heads=model.HEADS, tokenizer_dir=tokenizer,
+                            image_processor=image_processor_kwargs(config, None), source=source)
+
+
+def _tokenizer_vocab_size(directory: Path) -> int:
+    if (directory / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
+    return len(json.loads((directory / "vocab.json").read_text()))
+
+
+def check_supported(config) -> None:
+    """Reject config variants the graphs do not reproduce, naming the field. Everything else is exported."""
+    text, vision = config.text_config, config.vision_config
+    problems = []
+    if config.link_tower_type not in ("add", "scaled_add", "interpolate"):
+        problems.append(f"link_tower_type={config.link_tower_type!r} (valid: add, scaled_add, interpolate)")
+    if config.share_link_tower_layers:
+        problems.append("share_link_tower_layers=True (transformers' BridgeTowerModel cannot run it either)")
+    if vision.remove_last_layer:
+        problems.append("vision_config.remove_last_layer=True (BridgeTowerModel indexes every vision layer)")
+    if vision.num_hidden_layers != text.num_hidden_layers:
+        problems.append(f"vision_config.num_hidden_layers={vision.num_hidden_layers} != "
+                        f"text_config.num_hidden_layers={text.num_hidden_layers} (the towers are bridged layer by layer)")
+    if not 1 <= config.num_hidden_layers <= text.num_hidden_layers:
+        problems.append(f"num_hidden_layers={config.num_hidden_layers} (must be 1..{text.num_hidden_layers})")
+    if config.hidden_size != text.hidden_size:
+        problems.append(f"hidden_size={config.hidden_size} != text_config.hidden_size={text.hidden_size}")
+    vision_heads = vision.hidden_size // 64  # nn.MultiheadAttention(hidden, hidden // 64) in the vision tower
+    if vision_heads == 0 or vision.hidden_size % vision_heads:
+        problems.append(f"vision_config.hidden_size={vision.hidden_size} (needs hidden_size // 64 heads that divide it)")
+    if text.is_decoder or text.add_cross_attention:
+        problems.append("text_config.is_decoder/add_cross_attention=True (the text tower is an encoder)")
+    if problems:
+        raise UnsupportedConfigError("unsupported BridgeTower config: " + "; ".join(problems))
+
+
+def image_processor_kwargs(config, preprocessor_json: Path | None) -> dict:
+    """BridgeTowerImageProcessor settings: the checkpoint's preprocessor_config.json, else defaults for its size."""
+    size = config.vision_config.image_size
+    kwargs = {"size": {"shortest_edge": size}, "crop_size": {"shortest_edge": size}, "size_divisor": 32}
+    if preprocessor_json is not None and preprocessor_json.is_file():
+        stored = json.loads(preprocessor_json.read_text())
+        keep = ("size", "crop_size", "size_divisor", "resample", "image_mean", "image_std", "rescale_factor",
+                "do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_pad")
+        kwargs.update({k: v for k, v in stored.items() if k in keep})
+    return kwargs
+
+
+def copy_tokenizer(loaded: LoadedCheckpoint, out_dir: Path) -> list[str]:
+    """Write tokenizer.json (converted from vocab.json + merges.txt when needed) and its HF config into `out_dir`."""
+    from transformers import AutoTokenizer, RobertaTokenizerFast
+
+    src = loaded.tokenizer_dir
+    max_length = loaded.config.text_config.max_position_embeddings - 2
+    if (src / "tokenizer.json").is_file():
+        tok = RobertaTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), model_max_length=max_length)
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(src, model_max_length=max_length)
+        except Exception:
+            tok = RobertaTokenizerFast(vocab_file=str(src / "vocab.json"), merges_file=str(src / "merges.txt"),
+                                       model_max_length=max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        written = []
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (Path(tmp) / name).is_file():
+                shutil.copy(Path(tmp) / name, out_dir / name)
+                written.append(name)
+    return written

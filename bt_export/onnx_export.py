@@ -1,0 +1,73 @@
+"""Trace the tower modules into ONNX graphs with torch.onnx's dynamo exporter (names and axes from the specs)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch.export import Dim
+
+from .specs import BATCH, IMAGE_BATCH, SEQ, GraphSpec
+from .towers import CrossModalStack, TextTower, VisionTower
+
+DEFAULT_OPSET = 23  # first opset with the standard Attention operator, used by the fused variants
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
+
+TOWER_MODULES = {"vision_tower": VisionTower, "text_tower": TextTower, "cross_modal": CrossModalStack}
+
+
+def example_inputs(spec: GraphSpec, samples, bridges: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs for `spec`. Dynamic axes need sizes ≥ 2 in the examples (torch.export specializes 1)."""
+    if spec.name == "vision_tower":
+        return (samples.pixel_values,)
+    if spec.name == "text_tower":
+        return (samples.input_ids, samples.attention_mask)
+    batch = samples.input_ids.shape[0]
+    return (bridges["text_bridge"], bridges["image_bridge"], samples.attention_mask,
+            torch.arange(batch, dtype=torch.int64))
+
+
+def dynamic_shapes(spec: GraphSpec, max_seq: int) -> dict[str, dict[int, Dim]]:
+    dims = {BATCH: Dim(BATCH), SEQ: Dim(SEQ, max=max_seq), IMAGE_BATCH: Dim(IMAGE_BATCH)}
+    return {t.name: {axis: dims[s] for axis, s in enumerate(t.shape) if isinstance(s, str)} for t in spec.inputs}
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def export_graph(model: torch.nn.Module, spec: GraphSpec, inputs: tuple[torch.Tensor, ...], out_dir: Path,
+                 opset: int = DEFAULT_OPSET) -> Path:
+    """Export one graph to `out_dir/spec.file` (+ `.data` when its weights exceed protobuf's 2 GB limit)."""
+    module = TOWER_MODULES[spec.name](model).eval()
+    max_seq = model.config.text_config.max_position_embeddings - 2  # RoBERTa positions start after padding_idx
+    path = out_dir / spec.file
+    external = parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            module, inputs, str(path),
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=dynamic_shapes(spec, max_seq), opset_version=opset,
+            dynamo=True, external_data=external, verbose=False,
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter narrates every step on stdout and warns about unrelated optional packages."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,95 @@
+"""Inputs for tracing and parity: captions of different lengths (padding exercised) and images.
+
+Images are real photos when the caller passes them (tests pass `../shared/assets/images`), else deterministic
+synthetic pictures. Pixel values and token ids come from Hugging Face's own BridgeTowerProcessor, so the
+reference side of every parity check sees exactly what a transformers user would feed the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TEXTS = (
+    "An image of two cats chilling on a couch",
+    "A football player scoring a goal",
+    "a <mask> looking out of the window",
+    "A photo of a bird flying over the snow near a small red boat in the morning",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Samples:
+    texts: list[str]
+    images: list  # PIL images
+    pixel_values: object  # torch (N, 3, H, W)
+    input_ids: object  # torch (N, S) int64, padded
+    attention_mask: object  # torch (N, S) int64
+    image_names: list[str]
+
+
+def synthetic_images(count: int, seed: int = 0) -> list:
+    """Deterministic pictures of different sizes and aspect ratios (gradients plus noise, one grayscale)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = [(640, 480), (300, 451), (512, 512), (200, 150), (97, 333)]
+    images = []
+    for index in range(count):
+        width, height = sizes[index % len(sizes)]
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], axis=-1)
+        noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+        image = Image.fromarray(noisy, "RGB")
+        images.append(image.convert("L") if index == 2 else image)
+    return images
+
+
+def load_images(paths: list[Path]) -> tuple[list, list[str]]:
+    from PIL import Image
+
+    files = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"parity image {str(path)!r} does not exist (give image files or a directory of them)")
+    if not files:
+        raise ValueError(f"parity images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            image.load()
+            images.append(image.copy())
+    return images, [f.name for f in files]
+
+
+def make_samples(processor, images: list | None = None, image_names: list[str] | None = None,
+                 texts: tuple[str, ...] = DEFAULT_TEXTS) -> Samples:
+    """Pair image i with text i (images cycle if fewer); process both with the HF processor."""
+    if not images:
+        images, image_names = synthetic_images(len(texts)), [f"synthetic-{i}" for i in range(len(texts))]
+    count = max(len(texts), len(images))
+    texts = [texts[i % len(texts)] for i in range(count)]
+    images = [images[i % len(images)] for i in range(count)]
+    names = [image_names[i % len(image_names)] for i in range(count)]
+    encoded = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    return Samples(texts, images, encoded["pixel_values"], encoded["input_ids"], encoded["attention_mask"], names)
+
+
+def hf_processor(image_processor_kwargs: dict, tokenizer_dir: Path):
+    """transformers' BridgeTowerProcessor (Pillow image backend) over the export's own tokenizer files."""
+    from transformers import AutoTokenizer, BridgeTowerProcessor
+    from transformers.models.bridgetower.image_processing_pil_bridgetower import BridgeTowerImageProcessorPil
+
+    # do_convert_rgb: without it transformers feeds RGBA/LA/P images through unconverted and fails on 4 channels;
+    # with it, transparency is composited on white (transformers' convert_to_rgb), the rule bt_runtime follows.
+    image_processor = BridgeTowerImageProcessorPil(**{"do_convert_rgb": True, **image_processor_kwargs})
+    return BridgeTowerProcessor(image_processor,
+AutoTokenizer.from_pretrained(tokenizer_dir))

@@ -1,0 +1,88 @@
+"""Export contract of each graph: tensor names, dtypes, symbolic axes, and per-output parity tolerances.
+
+Names are the contract: the manifest copies them, and the runtime, benchmarks, C++ example and tests read them
+from the manifest. Tolerances are max |onnx - eager| in fp32; tests read them from here instead of inventing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BATCH, SEQ, IMAGE_BATCH = "batch", "seq", "image_batch"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]  # str: a symbolic (dynamic) axis; int: fixed by the checkpoint
+    tolerance: float | None = None  # outputs only: max abs diff allowed against eager PyTorch in fp32
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    def output(self, name: str) -> TensorSpec:
+        return next(o for o in self.outputs if o.name == name)
+
+
+# fp32 tolerances. Bridges and pooled features are LayerNorm-scale activations (O(1)); logits come after a further
+# matmul. Measured on tiny: ≤ 2e-6 everywhere; on the full-size base architecture (random init): see README.
+FP32_TOLERANCES = {
+    "image_bridge": 1e-3, "text_bridge": 1e-3, "image_embeds": 1e-4, "text_embeds": 1e-4,
+    "pooler_output": 1e-4, "itm_logits": 1e-4, "mlm_logits": 1e-3, "cross_embeds": 1e-4,
+}
+
+
+def num_image_tokens(config) -> int:
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2 + 1  # patches + class token
+
+
+def graph_specs(config, heads: tuple[str, ...]) -> dict[str, GraphSpec]:
+    """The three graphs for `config` with `heads` (subset of itm, mlm, itc)."""
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    size, tokens = config.vision_config.image_size, num_image_tokens(config)
+    itc = "itc" in heads
+
+    def out(name, shape):
+        return TensorSpec(name, "float32", shape, FP32_TOLERANCES[name])
+
+    vision = GraphSpec(
+        "vision_tower",
+        inputs=(TensorSpec("pixel_values", "float32", (BATCH, 3, size, size)),),
+        outputs=(out("image_bridge", (layers, BATCH, tokens, hidden)),
+                 *([out("image_embeds", (BATCH, config.contrastive_hidden_size))] if itc else [])),
+    )
+    text = GraphSpec(
+        "text_tower",
+        inputs=(TensorSpec("input_ids", "int64", (BATCH, SEQ)), TensorSpec("attention_mask", "int64", (BATCH, SEQ))),
+        outputs=(out("text_bridge", (layers, BATCH, SEQ, hidden)),
+                 *([out("text_embeds", (BATCH, config.contrastive_hidden_size))] if itc else [])),
+    )
+    head_outputs = []
+    if "itm" in heads:
+        head_outputs.append(out("itm_logits", (BATCH, 2)))
+    if "mlm" in heads:
+        head_outputs.append(out("mlm_logits", (BATCH, SEQ, config.text_config.vocab_size)))
+    if itc:
+        head_outputs.append(out("cross_embeds", (BATCH, config.contrastive_hidden_size)))
+    cross = GraphSpec(
+        "cross_modal",
+        inputs=(TensorSpec("text_bridge", "float32", (layers, BATCH, SEQ, hidden)),
+                TensorSpec("image_bridge", "float32", (layers, IMAGE_BATCH, tokens, hidden)),
+                TensorSpec("attention_mask", "int64", (BATCH, SEQ)),
+                TensorSpec("image_index", "int64", (BATCH,))),
+        outputs=(out("pooler_output", (BATCH, 2 * hidden)), *head_outputs),
+    )
+    return {g.name: g for g in (vision, text, cross)}
