@@ -150,8 +150,8 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
         config = BridgeTowerConfig.from_pretrained(directory)
     except Exception as err:
         raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: {err}") from err
-    check_supported(config)
     heads = heads_in_keys(_tensor_names(directory))
+    check_supported(config, heads)
     model_cls = with_heads_class(heads)
     try:
         model, info = model_cls.from_pretrained(directory, config=config, output_loading_info=True)
@@ -185,7 +185,7 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
     if vocab > config.text_config.vocab_size:
         raise CheckpointError(f"--tokenizer {str(tokenizer)!r} has {vocab} tokens, more than the model's "
                               f"vocab_size {config.text_config.vocab_size}")
-    check_supported(config)
+    check_supported(config, heads)
     torch.manual_seed(seed)
     model = with_heads_class(heads)(config).eval()
     if "itc" in heads:
@@ -206,10 +206,16 @@ def _tokenizer_vocab_size(directory: Path) -> int:
     return len(json.loads((directory / "vocab.json").read_text()))
 
 
-def check_supported(config) -> None:
+def check_supported(config, heads: tuple[str, ...] = ()) -> None:
     """Reject config variants the graphs do not reproduce, naming the field. Everything else is exported."""
     text, vision = config.text_config, config.vision_config
     problems = []
+    if "itc" in heads:  # transformers' BridgeTowerForContrastiveLearning itself fails on these two
+        if not config.share_cross_modal_transformer_layers:
+            problems.append("share_cross_modal_transformer_layers=False with contrastive (itc) heads")
+        if vision.hidden_size != config.hidden_size:
+            problems.append(f"vision_config.hidden_size={vision.hidden_size} != hidden_size={config.hidden_size} "
+                            "with contrastive (itc) heads")
     if config.link_tower_type not in ("add", "scaled_add", "interpolate"):
         problems.append(f"link_tower_type={config.link_tower_type!r} (valid: add, scaled_add, interpolate)")
     if config.share_link_tower_layers:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import BtExportError
+
 DEFAULT_TEXTS = (
     "An image of two cats chilling on a couch",
     "A football player scoring a goal",
@@ -59,9 +61,9 @@ def load_images(paths: list[Path]) -> tuple[list, list[str]]:
         elif path.is_file():
             files.append(path)
         else:
-            raise ValueError(f"parity image {str(path)!r} does not exist (give image files or a directory of them)")
+            raise BtExportError(f"--parity-images {str(path)!r} does not exist (give image files or a directory of them)")
     if not files:
-        raise ValueError(f"parity images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
+        raise BtExportError(f"--parity-images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
     images = []
     for file in files:
         with Image.open(file) as image:

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bt_export import export as export_module
+from bt_export.checkpoints import load_checkpoint
+from bt_export.cli import app
+from bt_export.errors import OutputDirError, ParityError
+from bt_export.export import export_checkpoint
+from bt_export.manifest import sha256_file
+from bt_export.model import hf_reference
+from bt_export.specs import graph_specs
+from bt_runtime.manifest import read_manifest
+
+
+def test_tiny_export_layout_and_manifest(tiny_export):
+    manifest = read_manifest(tiny_export)
+    data = manifest.data
+    assert set(p.name for p in tiny_export.iterdir()) == {
+        "vision_tower.onnx", "text_tower.onnx", "cross_modal.onnx", "tokenizer.json", "tokenizer_config.json",
+        "manifest.json"}
+    assert data["checkpoint"]["heads"] == ["itm", "mlm", "itc"]
+    assert data["checkpoint"]["head_classes"] == ["BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval",
+                                                  "BridgeTowerForMaskedLM", "BridgeTowerForContrastiveLearning"]
+    fp32 = data["variants"]["fp32"]
+    assert fp32["parity"]["passed"] is True
+    for graph, entry in fp32["files"].items():
+        assert entry["sha256"] == sha256_file(tiny_export / entry["file"]), graph
+    assert data["tokenizer"]["mask_token_id"] == 514 and data["tokenizer"]["pad_token_id"] == 1
+    assert data["preprocessing"]["image_size"] == 96 and data["opset"] == 23
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["versions"])
+
+
+def test_graph_io_matches_the_manifest(tiny_export):
+    manifest = read_manifest(tiny_export)
+    for graph in ("vision_tower", "text_tower", "cross_modal"):
+        model = onnx.load(str(manifest.graph_path(graph)), load_external_data=False)
+        declared = manifest.graph_io(graph)
+        for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
+            actual = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
+            assert actual == [(t["name"], t["shape"]) for t in declared[kind]], (graph, kind)
+
+
+def test_parity_covers_every_graph_and_every_head(tiny_export):
+    rows = read_manifest(tiny_export).data["variants"]["fp32"]["parity"]["rows"]
+    checks = {(r["check"], r["output"]) for r in rows}
+    assert ("e2e:BridgeTowerForImageAndTextRetrieval.logits", "itm_logits") in checks
+    assert ("e2e:BridgeTowerForMaskedLM.logits", "mlm_logits") in checks
+    assert ("e2e:BridgeTowerForContrastiveLearning.cross_embeds", "cross_embeds") in checks
+    assert ("e2e:BridgeTowerModel.pooler_output", "pooler_output") in checks
+    assert {c for c, _ in checks if c.startswith("graph:")} == {
+        "graph:vision_tower", "graph:text_tower", "graph:cross_modal"}
+    for row in rows:
+        assert row["passed"] and row["max_abs_diff"] <= row["tolerance"]
+        assert row["tolerance"] <= 1e-3
+
+
+def test_graphs_run_at_new_batch_and_length_and_broadcast_one_image(tiny_export):
+    """Shapes never seen while tracing: 5 texts of 21 tokens against one image, image_index all zeros."""
+    loaded = load_checkpoint("tiny")
+    specs = graph_specs(loaded.config, loaded.heads)
+    sessions = {g: ort.InferenceSession(str(tiny_export / s.file), providers=["CPUExecutionProvider"])
+                for g, s in specs.items()}
+    rng = np.random.default_rng(3)
+    ids = rng.integers(5, 500, (5, 21)).astype(np.int64)
+    ids[:, 0], mask = 0, np.ones_like(ids)
+    mask[2, 12:], ids[2, 12:] = 0, 1
+    pixels = rng.standard_normal((1, 3, 96, 96)).astype(np.float32)
+    image_bridge, _ = sessions["vision_tower"].run(None, {"pixel_values": pixels})
+    text_bridge, _ = sessions["text_tower"].run(None, {"input_ids": ids, "attention_mask": mask})
+    outputs = sessions["cross_modal"].run(None, {"text_bridge": text_bridge, "image_bridge": image_bridge,
+                                                 "attention_mask": mask, "image_index": np.zeros(5, np.int64)})
+    with torch.no_grad():
+        expected = hf_reference(loaded.model, "itm")(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            pixel_values=torch.from_numpy(pixels).expand(5, -1, -1, -1)).logits.numpy()
+    np.testing.assert_allclose(outputs[1], expected, atol=specs["cross_modal"].output("itm_logits").tolerance, rtol=0)
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="--overwrite"):
+        export_checkpoint("tiny", out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_interrupted_export_leaves_nothing_half_written(tmp_path, monkeypatch, interrupt):
+    out = tmp_path / "export"
+    real_export_graph = export_module.export_graph
+    calls = []
+
+    def failing_second_graph(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise interrupt
+        return real_export_graph(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export_graph", failing_second_graph)
+    with pytest.raises(type(interrupt) if isinstance(interrupt, Exception) else interrupt):
+        export_checkpoint("tiny", out, validate=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary sibling directory is gone too
+
+
+def test_overwrite_replaces_a_previous_export_atomically(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "stale.onnx").write_text("old")
+    export_checkpoint("tiny", out, overwrite=True, validate=False)
+    assert not (out / "stale.onnx").exists() and (out / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
+    """A deliberately broken graph (one weight changed after the references) must fail parity."""
+    real = export_module.export_graph
+
+    def export_with_corrupted_pooler(model, spec, inputs, out_dir, opset):
+        if spec.name == "cross_modal":
+            with torch.no_grad():
+                model.bridgetower.cross_modal_text_pooler.dense.bias.add_(0.01)
+        return real(model, spec, inputs, out_dir, opset)
+
+    monkeypatch.setattr(export_module, "export_graph", export_with_corrupted_pooler)
+    out = tmp_path / "export"
+    with pytest.raises(ParityError) as err:
+        export_checkpoint("tiny", out)
+    failed = {(r.check, r.output) for r in err.value.args[1] if not r.passed}
+    assert ("graph:cross_modal", "pooler_output") in failed
+    assert ("e2e:BridgeTowerForImageAndTextRetrieval.logits", "itm_logits") in failed
+    assert not out.exists()
+
+
+def test_cli_tiny_prints_the_parity_table(tmp_path):
+    result = CliRunner().invoke(app, ["--checkpoint", "tiny", "--output", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert "e2e:BridgeTowerForImageAndTextRetrieval.logits" in result.output
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["variants"]["fp32"]["parity"]["passed"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "bridgetower-huge"], "neither a known alias"),
+    (["--checkpoint", "base", "--random-init", "--tokenizer", "/nonexistent"], "--tokenizer"),
+    (["--parity-images", "/nonexistent.png"], "does not exist"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "t")])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t").exists()
