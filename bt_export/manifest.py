@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.metadata
 import platform
 from pathlib import Path
 
-from bt_runtime.manifest import SCHEMA_VERSION
+from bt_runtime.manifest import SCHEMA_VERSION, sha256_file
 
 from .model import HF_HEAD_CLASSES
 from .specs import GraphSpec, num_image_tokens
@@ -16,14 +15,6 @@ from .specs import GraphSpec, num_image_tokens
 CROSS_MODAL_BROADCAST = ("graph: cross_modal gathers image_bridge[:, image_index[b]] for pair b, so one vision run "
                          "serves many texts (image_bridge batch 1, image_index all zeros) and paired batches use "
                          "image_index = arange(batch)")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -44,6 +44,10 @@ FP32_TOLERANCES = {
 }
 
 
+# End-to-end bounds for the runtime's task outputs at fp32 (bt_runtime vs transformers' processor + model).
+RUNTIME_FP32_BOUNDS = {"itm_probability_abs": 1e-4, "embedding_cosine_min": 0.9999}
+
+
 def num_image_tokens(config) -> int:
     vision = config.vision_config
     return (vision.image_size // vision.patch_size) ** 2 + 1  # patches + class token

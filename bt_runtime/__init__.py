@@ -1,5 +1,16 @@
-"""bt_runtime: serve BridgeTower exports without PyTorch (numpy, onnxruntime, tokenizers, Pillow)."""
+"""bt_runtime: serve BridgeTower exports without PyTorch (numpy, onnxruntime, tokenizers, Pillow).
 
-from .manifest import Manifest, ManifestError, read_manifest
+    rt = BridgeTowerRuntime.load("exports/base")
+    rt.itm_scores(image, ["two cats on a couch", "a football player"])
+"""
 
-__all__ = ["Manifest", "ManifestError", "read_manifest"]
+from .errors import (BackendError, BtRuntimeError, ImageInputError, ManifestError, TaskUnavailableError,
+                     TextInputError)
+from .images import ImagePreprocessor
+from .manifest import Manifest, read_manifest
+from .runtime import BridgeTowerRuntime, FillMaskResult, MaskPrediction, RetrievalHit
+from .text import TextTokenizer
+
+__all__ = ["BridgeTowerRuntime", "FillMaskResult", "MaskPrediction", "RetrievalHit", "ImagePreprocessor",
+           "TextTokenizer", "Manifest", "read_manifest", "BtRuntimeError", "ManifestError", "ImageInputError",
+           "TextInputError", "TaskUnavailableError", "BackendError"]

@@ -16,18 +16,17 @@ read graph files, tensor names, dtypes, shapes, preprocessing and tokenizer sett
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import ManifestError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("vision_tower", "text_tower", "cross_modal")
 REQUIRED_KEYS = ("schema_version", "checkpoint", "config", "preprocessing", "tokenizer", "graphs", "variants")
-
-
-class ManifestError(ValueError):
-    """An export directory or its manifest.json is missing, unreadable or of an unknown schema."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,14 @@ class Manifest:
         if precision not in self.data["variants"]:
             raise ManifestError(f"precision {precision!r} is not in this export; available: {list(self.precisions)}")
         return self.directory / self.data["variants"][precision]["files"][graph]["file"]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path) -> Manifest:

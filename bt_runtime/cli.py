@@ -1,0 +1,98 @@
+"""`bt-run`: try an export in one line. A thin typer layer over BridgeTowerRuntime; prints JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from .errors import BtRuntimeError
+
+app = typer.Typer(add_completion=False, help="Run BridgeTower tasks on an export directory (no PyTorch).")
+console = Console(stderr=True)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+ExportDir = typer.Argument(..., help="Export directory written by bt-export.")
+Precision = typer.Option("fp32", "--precision", help="Precision variant listed in the manifest.")
+
+
+def _load(export_dir: Path, precision: str):
+    from .runtime import BridgeTowerRuntime
+
+    return BridgeTowerRuntime.load(export_dir, precision=precision)
+
+
+def _emit(payload) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def _gallery(paths: list[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    return files
+
+
+def _guard(task):
+    try:
+        task()
+    except BtRuntimeError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def itm(export_dir: Path = ExportDir, image: Path = typer.Option(..., "--image"),
+        text: list[str] = typer.Option(..., "--text", help="Repeat for several texts."), precision: str = Precision):
+    """Match probability of IMAGE with each --text."""
+    def task():
+        scores = _load(export_dir, precision).itm_scores(image, text)
+        _emit([{"text": t, "score": float(s)} for t, s in zip(text, scores)])
+    _guard(task)
+
+
+@app.command("fill-mask")
+def fill_mask(export_dir: Path = ExportDir, image: Path = typer.Option(..., "--image"),
+              text: str = typer.Option(..., "--text", help="Text with <mask>."), top_k: int = typer.Option(5, "--top-k"),
+              precision: str = Precision):
+    """Fill each <mask> in --text given IMAGE."""
+    def task():
+        result = _load(export_dir, precision).fill_mask(image, text, top_k=top_k)
+        _emit({"sentence": result.sentence,
+               "masks": [{"position": m.position, "candidates": [{"token": t, "probability": p}
+                                                                 for t, p in zip(m.tokens, m.probabilities)]}
+                         for m in result.masks]})
+    _guard(task)
+
+
+@app.command()
+def embed(export_dir: Path = ExportDir, image: list[Path] = typer.Option(None, "--image"),
+          text: list[str] = typer.Option(None, "--text"), precision: str = Precision):
+    """Contrastive embeddings of each --image and --text (contrastive checkpoints)."""
+    def task():
+        runtime = _load(export_dir, precision)
+        payload = {}
+        if image:
+            payload["images"] = runtime.embed_images(list(image)).tolist()
+        if text:
+            payload["texts"] = runtime.embed_texts(list(text)).tolist()
+        if not payload:
+            raise BtRuntimeError("embed: give at least one --image or --text")
+        _emit(payload)
+    _guard(task)
+
+
+@app.command()
+def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--query"),
+             images: list[Path] = typer.Option(..., "--images", help="Image files or directories."),
+             top_k: int = typer.Option(10, "--top-k"), rerank: int = typer.Option(50, "--rerank"),
+             precision: str = Precision):
+    """Rank --images for the text --query (ITC shortlist, ITM rerank; ITM only without ITC heads)."""
+    def task():
+        gallery = _gallery(images)
+        hits = _load(export_dir, precision).retrieve(query, gallery, top_k=top_k, rerank=rerank, progress=True)
+        _emit([{"image": str(gallery[h.index]), "score": h.score, "itc": h.itc_score, "itm": h.itm_score}
+               for h in hits])
+    _guard(task)

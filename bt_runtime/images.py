@@ -1,0 +1,175 @@
+"""Image decoding and preprocessing in NumPy + Pillow, reproducing transformers' BridgeTowerImageProcessor
+(5.x, Pillow backend, do_convert_rgb=True) step for step, with parameters read from the manifest.
+
+Steps: RGB (transparency composited on white) → resize the shortest edge to `shortest_edge`, longest edge capped
+at int(1333/800·size), both rounded then floored to a multiple of `size_divisor`, Pillow BICUBIC on uint8 → center
+crop to size×size, zero-padding when the resized image is smaller (happens at 294 px: 294 floors to 288) →
+rescale in float64 then float32 → (x − mean) / std in float32 → (3, H, W).
+
+Where transformers raises (a side of a very elongated image floors to 0), that side is kept at one size_divisor.
+
+EXIF orientation is NOT applied by default, because transformers does not apply it either: a phone photo whose
+pixels are stored sideways is fed sideways, exactly as the eager model would see it. Pass exif_transpose=True to
+rotate first (then results differ from transformers for such files).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageInputError
+
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+
+
+def open_image(image, name: str = "image") -> Image.Image:
+    """A decoded PIL image from a PIL image, an HWC uint8 array, a path or encoded bytes. `name` labels errors."""
+    if isinstance(image, Image.Image):
+        pil = image
+    elif isinstance(image, np.ndarray):
+        pil = _from_array(image, name)
+    elif isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageInputError(f"{name}: no image file at {str(path)!r}")
+        pil = _decode(path, name)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise ImageInputError(f"{name}: empty bytes (expected an encoded PNG/JPEG/… image)")
+        pil = _decode(io.BytesIO(bytes(image)), name)
+    else:
+        raise ImageInputError(f"{name}: unsupported type {type(image).__name__}; expected a PIL image, an HWC uint8 "
+                              "NumPy array, a path, or encoded image bytes")
+    if pil.width == 0 or pil.height == 0:
+        raise ImageInputError(f"{name}: empty image ({pil.width}×{pil.height})")
+    return pil
+
+
+def _decode(source, name: str) -> Image.Image:
+    try:  # Pillow's decompression-bomb limit stays on: an oversized image raises here
+        with Image.open(source) as pil:
+            pil.load()
+            return pil.copy()  # copy() keeps .info (EXIF, transparency key)
+    except Image.DecompressionBombError as err:
+        raise ImageInputError(f"{name}: refused as a possible decompression bomb ({err})") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageInputError(f"{name}: not a decodable image (corrupt or truncated?): {err}") from err
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise ImageInputError(f"{name}: NumPy image of dtype {array.dtype}; expected uint8 (HWC, 0–255)")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageInputError(f"{name}: NumPy image of shape {array.shape}; expected (H, W), (H, W, 1), "
+                              "(H, W, 3) or (H, W, 4)")
+    if array.size == 0:
+        raise ImageInputError(f"{name}: empty image of shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def to_rgb(pil: Image.Image) -> Image.Image:
+    """transformers' convert_to_rgb: transparency (alpha band or a transparency key) composited on white."""
+    if "A" in pil.getbands() or pil.info.get("transparency") is not None:
+        rgba = pil.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return pil.convert("RGB")
+
+
+def resize_shape(height: int, width: int, shortest: int, longest: int, size_divisor: int) -> tuple[int, int]:
+    """BridgeTower's output (height, width): shortest edge → `shortest`, longest capped, floored to the divisor."""
+    scale = shortest / min(height, width)
+    new_height, new_width = (shortest, scale * width) if height < width else (scale * height, shortest)
+    if max(new_height, new_width) > longest:
+        scale = longest / max(new_height, new_width)
+        new_height, new_width = scale * new_height, scale * new_width
+    new_height, new_width = int(new_height + 0.5), int(new_width + 0.5)
+    # A side that floors to 0 (a 4000×10 strip) makes transformers raise; we keep one divisor's worth and let the
+    # center crop pad, so such an image still gets a score. Identical to transformers everywhere else.
+    return (max(size_divisor, new_height // size_divisor * size_divisor),
+            max(size_divisor, new_width // size_divisor * size_divisor))
+
+
+def center_crop_or_pad(chw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, h, w) → (C, height, width): centered crop; zero padding (centered, extra row/col after) where smaller."""
+    _, in_height, in_width = chw.shape
+    top, left = (in_height - height) // 2, (in_width - width) // 2
+    if top >= 0 and left >= 0:
+        return chw[:, top:top + height, left:left + width]
+    padded_height, padded_width = max(height, in_height), max(width, in_width)
+    pad_top, pad_left = math.ceil((padded_height - in_height) / 2), math.ceil((padded_width - in_width) / 2)
+    padded = np.zeros(chw.shape[:1] + (padded_height, padded_width), dtype=chw.dtype)
+    padded[:, pad_top:pad_top + in_height, pad_left:pad_left + in_width] = chw
+    top, left = top + pad_top, left + pad_left
+    return padded[:, max(0, top):min(padded_height, top + height), max(0, left):min(padded_width, left + width)]
+
+
+def rescale_and_normalize(chw: np.ndarray, rescale_factor: float, mean: np.ndarray | None,
+                          std: np.ndarray | None) -> np.ndarray:
+    image = (chw.astype(np.float64) * rescale_factor).astype(np.float32)  # transformers upcasts, then float32
+    if mean is not None:
+        image = (image - mean[:, None, None]) / std[:, None, None]  # float32 throughout, as transformers
+    return image
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """Callable: list of images → pixel_values float32 (N, 3, S, S). Built from manifest['preprocessing']."""
+
+    image_size: int
+    shortest_edge: int
+    longest_edge: int
+    size_divisor: int
+    resample: str
+    do_resize: bool
+    do_center_crop: bool
+    rescale_factor: float
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    exif_transpose: bool = False
+
+    @classmethod
+    def from_manifest(cls, preprocessing: dict, exif_transpose: bool | None = None) -> "ImagePreprocessor":
+        resize, crop = preprocessing["resize"], preprocessing["center_crop"]
+        if resize["resample"] not in RESAMPLE:
+            raise ValueError(f"manifest preprocessing.resize.resample {resize['resample']!r}; known: {list(RESAMPLE)}")
+        return cls(
+            image_size=preprocessing["image_size"], shortest_edge=resize["shortest_edge"],
+            longest_edge=resize["longest_edge"], size_divisor=resize["size_divisor"], resample=resize["resample"],
+            do_resize=resize["enabled"], do_center_crop=crop["enabled"], rescale_factor=preprocessing["rescale_factor"],
+            mean=tuple(preprocessing["mean"]) if preprocessing["normalize"] else None,
+            std=tuple(preprocessing["std"]) if preprocessing["normalize"] else None,
+            exif_transpose=preprocessing.get("exif_transpose", False) if exif_transpose is None else exif_transpose,
+        )
+
+    def pixel_values(self, image, name: str = "image") -> np.ndarray:
+        """One image → (3, S, S) float32."""
+        pil = open_image(image, name)
+        if self.exif_transpose:
+            pil = ImageOps.exif_transpose(pil)
+        pil = to_rgb(pil)
+        if self.do_resize:
+            height, width = resize_shape(pil.height, pil.width, self.shortest_edge, self.longest_edge,
+                                         self.size_divisor)
+            pil = pil.resize((width, height), resample=RESAMPLE[self.resample])
+        chw = np.asarray(pil).transpose(2, 0, 1)  # (H, W, 3) → (3, H, W)
+        if self.do_center_crop:
+            chw = center_crop_or_pad(chw, self.image_size, self.image_size)
+        mean = None if self.mean is None else np.asarray(self.mean, dtype=np.float32)
+        std = None if self.std is None else np.asarray(self.std, dtype=np.float32)
+        return rescale_and_normalize(chw, self.rescale_factor, mean, std)
+
+    def __call__(self, images: list, name: str = "images") -> np.ndarray:
+        if not images:
+            raise ImageInputError(f"{name}: empty list; give at least one image")
+        return np.stack([self.pixel_values(image, f"{name}[{i}]") for i, image in enumerate(images)])

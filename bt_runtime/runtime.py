@@ -1,0 +1,295 @@
+"""BridgeTowerRuntime: image-text matching, fill-mask, contrastive embeddings and retrieval on an export.
+
+Each image goes through the vision tower once and each text through the text tower once; only the cross-modal
+graph runs per (image, text) pair, in batches, with the image rows it needs gathered inside the graph.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BtRuntimeError, ImageInputError, TaskUnavailableError, TextInputError
+from .images import ImagePreprocessor
+from .manifest import Manifest, read_manifest
+from .text import TextTokenizer, check_texts
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+@dataclass
+class ImageFeatures:
+    bridge: np.ndarray  # (C, I, N, D): what the cross-modal stack reads from each image
+    embeds: np.ndarray | None = None  # (I, E) L2-normalized, contrastive checkpoints only
+
+
+@dataclass
+class TextFeatures:
+    bridge: np.ndarray  # (C, T, S, D), zero beyond each text's length
+    attention_mask: np.ndarray  # (T, S)
+    input_ids: np.ndarray  # (T, S)
+    embeds: np.ndarray | None = None  # (T, E)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.attention_mask.sum(axis=1)
+
+
+@dataclass
+class MaskPrediction:
+    position: int  # token position of the <mask> in input_ids
+    token_ids: list[int]
+    tokens: list[str]  # decoded, surrounding whitespace stripped
+    probabilities: list[float]
+
+
+@dataclass
+class FillMaskResult:
+    masks: list[MaskPrediction]
+    sentence: str  # the text with every <mask> replaced by its most likely token
+
+
+@dataclass(order=True)
+class RetrievalHit:
+    score: float  # ITM match probability when reranked (or ITM-only), else ITC cosine similarity
+    index: int = field(compare=False)  # position in the `images` list
+    itc_score: float | None = field(default=None, compare=False)
+    itm_score: float | None = field(default=None, compare=False)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def _batches(count: int, batch_size: int, progress: bool, description: str):
+    starts = range(0, count, batch_size)
+    if progress:
+        from rich.progress import track
+
+        starts = track(starts, description=description, total=len(starts), transient=True)
+    for start in starts:
+        yield start, min(start + batch_size, count)
+
+
+def _check_list(value, name: str) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise ImageInputError(f"{name}: expected a list of images, got {type(value).__name__}")
+    if not value:
+        raise ImageInputError(f"{name}: empty list; give at least one image")
+
+
+def _check_positive(value, name: str) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise BtRuntimeError(f"{name} must be a positive integer, got {value!r}")
+
+
+class BridgeTowerRuntime:
+    def __init__(self, manifest: Manifest, backend, preprocessor: ImagePreprocessor, tokenizer: TextTokenizer):
+        self.manifest, self.backend, self.preprocess, self.tokenizer = manifest, backend, preprocessor, tokenizer
+
+    @classmethod
+    def load(cls, export_dir: str | Path, precision: str = "fp32", backend: str = "onnxruntime",
+             providers: list[str] | None = None, intra_op_threads: int | None = None,
+             graph_optimization_level: str = "all", verify_checksums: bool = True,
+             exif_transpose: bool | None = None) -> "BridgeTowerRuntime":
+        """Open an export directory. Sessions are created lazily, on the first call that needs each graph."""
+        manifest = read_manifest(export_dir)
+        if backend == "onnxruntime":
+            from .backends.onnxruntime import OnnxRuntimeBackend
+
+            engine = OnnxRuntimeBackend(manifest, precision, providers, intra_op_threads, graph_optimization_level,
+                                        verify_checksums)
+        else:
+            raise BtRuntimeError(f"backend {backend!r} is not available; valid: ['onnxruntime']")
+        return cls(manifest, engine,
+                   ImagePreprocessor.from_manifest(manifest.data["preprocessing"], exif_transpose),
+                   TextTokenizer.from_manifest(manifest.directory, manifest.data["tokenizer"]))
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.manifest.heads
+
+    def _require(self, head: str, task: str) -> None:
+        if head not in self.heads:
+            names = {"itm": "image-text matching (itm)", "mlm": "masked-LM (mlm)", "itc": "contrastive (itc)"}
+            raise TaskUnavailableError(f"{task}: this export has no {names[head]} head (heads: "
+                                       f"{', '.join(self.heads) or 'none'}); export a checkpoint that has one")
+
+    # ---- towers: once per input ----
+
+    def encode_images(self, images: list, batch_size: int = 16, progress: bool = False,
+                      name: str = "images") -> ImageFeatures:
+        _check_list(images, name)
+        _check_positive(batch_size, "batch_size")
+        bridges, embeds = [], []
+        for start, stop in _batches(len(images), batch_size, progress, "vision tower"):
+            pixels = np.stack([self.preprocess.pixel_values(images[i], f"{name}[{i}]") for i in range(start, stop)])
+            out = self.backend.run("vision_tower", {"pixel_values": pixels})
+            bridges.append(out["image_bridge"])
+            if "image_embeds" in out:
+                embeds.append(out["image_embeds"])
+        return ImageFeatures(np.concatenate(bridges, axis=1), np.concatenate(embeds) if embeds else None)
+
+    def encode_image(self, image) -> ImageFeatures:
+        """One image (errors name the argument `image`) → features of batch 1."""
+        out = self.backend.run("vision_tower", {"pixel_values": self.preprocess.pixel_values(image, "image")[None]})
+        return ImageFeatures(out["image_bridge"], out.get("image_embeds"))
+
+    def encode_texts(self, texts: list[str], batch_size: int = 64, name: str = "texts") -> TextFeatures:
+        check_texts(texts, name)
+        _check_positive(batch_size, "batch_size")
+        encoded = self.tokenizer(texts, name)
+        total, longest = encoded.input_ids.shape
+        bridge, embeds = None, []
+        for start, stop in _batches(total, batch_size, False, "text tower"):
+            length = int(encoded.lengths[start:stop].max())
+            out = self.backend.run("text_tower", {"input_ids": encoded.input_ids[start:stop, :length],
+                                                  "attention_mask": encoded.attention_mask[start:stop, :length]})
+            if bridge is None:
+                layers, _, _, hidden = out["text_bridge"].shape
+                bridge = np.zeros((layers, total, longest, hidden), dtype=out["text_bridge"].dtype)
+            bridge[:, start:stop, :length] = out["text_bridge"]  # (C, b, s, D) into (C, T, S, D)
+            if "text_embeds" in out:
+                embeds.append(out["text_embeds"])
+        return TextFeatures(bridge, encoded.attention_mask, encoded.input_ids,
+                            np.concatenate(embeds) if embeds else None)
+
+    # ---- cross-modal: once per pair ----
+
+    def cross_modal(self, texts: TextFeatures, images: ImageFeatures, text_index: np.ndarray,
+                    image_index: np.ndarray, outputs: list[str], batch_size: int = 32,
+                    progress: bool = False) -> dict[str, list[np.ndarray]]:
+        """Run pairs (texts[text_index[k]], images[image_index[k]]) in batches; per-batch outputs, in order."""
+        _check_positive(batch_size, "batch_size")
+        results: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+        for start, stop in _batches(len(text_index), batch_size, progress, "cross-modal"):
+            rows, image_rows = text_index[start:stop], image_index[start:stop]
+            length = int(texts.lengths[rows].max())  # trim padding shared by the whole batch
+            needed, gather = np.unique(image_rows, return_inverse=True)  # only the images this batch uses
+            feeds = {"text_bridge": np.ascontiguousarray(texts.bridge[:, rows, :length]),
+                     "image_bridge": np.ascontiguousarray(images.bridge[:, needed]),
+                     "attention_mask": np.ascontiguousarray(texts.attention_mask[rows, :length]),
+                     "image_index": gather.astype(np.int64).reshape(-1)}
+            out = self.backend.run("cross_modal", feeds, outputs)
+            for name in outputs:
+                results[name].append(out[name])
+        return results
+
+    def _itm(self, texts: TextFeatures, images: ImageFeatures, text_index, image_index, batch_size, progress):
+        logits = self.cross_modal(texts, images, np.asarray(text_index), np.asarray(image_index), ["itm_logits"],
+                                  batch_size, progress)["itm_logits"]
+        return softmax(np.concatenate(logits))[:, 1]
+
+    # ---- tasks ----
+
+    def itm_scores(self, image, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Match probability of one image with each text → (len(texts),). The vision tower runs once."""
+        self._require("itm", "itm_scores")
+        text_features = self.encode_texts(texts)
+        image_features = self.encode_image(image)
+        count = len(texts)
+        return self._itm(text_features, image_features, np.arange(count), np.zeros(count, np.int64), batch_size, False)
+
+    def itm_pairs(self, images: list, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Match probability of images[k] with texts[k] → (n,)."""
+        self._require("itm", "itm_pairs")
+        _check_list(images, "images")
+        check_texts(texts)
+        if len(images) != len(texts):
+            raise BtRuntimeError(f"itm_pairs: images has {len(images)} items but texts has {len(texts)}; "
+                                 "they must pair one to one (use itm_matrix for every combination)")
+        index = np.arange(len(texts))
+        return self._itm(self.encode_texts(texts), self.encode_images(images), index, index, batch_size, False)
+
+    def itm_matrix(self, images: list, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Match probability of every image with every text → (n_images, n_texts); each tower once per input."""
+        self._require("itm", "itm_matrix")
+        image_features = self.encode_images(images, progress=progress)
+        text_features = self.encode_texts(texts)
+        image_index, text_index = np.divmod(np.arange(len(images) * len(texts)), len(texts))
+        scores = self._itm(text_features, image_features, text_index, image_index, batch_size, progress)
+        return scores.reshape(len(images), len(texts))
+
+    def fill_mask(self, image, text: str, top_k: int = 5) -> FillMaskResult:
+        """Most likely tokens for each <mask> in `text`, given `image`, and the sentence with them filled in."""
+        self._require("mlm", "fill_mask")
+        if not isinstance(text, str):
+            raise TextInputError(f"text: expected a string, got {type(text).__name__}")
+        if self.tokenizer.mask_token not in text:
+            raise TextInputError(f"text: {text!r} has no {self.tokenizer.mask_token} token to fill")
+        _check_positive(top_k, "top_k")
+        text_features = self.encode_texts([text], name="text")
+        positions = np.flatnonzero(text_features.input_ids[0] == self.tokenizer.mask_token_id)
+        if positions.size == 0:
+            raise TextInputError(f"text: the {self.tokenizer.mask_token} in {text!r} was cut off by truncation "
+                                 f"at {self.tokenizer.max_length} tokens")
+        logits = self.cross_modal(text_features, self.encode_image(image), np.zeros(1, np.int64),
+                                  np.zeros(1, np.int64), ["mlm_logits"])["mlm_logits"][0][0]  # (S, V)
+        probabilities = softmax(logits[positions])  # (M, V)
+        top_k = min(top_k, probabilities.shape[-1])
+        masks, filled = [], text_features.input_ids[0, :int(text_features.lengths[0])].copy()
+        for row, position in enumerate(positions):
+            best = np.argsort(-probabilities[row])[:top_k]
+            masks.append(MaskPrediction(int(position), [int(t) for t in best],
+                                        [self.tokenizer.decode([t]).strip() for t in best],
+                                        [float(probabilities[row, t]) for t in best]))
+            filled[position] = best[0]
+        return FillMaskResult(masks, self.tokenizer.decode(filled).strip())
+
+    def embed_images(self, images: list, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+        """L2-normalized contrastive image embeddings → (n, E)."""
+        self._require("itc", "embed_images")
+        return self.encode_images(images, batch_size, progress).embeds
+
+    def embed_texts(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """L2-normalized contrastive text embeddings → (n, E)."""
+        self._require("itc", "embed_texts")
+        return self.encode_texts(texts, batch_size).embeds
+
+    def retrieve(self, query: str, images: list, top_k: int = 10, rerank: int = 50, batch_size: int = 16,
+                 progress: bool = False) -> list[RetrievalHit]:
+        """Best images for a text query, best first.
+
+        With ITC heads: cosine similarity shortlists max(rerank, top_k) images, ITM reranks them (rerank=0: ITC
+        ranking only).
+        Without: ITM over every image. Every image goes through the vision tower exactly once; only the
+        shortlisted images' bridges are kept while the gallery streams through.
+        """
+        if "itc" not in self.heads or rerank:
+            self._require("itm", "retrieve")
+        if not isinstance(query, str):
+            raise TextInputError(f"query: expected a string, got {type(query).__name__}")
+        _check_list(images, "images")
+        _check_positive(top_k, "top_k")
+        if not isinstance(rerank, int) or rerank < 0:
+            raise BtRuntimeError(f"rerank must be an integer ≥ 0, got {rerank!r}")
+        text_features = self.encode_texts([query], name="query")
+        use_itc = "itc" in self.heads
+        keep = max(rerank, top_k) if use_itc else len(images)
+        shortlist: list[tuple[float, int, np.ndarray]] = []  # min-heap of (itc score, image index, bridge)
+        for start, stop in _batches(len(images), batch_size, progress, "gallery"):
+            chunk = self.encode_images(list(images[start:stop]), batch_size, name="images")
+            if not use_itc:  # ITM over every image, chunk by chunk
+                scores = self._itm(text_features, chunk, np.zeros(stop - start, np.int64), np.arange(stop - start),
+                                   batch_size, False)
+                shortlist += [(float(s), start + i, None) for i, s in enumerate(scores)]
+                continue
+            similarities = chunk.embeds @ text_features.embeds[0]  # (b,) cosine: both L2-normalized
+            for offset, similarity in enumerate(similarities):
+                item = (float(similarity), start + offset, chunk.bridge[:, offset] if rerank else None)
+                (heapq.heappush if len(shortlist) < keep else heapq.heappushpop)(shortlist, item)
+        if not use_itc:
+            hits = [RetrievalHit(score, index, None, score) for score, index, _ in shortlist]
+        elif not rerank:
+            hits = [RetrievalHit(score, index, score, None) for score, index, _ in shortlist]
+        else:
+            candidates = ImageFeatures(np.stack([bridge for _, _, bridge in shortlist], axis=1))
+            itm = self._itm(text_features, candidates, np.zeros(len(shortlist), np.int64), np.arange(len(shortlist)),
+                            batch_size, False)
+            hits = [RetrievalHit(float(p), index, similarity, float(p))
+                    for p, (similarity, index, _) in zip(itm, shortlist)]
+        return sorted(hits, reverse=True)[:top_k]

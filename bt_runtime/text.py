@@ -1,0 +1,62 @@
+"""Tokenization with the `tokenizers` library from the export's tokenizer.json (same ids as transformers'
+RobertaTokenizerFast / BridgeTowerProcessor), padded per batch and truncated at the model's limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import TextInputError
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: np.ndarray  # (B, S) int64, padded with pad_token_id
+    attention_mask: np.ndarray  # (B, S) int64, 1 = token, 0 = padding
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.attention_mask.sum(axis=1)
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer_file: str | Path, max_length: int, pad_token_id: int, mask_token: str,
+                 mask_token_id: int):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        # Longer texts are cut to the model's positions (max_position_embeddings − 2), never a crash.
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.max_length, self.pad_token_id = max_length, pad_token_id
+        self.mask_token, self.mask_token_id = mask_token, mask_token_id
+
+    @classmethod
+    def from_manifest(cls, directory: Path, tokenizer: dict) -> "TextTokenizer":
+        return cls(directory / tokenizer["file"], tokenizer["max_length"], tokenizer["pad_token_id"],
+                   tokenizer["mask_token"], tokenizer["mask_token_id"])
+
+    def __call__(self, texts: list[str], name: str = "texts") -> Encoded:
+        check_texts(texts, name)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        longest = max(len(e.ids) for e in encodings)
+        input_ids = np.full((len(texts), longest), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(texts), longest), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            input_ids[row, :len(encoding.ids)] = encoding.ids
+            attention_mask[row, :len(encoding.ids)] = 1
+        return Encoded(input_ids, attention_mask)
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def check_texts(texts, name: str = "texts") -> None:
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TextInputError(f"{name}: expected a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise TextInputError(f"{name}: empty list; give at least one text")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TextInputError(f"{name}[{index}]: expected a string, got {type(text).__name__}")

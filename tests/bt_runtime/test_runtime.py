@@ -1,0 +1,161 @@
+"""Task pipelines on the tiny export vs transformers eager (HF processor + HF model of the same checkpoint)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bt_runtime import BridgeTowerRuntime
+from bt_runtime.errors import BtRuntimeError, ImageInputError, TaskUnavailableError, TextInputError
+
+pytest.importorskip("torch")
+from bt_export.specs import RUNTIME_FP32_BOUNDS  # noqa: E402
+
+from bt_export.eager import EagerBridgeTower  # noqa: E402
+
+CAPTIONS = ["two cats chilling on a couch", "A football player scoring a goal", "a dog",
+            "a photo of the camera man standing in a field next to a small tripod"]
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_export):
+    return BridgeTowerRuntime.load(tiny_export)
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_export):
+    return EagerBridgeTower("tiny", tiny_export)
+
+
+@pytest.fixture(scope="module")
+def photos(photos_dir):
+    return sorted(photos_dir.iterdir())
+
+
+def test_itm_scores_match_hf_loop(runtime, eager, photos):
+    for photo in photos:
+        scores = runtime.itm_scores(photo, CAPTIONS)
+        expected = np.array([eager.itm_probability(__import__("PIL.Image").Image.open(photo), t) for t in CAPTIONS])
+        assert scores.shape == (len(CAPTIONS),)
+        assert np.max(np.abs(scores - expected)) <= RUNTIME_FP32_BOUNDS["itm_probability_abs"]
+
+
+def test_itm_matrix_and_pairs_agree_with_itm_scores(runtime, photos):
+    matrix = runtime.itm_matrix(photos, CAPTIONS, batch_size=3)  # batches that straddle images
+    assert matrix.shape == (len(photos), len(CAPTIONS))
+    for row, photo in enumerate(photos):
+        np.testing.assert_allclose(matrix[row], runtime.itm_scores(photo, CAPTIONS), atol=1e-6)
+    pairs = runtime.itm_pairs(photos, CAPTIONS[:len(photos)])
+    np.testing.assert_allclose(pairs, np.diag(matrix[:, :len(photos)]), atol=1e-6)
+
+
+def test_itm_matrix_runs_each_tower_once_per_input(runtime, photos, monkeypatch):
+    calls = {"vision_tower": 0, "text_tower": 0, "cross_modal": 0}
+    real_run = runtime.backend.run
+
+    def counting(graph, feeds, outputs=None):
+        calls[graph] += next(iter(feeds.values())).shape[0 if graph != "cross_modal" else 1]
+        return real_run(graph, feeds, outputs)
+
+    monkeypatch.setattr(runtime.backend, "run", counting)
+    runtime.itm_matrix(photos, CAPTIONS, batch_size=5)
+    assert calls == {"vision_tower": len(photos), "text_tower": len(CAPTIONS),
+                     "cross_modal": len(photos) * len(CAPTIONS)}
+
+
+def test_fill_mask_top1_matches_hf(runtime, eager, photos):
+    from PIL import Image
+
+    text = "a <mask> looking out of the <mask>"
+    for photo in photos:
+        result = runtime.fill_mask(photo, text, top_k=3)
+        logits, ids = eager.mlm_logits(Image.open(photo), text)
+        positions = np.flatnonzero(ids == runtime.tokenizer.mask_token_id)
+        assert [m.position for m in result.masks] == positions.tolist()
+        assert [m.token_ids[0] for m in result.masks] == logits[positions].argmax(-1).tolist()
+        assert all(len(m.tokens) == 3 and m.probabilities == sorted(m.probabilities, reverse=True)
+                   for m in result.masks)
+        assert "<mask>" not in result.sentence
+
+
+def test_embeddings_match_hf(runtime, eager, photos):
+    from PIL import Image
+
+    images = [Image.open(p) for p in photos]
+    texts = CAPTIONS[:len(images)]
+    hf_images, hf_texts = eager.contrastive(images, texts)
+    image_embeds, text_embeds = runtime.embed_images(photos), runtime.embed_texts(texts)
+    for ours, theirs in ((image_embeds, hf_images), (text_embeds, hf_texts)):
+        np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+        cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(theirs, axis=1)
+        assert cosine.min() >= RUNTIME_FP32_BOUNDS["embedding_cosine_min"]
+
+
+def test_retrieve_ranks_like_brute_force_eager_itm(runtime, eager, photos):
+    from PIL import Image
+
+    originals = [Image.open(p) for p in photos]
+    gallery = originals + [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in originals]  # 8, no duplicates
+    query = "two cats chilling on a couch"
+    expected = np.array([eager.itm_probability(image, query) for image in gallery])
+    assert len(np.unique(expected.round(6))) == len(gallery)  # no ties, so the ranking is well defined
+    hits = runtime.retrieve(query, gallery, top_k=len(gallery), rerank=len(gallery), batch_size=3)
+    assert [h.index for h in hits] == np.argsort(-expected).tolist()
+    np.testing.assert_allclose([h.itm_score for h in hits], expected[[h.index for h in hits]],
+                               atol=RUNTIME_FP32_BOUNDS["itm_probability_abs"])
+    # two-stage: the ITC shortlist of 3 is reranked by ITM; ITC-only ranks by cosine
+    shortlist = runtime.retrieve(query, gallery, top_k=2, rerank=3)
+    by_itc = runtime.retrieve(query, gallery, top_k=3, rerank=0)
+    assert {h.index for h in shortlist} <= {h.index for h in by_itc}
+    assert all(h.itm_score is None for h in by_itc) and [h.score for h in by_itc] == sorted(
+        [h.score for h in by_itc], reverse=True)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda rt, img: rt.itm_scores(img, []), TextInputError, "texts: empty list"),
+    (lambda rt, img: rt.itm_scores(img, "a cat"), TextInputError, "list of strings"),
+    (lambda rt, img: rt.itm_scores(b"\x89PNG broken", ["a"]), ImageInputError, "image: not a decodable image"),
+    (lambda rt, img: rt.itm_scores(object(), ["a"]), ImageInputError, "image: unsupported type"),
+    (lambda rt, img: rt.itm_matrix([], ["a"]), ImageInputError, "images: empty list"),
+    (lambda rt, img: rt.itm_matrix([img, b""], ["a"]), ImageInputError, r"images\[1\]: empty bytes"),
+    (lambda rt, img: rt.itm_pairs([img, img], ["a"]), BtRuntimeError, "images has 2 items but texts has 1"),
+    (lambda rt, img: rt.fill_mask(img, "no mask here"), TextInputError, "has no <mask>"),
+    (lambda rt, img: rt.fill_mask(img, "a <mask>", top_k=0), BtRuntimeError, "top_k must be a positive"),
+    (lambda rt, img: rt.retrieve("q", [img], rerank=-1), BtRuntimeError, "rerank must be"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_input_names_the_argument(runtime, photos, call, error, message):
+    with pytest.raises(error, match=message):
+        call(runtime, photos[0])
+
+
+def test_long_text_is_truncated_not_crashing(runtime, photos):
+    scores = runtime.itm_scores(photos[0], ["two cats " * 300, "a cat"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+@pytest.fixture(scope="module")
+def itm_only_export(tmp_path_factory):
+    from transformers import BridgeTowerForImageAndTextRetrieval
+
+    from bt_export import export_checkpoint
+
+    from ..bt_export.checkpoint_dirs import save_checkpoint, small_config
+
+    root = tmp_path_factory.mktemp("itm-only")
+    checkpoint = save_checkpoint(root / "ckpt", BridgeTowerForImageAndTextRetrieval, small_config())
+    export_checkpoint(str(checkpoint), root / "export")
+    return root / "export"
+
+
+def test_tasks_without_their_head_say_so(itm_only_export, photos):
+    runtime = BridgeTowerRuntime.load(itm_only_export)
+    assert runtime.heads == ("itm",)
+    with pytest.raises(TaskUnavailableError, match="embed_images: this export has no contrastive"):
+        runtime.embed_images(photos)
+    with pytest.raises(TaskUnavailableError, match="embed_texts"):
+        runtime.embed_texts(["a"])
+    with pytest.raises(TaskUnavailableError, match="fill_mask: this export has no masked-LM"):
+        runtime.fill_mask(photos[0], "a <mask>")
+    hits = runtime.retrieve("a cat", photos, top_k=2)  # no ITC: ITM over every image
+    scores = runtime.itm_matrix(photos, ["a cat"])[:, 0]
+    assert [h.index for h in hits] == list(np.argsort(-scores)[:2])
