@@ -1,8 +1,9 @@
 """The one seam every attention of the exported graphs goes through.
 
 Vision self-attention, text self-attention and the cross-modal stack's four attentions per layer all call `attend`
-with already-projected query/key/value. What it emits is chosen by `attention_implementation(...)`; the fused
-variants (ONNX `Attention`, ONNX Runtime `MultiHeadAttention`) replace exactly this function.
+with already-projected query/key/value. What it emits is chosen by `attention_implementation(...)`:
+`reference_attention` writes MatMul/Softmax out (unfused); `fused_attention` calls the custom op `bt::attention`,
+which the exporter translates (see `bt_export.fused`) into exactly one fused ONNX node per attention.
 """
 
 from __future__ import annotations
@@ -53,6 +54,28 @@ def attention_implementation(fn: AttentionFn) -> Iterator[None]:
         _implementation = previous
 
 
+@torch.library.custom_op("bt::attention", mutates_args=())
+def _fused_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor | None,
+                        num_heads: int) -> torch.Tensor:
+    """One multi-head attention as a single op, so the exporter sees (and translates) it as one node."""
+    return reference_attention(query, key, value, num_heads, key_bias)
+
+
+@_fused_attention_op.register_fake
+def _(query, key, value, key_bias, num_heads):
+    return torch.empty_like(query)
+
+
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int,
+                    key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.bt.attention(query, key, value, key_bias, num_heads)
+
+
+FUSED_ATTENTION_OP = torch.ops.bt.attention.default
+
+
 def key_padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, Lk) 1/0 padding mask → additive bias: 0 where attended, dtype's minimum where padded (as transformers)."""
-    return (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min
+    """(B, Lk) 1/0 padding mask → additive bias: 0 where attended, dtype's minimum where padded (as transformers).
+
+    A select, not (1 - mask) * min: in fp16 the minimum of fp32 becomes -inf, and 0 * -inf would be NaN."""
+    return torch.where(attention_mask.bool(), 0.0, torch.finfo(dtype).min).to(dtype)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .configs import valid_names
 from .errors import BtExportError, ParityError
+from .precision import INT8_EXCLUDED
 
 app = typer.Typer(add_completion=False, help="Export BridgeTower to validated ONNX graphs.")
 console = Console(stderr=True, width=130)  # fixed width: the parity table stays readable in CI logs
@@ -25,26 +27,96 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export directory."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity against eager PyTorch."),
     parity_images: list[Path] = typer.Option(None, "--parity-images", help="Image files/dirs for parity (default: synthetic)."),
-    opset: int = typer.Option(23, "--opset", help="ONNX opset (≥ 23 for the fused Attention variant)."),
+    opset: int = typer.Option(23, "--opset", help="ONNX opset (≥ 23 for fused attention)."),
+    attention: str = typer.Option("onnx", "--attention",
+                                  help="onnx: ONNX Attention (portable, fastest here); ort: com.microsoft "
+                                       "MultiHeadAttention; none: unfused MatMul/Softmax."),
+    precision: str = typer.Option("fp32", "--precision", help="Comma list of fp32, fp16, int8."),
+    int8_exclude: list[str] = typer.Option(None, "--int8-exclude",
+                                           help="Regex over '<graph>/<module path>' kept float32 in int8 (repeat; "
+                                                "replaces the measured default)."),
+    trt: bool = typer.Option(False, "--trt", help="Build TensorRT engines (needs tensorrt + an NVIDIA GPU)."),
+    trt_check: bool = typer.Option(False, "--trt-check", help="TensorRT compatibility lint, no TensorRT needed."),
+    trt_only: bool = typer.Option(False, "--trt-only", help="Skip exporting: --trt/--trt-check an existing --output."),
+    trt_precision: str = typer.Option("fp16", "--trt-precision", help="fp16, bf16 or fp32."),
+    trt_batch: str = typer.Option("1,8,32", "--trt-batch", help="Profile min,opt,max batch."),
+    trt_seq: str = typer.Option("8,40,512", "--trt-seq", help="Profile min,opt,max text length (capped by the model)."),
+    trt_workspace_gib: float = typer.Option(None, "--trt-workspace-gib", help="Builder workspace limit."),
+    trt_timing_cache: Path = typer.Option(None, "--trt-timing-cache", help="Timing cache file reused across builds."),
 ):
     """Export CHECKPOINT's vision tower, text tower and cross-modal stack with its heads to OUTPUT."""
     from .export import export_checkpoint
     from .parity import parity_table
 
+    if trt_only:
+        _tensorrt_steps(output, trt, trt_check or not trt, trt_precision, trt_batch, trt_seq, trt_workspace_gib,
+                        trt_timing_cache)
+        return
     try:
         result = export_checkpoint(checkpoint, output, random_init=random_init, tokenizer=tokenizer,
                                    revision=revision, overwrite=overwrite, validate=validate,
-                                   parity_images=parity_images, opset=opset,
+                                   parity_images=parity_images, opset=opset, attention=attention,
+                                   precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
+                                   int8_excluded=tuple(int8_exclude) if int8_exclude else INT8_EXCLUDED,
                                    log=lambda message: console.print(f"[dim]{message}[/dim]"))
     except ParityError as err:
-        console.print(parity_table(err.args[1]))
-        console.print(f"[red]error:[/red] {err.args[0]} (nothing was written to {output})")
+        for name, rows in err.args[1].items():
+            console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
+        console.print(f"[red]error:[/red] {escape(err.args[0])} (nothing was written to {output})")
         raise typer.Exit(1) from None
     except BtExportError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
-    if result.parity:
-        console.print(parity_table(result.parity))
+    for name, rows in result.parity.items():
+        if rows:
+            console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
     heads = ", ".join(result.manifest["checkpoint"]["heads"]) or "none"
-    console.print(f"exported {checkpoint} (heads: {heads}) to {result.output} in {result.seconds:.1f} s, "
+    variants = ", ".join(f"{p} ({sum(c['Attention'] + c['MultiHeadAttention'] for c in v['fused_attention_nodes'].values())}"
+                         f" fused attention nodes)" for p, v in result.manifest["variants"].items())
+    console.print(f"exported {checkpoint} (heads: {heads}; {variants}) to {result.output} in {result.seconds:.1f} s, "
                   f"{result.disk_bytes / 1e6:.1f} MB")
+    if trt or trt_check:
+        _tensorrt_steps(output, trt, trt_check, trt_precision, trt_batch, trt_seq, trt_workspace_gib,
+                        trt_timing_cache)
+
+
+def _triple(text: str, option: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        console.print(f"[red]error:[/red] {option} {text!r}: expected min,opt,max (three integers)")
+        raise typer.Exit(2)
+    return values
+
+
+def _tensorrt_steps(output: Path, build: bool, check: bool, precision: str, batch: str, seq: str,
+                    workspace_gib: float | None, timing_cache: Path | None) -> None:
+    from bt_runtime.errors import BtRuntimeError
+
+    from .trt_lint import TABLE_SOURCE, lint_export
+
+    try:
+        if check:
+            results = lint_export(output)
+            portable_failures = 0
+            for name, findings in results.items():
+                state = "ok" if not findings else ("skipped" if name == "int8" else "[red]would fail[/red]")
+                console.print(f"TensorRT lint {name}: {state}")
+                for finding in findings:
+                    console.print(f"  {escape(str(finding))}")
+                portable_failures += len(findings) if name != "int8" else 0
+            console.print(f"[dim]checked against {TABLE_SOURCE}[/dim]")
+            if portable_failures:
+                raise typer.Exit(1)
+        if build:
+            from .trt_build import build_engines
+
+            section = build_engines(output, precision, _triple(batch, "--trt-batch"), _triple(seq, "--trt-seq"),
+                                    workspace_gib, timing_cache, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+            console.print(f"built {len(section['engines'])} TensorRT {precision} engines with TensorRT "
+                          f"{section['version']} on {section['gpu']}")
+    except (BtExportError, BtRuntimeError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None

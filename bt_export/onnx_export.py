@@ -8,9 +8,12 @@ import logging
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch.export import Dim
 
+from .attention import FUSED_ATTENTION_OP, attention_implementation, fused_attention, reference_attention
+from .fused import ATTENTION_MODES, attention_to_multihead, onnx_attention, single_output_attention
 from .specs import BATCH, IMAGE_BATCH, SEQ, GraphSpec
 from .towers import CrossModalStack, TextTower, VisionTower
 
@@ -41,26 +44,55 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 
 
 def export_graph(model: torch.nn.Module, spec: GraphSpec, inputs: tuple[torch.Tensor, ...], out_dir: Path,
-                 opset: int = DEFAULT_OPSET) -> Path:
-    """Export one graph to `out_dir/spec.file` (+ `.data` when its weights exceed protobuf's 2 GB limit)."""
+                 opset: int = DEFAULT_OPSET, attention: str = "none") -> Path:
+    """Export one graph to `out_dir/spec.file` (+ `.data` when its weights exceed protobuf's 2 GB limit).
+
+    attention: "none" (MatMul/Softmax written out), "onnx" (ONNX Attention) or "ort" (com.microsoft
+    MultiHeadAttention): one fused node per attention, see bt_export.fused."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention {attention!r}; valid: {list(ATTENTION_MODES)}")
+    if attention != "none" and opset < 23:
+        raise ValueError(f"--attention {attention} needs opset ≥ 23 (ONNX Attention); got --opset {opset}")
     module = TOWER_MODULES[spec.name](model).eval()
     max_seq = model.config.text_config.max_position_embeddings - 2  # RoBERTa positions start after padding_idx
     path = out_dir / spec.file
     external = parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD
-    with _quiet(), torch.no_grad():
+    implementation = reference_attention if attention == "none" else fused_attention
+    with quiet(), torch.no_grad(), attention_implementation(implementation):
         torch.onnx.export(
             module, inputs, str(path),
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_shapes=dynamic_shapes(spec, max_seq), opset_version=opset,
             dynamo=True, external_data=external, verbose=False,
+            custom_translation_table={FUSED_ATTENTION_OP: onnx_attention},
         )
+    if attention != "none":
+        graph = onnx.load(str(path))
+        single_output_attention(graph)
+        if attention == "ort":
+            attention_to_multihead(graph)
+        save_model(graph, path)
     return path
 
 
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Save, with external data (`<file>.data`) when the weights would pass protobuf's 2 GB limit."""
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if not _has_external(model) else True
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data.name)
+
+
+def _has_external(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 @contextlib.contextmanager
-def _quiet():
-    """The dynamo exporter narrates every step on stdout and warns about unrelated optional packages."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+def quiet():
+    """Exporters and quantizers narrate on stdout and the root logger; keep errors only."""
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

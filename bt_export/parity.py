@@ -27,16 +27,22 @@ HF_OUTPUTS = (
 )
 
 
+HIGHER_IS_BETTER = ("agreement", "cosine_min")  # other metrics are differences: lower is better
+
+
 @dataclass
 class ParityRow:
     check: str  # "graph:<name>" (graph vs the same torch sub-computation) or "e2e:<HF class>.<attribute>"
     output: str
-    max_abs_diff: float
-    tolerance: float
+    value: float
+    bound: float
+    metric: str = "max_abs_diff"  # or itm_probability_abs, itm_decision_agreement, top1_agreement, cosine_min
 
     @property
     def passed(self) -> bool:
-        return bool(np.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance)
+        if not np.isfinite(self.value):
+            return False
+        return self.value >= self.bound if self.metric.endswith(HIGHER_IS_BETTER) else self.value <= self.bound
 
     def to_json(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -87,12 +93,9 @@ def _max_abs_diff(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)), initial=0.0))
 
 
-def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences,
-                 files: dict[str, str] | None = None) -> list[ParityRow]:
-    """Run each graph with ONNX Runtime on the eager inputs, then chain all three; compare every output."""
+def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str]):
     import onnxruntime as ort
 
-    files = files or {name: spec.file for name, spec in specs.items()}
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sessions = {name: ort.InferenceSession(str(graph_dir / files[name]), options, providers=["CPUExecutionProvider"])
@@ -102,17 +105,28 @@ def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerRefere
         names = [t.name for t in specs[name].outputs]
         return dict(zip(names, sessions[name].run(names, feeds)))
 
+    return run
+
+
+def _chain(run, refs: EagerReferences) -> dict[str, np.ndarray]:
+    """vision → text → cross-modal on the eager inputs, as a user of the three graphs would."""
+    vision = run("vision_tower", refs.graph_inputs["vision_tower"])
+    text = run("text_tower", refs.graph_inputs["text_tower"])
+    feeds = dict(refs.graph_inputs["cross_modal"], text_bridge=text["text_bridge"],
+                 image_bridge=vision["image_bridge"])
+    return {**vision, **text, **run("cross_modal", feeds)}
+
+
+def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences,
+                 files: dict[str, str] | None = None) -> list[ParityRow]:
+    """fp32: run each graph with ONNX Runtime on the eager inputs, then chain all three; max |Δ| of every output."""
+    run = _runner(graph_dir, specs, files or {name: spec.file for name, spec in specs.items()})
     rows = []
     for name, spec in specs.items():
         got = run(name, refs.graph_inputs[name])
         rows += [ParityRow(f"graph:{name}", t.name, _max_abs_diff(got[t.name], refs.graph_outputs[name][t.name]),
                            t.tolerance) for t in spec.outputs]
-
-    vision = run("vision_tower", refs.graph_inputs["vision_tower"])
-    text = run("text_tower", refs.graph_inputs["text_tower"])
-    feeds = dict(refs.graph_inputs["cross_modal"], text_bridge=text["text_bridge"],
-                 image_bridge=vision["image_bridge"])
-    chained = {**vision, **text, **run("cross_modal", feeds)}
+    chained = _chain(run, refs)
     tolerances = {t.name: t.tolerance for spec in specs.values() for t in spec.outputs}
     for class_name, attribute, output, _ in HF_OUTPUTS:
         if (class_name, attribute) in refs.hf_outputs:
@@ -122,13 +136,44 @@ def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerRefere
     return rows
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences, files: dict[str, str],
+                      bounds: dict[str, float]) -> list[ParityRow]:
+    """Reduced precision: the three graphs chained vs fp32 eager transformers, in task terms (bounds from specs)."""
+    chained = _chain(_runner(graph_dir, specs, files), refs)
+    hf, rows = refs.hf_outputs, []
+    if ("BridgeTowerForImageAndTextRetrieval", "logits") in hf:
+        ours, theirs = chained["itm_logits"], hf[("BridgeTowerForImageAndTextRetrieval", "logits")]
+        check = "e2e:BridgeTowerForImageAndTextRetrieval.logits"
+        rows.append(ParityRow(check, "itm_logits", _max_abs_diff(_softmax(ours)[:, 1], _softmax(theirs)[:, 1]),
+                              bounds["itm_probability_abs"], "itm_probability_abs"))
+        rows.append(ParityRow(check, "itm_logits", float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
+                              bounds["itm_decision_agreement"], "itm_decision_agreement"))
+    if ("BridgeTowerForMaskedLM", "logits") in hf:
+        attended = refs.graph_inputs["text_tower"]["attention_mask"].astype(bool)  # (B, S): real tokens only
+        same = chained["mlm_logits"].argmax(-1) == hf[("BridgeTowerForMaskedLM", "logits")].argmax(-1)
+        rows.append(ParityRow("e2e:BridgeTowerForMaskedLM.logits", "mlm_logits", float(same[attended].mean()),
+                              bounds["mlm_top1_agreement"], "mlm_top1_agreement"))
+    for attribute in ("text_embeds", "image_embeds", "cross_embeds"):
+        if ("BridgeTowerForContrastiveLearning", attribute) in hf:
+            ours, theirs = chained[attribute], hf[("BridgeTowerForContrastiveLearning", attribute)]
+            cosine = np.sum(ours * theirs, -1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(theirs, axis=-1))
+            rows.append(ParityRow(f"e2e:BridgeTowerForContrastiveLearning.{attribute}", attribute,
+                                  float(cosine.min()), bounds["embedding_cosine_min"], "embedding_cosine_min"))
+    return rows
+
+
 def parity_table(rows: list[ParityRow], title: str = "Parity against eager PyTorch (fp32)"):
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("check", "output", "max abs diff", "tolerance", "pass"):
+    for column in ("check", "output", "metric", "value", "bound", "pass"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.check, row.output, f"{row.max_abs_diff:.3g}", f"{row.tolerance:.0e}",
+        table.add_row(row.check, row.output, row.metric, f"{row.value:.6g}", f"{row.bound:.6g}",
                       "[green]yes[/green]" if row.passed else "[red]NO[/red]")
     return table

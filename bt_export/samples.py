@@ -73,14 +73,18 @@ def load_images(paths: list[Path]) -> tuple[list, list[str]]:
 
 
 def make_samples(processor, images: list | None = None, image_names: list[str] | None = None,
-                 texts: tuple[str, ...] = DEFAULT_TEXTS) -> Samples:
-    """Pair image i with text i (images cycle if fewer); process both with the HF processor."""
+                 texts: tuple[str, ...] = DEFAULT_TEXTS, grid: bool = False) -> Samples:
+    """Pair image i with text i (the shorter list cycles), or with `grid` every image with every text; process
+    both with the HF processor."""
     if not images:
         images, image_names = synthetic_images(len(texts)), [f"synthetic-{i}" for i in range(len(texts))]
-    count = max(len(texts), len(images))
-    texts = [texts[i % len(texts)] for i in range(count)]
-    images = [images[i % len(images)] for i in range(count)]
-    names = [image_names[i % len(image_names)] for i in range(count)]
+    if grid:
+        pairs = [(i, t) for i in range(len(images)) for t in range(len(texts))]
+    else:
+        pairs = [(k % len(images), k % len(texts)) for k in range(max(len(texts), len(images)))]
+    texts = [texts[t] for _, t in pairs]
+    names = [image_names[i] for i, _ in pairs]
+    images = [images[i] for i, _ in pairs]
     encoded = processor(images=images, text=texts, padding=True, return_tensors="pt")
     return Samples(texts, images, encoded["pixel_values"], encoded["input_ids"], encoded["attention_mask"], names)
 

@@ -44,6 +44,14 @@ FP32_TOLERANCES = {
 }
 
 
+# Reduced-precision variants vs fp32 eager transformers, in task terms (checked by bt_export.parity).
+VARIANT_BOUNDS = {
+    "fp16": {"itm_probability_abs": 5e-3, "itm_decision_agreement": 0.98, "mlm_top1_agreement": 0.99,
+             "embedding_cosine_min": 0.999},
+    "int8": {"itm_probability_abs": 0.02, "itm_decision_agreement": 0.98, "mlm_top1_agreement": 0.97,
+             "embedding_cosine_min": 0.99},
+}
+
 # End-to-end bounds for the runtime's task outputs at fp32 (bt_runtime vs transformers' processor + model).
 RUNTIME_FP32_BOUNDS = {"itm_probability_abs": 1e-4, "embedding_cosine_min": 0.9999}
 

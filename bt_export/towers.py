@@ -104,9 +104,17 @@ class TextTower(nn.Module):
         self.token_type_embeddings = bridgetower.token_type_embeddings
         self.itc_text_head = getattr(model, "itc_text_head", None)
         self.first_bridged = _first_bridged_layer(model.config)
+        self.padding_idx = self.embeddings.padding_idx
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """RoBERTa positions (padding_idx + 1, + 2, … for tokens; padding_idx for padding), as transformers'
+        create_position_ids_from_input_ids, but with the running count in float: TensorRT's CumSum takes
+        floating-point tensors only (exact: counts stay far below 2**24)."""
+        tokens = input_ids.ne(self.padding_idx).to(torch.float32)  # (B, S)
+        return (torch.cumsum(tokens, dim=1) * tokens).to(torch.int64) + self.padding_idx
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        x = self.embeddings(input_ids=input_ids)  # (B, S, D)
+        x = self.embeddings(input_ids=input_ids, position_ids=self.position_ids(input_ids))  # (B, S, D)
         key_bias = key_padding_bias(attention_mask, x.dtype)  # (B, S)
         token_type = self.token_type_embeddings.weight[TEXT_TOKEN_TYPE]  # (D,)
         bridges = []

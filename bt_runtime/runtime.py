@@ -95,16 +95,24 @@ class BridgeTowerRuntime:
     def load(cls, export_dir: str | Path, precision: str = "fp32", backend: str = "onnxruntime",
              providers: list[str] | None = None, intra_op_threads: int | None = None,
              graph_optimization_level: str = "all", verify_checksums: bool = True,
-             exif_transpose: bool | None = None) -> "BridgeTowerRuntime":
-        """Open an export directory. Sessions are created lazily, on the first call that needs each graph."""
+             exif_transpose: bool | None = None, tensorrt_profiles: dict | None = None) -> "BridgeTowerRuntime":
+        """Open an export directory. Sessions/engines are created lazily, on the first call that needs each graph.
+
+        backend "onnxruntime" (providers may include "TensorrtExecutionProvider": profile shapes and an engine cache
+        come from the manifest, `tensorrt_profiles` {"batch": (min, opt, max), "seq": …} overrides the ranges)
+        or "tensorrt" (engines built by `bt-export --trt`; precision names the engines' precision)."""
         manifest = read_manifest(export_dir)
         if backend == "onnxruntime":
             from .backends.onnxruntime import OnnxRuntimeBackend
 
             engine = OnnxRuntimeBackend(manifest, precision, providers, intra_op_threads, graph_optimization_level,
-                                        verify_checksums)
+                                        verify_checksums, tensorrt_profiles)
+        elif backend == "tensorrt":
+            from .backends.tensorrt import TensorRTBackend
+
+            engine = TensorRTBackend(manifest, precision, verify_checksums)
         else:
-            raise BtRuntimeError(f"backend {backend!r} is not available; valid: ['onnxruntime']")
+            raise BtRuntimeError(f"backend {backend!r} is not available; valid: {list(BACKENDS)}")
         return cls(manifest, engine,
                    ImagePreprocessor.from_manifest(manifest.data["preprocessing"], exif_transpose),
                    TextTokenizer.from_manifest(manifest.directory, manifest.data["tokenizer"]))

@@ -42,7 +42,8 @@ def tiny_export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_export(tmp_path_factory):
-    """Full-size base-itm-mlm architecture, random init (slow: ~90 s, 1.5 GB). Real tokenizer and photos if present."""
+    """Full-size base-itm-mlm architecture, random init, fp32 + fp16 + int8 (slow: ~4 min, 2.6 GB). Real tokenizer
+    and photos if present."""
     pytest.importorskip("torch")
     import time
 
@@ -53,6 +54,6 @@ def base_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "base-itm-mlm"
     started = time.perf_counter()
     result = export_checkpoint("base-itm-mlm", out, random_init=True, parity_images=images,
-                               tokenizer=roberta if roberta.is_dir() else None)
+                               tokenizer=roberta if roberta.is_dir() else None, precisions=("fp32", "fp16", "int8"))
     print(f"\nfull-size base-itm-mlm export: {time.perf_counter() - started:.1f} s, {result.disk_bytes / 1e6:.0f} MB")
     return out

@@ -19,7 +19,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, manifest: Manifest, precision: str = "fp32", providers: list[str] | None = None,
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
-                 verify_checksums: bool = True):
+                 verify_checksums: bool = True, tensorrt_profiles: dict | None = None):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -36,7 +36,21 @@ class OnnxRuntimeBackend:
         self.manifest, self.precision, self.providers = manifest, precision, providers
         self.intra_op_threads, self.graph_optimization_level = intra_op_threads, graph_optimization_level
         self.verify_checksums = verify_checksums
+        self.tensorrt_profiles = tensorrt_profiles or {}
         self._sessions: dict = {}
+
+    def _providers_for(self, graph: str) -> list:
+        """Providers as given; TensorrtExecutionProvider gets this graph's profile shapes and an engine cache."""
+        if "TensorrtExecutionProvider" not in self.providers:
+            return self.providers
+        from .trt_profiles import ort_tensorrt_options, profile_ranges
+
+        ranges = profile_ranges(**self.tensorrt_profiles,
+                                max_seq=self.manifest.data["config"]["max_text_length"])
+        options = ort_tensorrt_options(self.manifest.graph_io(graph), ranges,
+                                       str(self.manifest.directory / "ort_tensorrt_cache"),
+                                       fp16=self.precision == "fp16")
+        return [(p, options) if p == "TensorrtExecutionProvider" else p for p in self.providers]
 
     def session(self, graph: str):
         if graph not in GRAPH_NAMES:
@@ -57,7 +71,7 @@ class OnnxRuntimeBackend:
                                                        OPTIMIZATION_LEVELS[self.graph_optimization_level])
             if self.intra_op_threads:
                 options.intra_op_num_threads = self.intra_op_threads
-            self._sessions[graph] = ort.InferenceSession(str(path), options, providers=self.providers)
+            self._sessions[graph] = ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
         return self._sessions[graph]
 
     @staticmethod

@@ -58,8 +58,8 @@ def test_parity_covers_every_graph_and_every_head(tiny_export):
     assert {c for c, _ in checks if c.startswith("graph:")} == {
         "graph:vision_tower", "graph:text_tower", "graph:cross_modal"}
     for row in rows:
-        assert row["passed"] and row["max_abs_diff"] <= row["tolerance"]
-        assert row["tolerance"] <= 1e-3
+        assert row["metric"] == "max_abs_diff" and row["passed"] and row["value"] <= row["bound"]
+        assert row["bound"] <= 1e-3
 
 
 def test_graphs_run_at_new_batch_and_length_and_broadcast_one_image(tiny_export):
@@ -125,17 +125,17 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
     """A deliberately broken graph (one weight changed after the references) must fail parity."""
     real = export_module.export_graph
 
-    def export_with_corrupted_pooler(model, spec, inputs, out_dir, opset):
+    def export_with_corrupted_pooler(model, spec, inputs, out_dir, opset, attention):
         if spec.name == "cross_modal":
             with torch.no_grad():
                 model.bridgetower.cross_modal_text_pooler.dense.bias.add_(0.01)
-        return real(model, spec, inputs, out_dir, opset)
+        return real(model, spec, inputs, out_dir, opset, attention)
 
     monkeypatch.setattr(export_module, "export_graph", export_with_corrupted_pooler)
     out = tmp_path / "export"
     with pytest.raises(ParityError) as err:
         export_checkpoint("tiny", out)
-    failed = {(r.check, r.output) for r in err.value.args[1] if not r.passed}
+    failed = {(r.check, r.output) for r in err.value.args[1]["fp32"] if not r.passed}
     assert ("graph:cross_modal", "pooler_output") in failed
     assert ("e2e:BridgeTowerForImageAndTextRetrieval.logits", "itm_logits") in failed
     assert not out.exists()
@@ -152,6 +152,9 @@ def test_cli_tiny_prints_the_parity_table(tmp_path):
     (["--checkpoint", "bridgetower-huge"], "neither a known alias"),
     (["--checkpoint", "base", "--random-init", "--tokenizer", "/nonexistent"], "--tokenizer"),
     (["--parity-images", "/nonexistent.png"], "does not exist"),
+    (["--attention", "flash"], "valid: none, onnx, ort"),
+    (["--precision", "fp32,int4"], "valid: a comma list of fp32, fp16, int8"),
+    (["--opset", "20"], "needs --opset ≥ 23"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "t")])

@@ -1,0 +1,98 @@
+"""`run_benchmark`: every requested scenario × backend on one export, against eager PyTorch in the same run."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from bt_runtime import read_manifest
+
+from . import machine, scenarios
+from .backends import BackendUnavailable, make_backend
+from .report import build
+from .scenarios import SCENARIOS, Settings
+
+def default_backends(manifest) -> list[str]:
+    # fp16 graphs are meant for GPUs: ONNX Runtime's CPU provider runs them without fast fp16 kernels.
+    return ["torch"] + [f"onnxruntime:{p}" for p in manifest.precisions if p != "fp16"]
+
+
+def eager_for(manifest):
+    """Eager transformers on the export's own checkpoint (same weights: random init is reproduced by its seed)."""
+    from bt_export.eager import EagerBridgeTower
+
+    source = manifest.data["checkpoint"]
+    if source.get("random_init") or source["kind"] == "tiny":
+        return EagerBridgeTower(source["alias"], manifest.directory, random_init=source["kind"] != "tiny",
+                                tokenizer=manifest.directory)
+    return EagerBridgeTower(source.get("path") or source["hub_id"], manifest.directory)
+
+
+def load_images(paths: list[Path] | None) -> list:
+    """Decoded PIL images (both sides get the same pixels; decoding is not what is measured)."""
+    from bt_export.samples import load_images as decode, synthetic_images
+
+    return decode(list(paths))[0] if paths else synthetic_images(4)
+
+
+def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, backend_labels: list[str] | None = None,
+                  settings: Settings | None = None, images: list[Path] | None = None, log=print) -> dict:
+    settings = settings or Settings()
+    manifest = read_manifest(export_dir)
+    unknown = [s for s in scenario_names or [] if s not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"--scenario {unknown}; valid: {list(SCENARIOS)}")
+    chosen = scenario_names or [s for s in SCENARIOS]
+    labels = backend_labels or default_backends(manifest)
+    if "torch" not in labels:
+        labels = ["torch", *labels]  # the baseline every ratio and agreement check is against
+    eager = eager_for(manifest)
+    backends, skipped = [], []
+    for label in labels:
+        try:
+            backends.append(make_backend(label, export_dir, manifest, eager))
+        except BackendUnavailable as err:
+            skipped.append(str(err))
+            log(f"skipped {err}")
+    runtime = next(b.runtime for b in backends if hasattr(b, "runtime"))
+    gallery = load_images(images)
+    log("measuring this machine's matmul rate")
+    context = {
+        "command": " ".join(shlex.quote(a) for a in ["bt-bench", *sys.argv[1:]]),
+        "export": {"directory": str(export_dir), "checkpoint": manifest.data["checkpoint"].get("alias")
+                   or manifest.data["checkpoint"].get("hub_id") or manifest.data["checkpoint"].get("path"),
+                   "random_init": manifest.data["checkpoint"].get("random_init"),
+                   "attention": {p: v["attention"] for p, v in manifest.data["variants"].items()}},
+        "machine": {"cpu": machine.cpu_info(), "gpu": machine.gpu_info()},
+        "versions": machine.versions(), "threads": machine.thread_settings(),
+        "matmul_gflops": machine.matmul_gflops(),
+        "settings": vars(settings) | {"batch_sizes": list(settings.batch_sizes)},
+        "skipped": skipped,
+    }
+    rows = []
+    image = gallery[0]
+    for name in chosen:
+        log(f"scenario {name}")
+        if name == "pair":
+            rows += scenarios.pair(backends, runtime, image, settings)
+        elif name == "rerank":
+            rows += scenarios.rerank(backends, runtime, image, settings)
+        elif name in ("embed-images", "embed-texts"):
+            rows += scenarios.embed(name.split("-")[1], backends, runtime, image, settings)
+        elif name == "retrieve":
+            rows += scenarios.retrieve(backends, runtime, gallery, settings)
+        elif name == "cold-start":
+            rows += scenarios.cold_start(backends, runtime, _saved(image), eager, settings)
+    report = build(rows, context)
+    report["failing"] = [f"{r['scenario']} {r['backend']}" for r in report["results"]
+                         if r["agreement"] and not r["agreement"]["passed"]]
+    return report
+
+
+def _saved(image) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "image.png"
+    image.save(path)
+    return path

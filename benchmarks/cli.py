@@ -1,0 +1,70 @@
+"""`bt-bench`: a thin typer layer over benchmarks.bench.run_benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .scenarios import SCENARIOS, Settings
+
+app = typer.Typer(add_completion=False, help="Latency/throughput of an export against eager PyTorch, same run.")
+console = Console(stderr=True, width=130)
+
+
+@app.command()
+def bench(
+    export_dir: Path = typer.Argument(..., help="Export directory written by bt-export."),
+    scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {', '.join(SCENARIOS)}."),
+    backend: list[str] = typer.Option(None, "--backend", help="Repeatable: torch, torch:bf16, "
+                                      "onnxruntime:<precision>[:<provider>], tensorrt:<precision>. Default: torch + "
+                                      "every CPU-suited variant of the export."),
+    num_texts: int = typer.Option(16, "--num-texts", help="Texts in `rerank`."),
+    gallery: int = typer.Option(8, "--gallery", help="Images in `retrieve`."),
+    text_length: int = typer.Option(40, "--text-length", help="Tokens per text in pair/embed-texts."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Batch sizes for embed-*."),
+    runs: int = typer.Option(3, "--runs"),
+    warmup: int = typer.Option(1, "--warmup"),
+    threads: int = typer.Option(None, "--threads", help="torch and ONNX Runtime intra-op threads."),
+    images: list[Path] = typer.Option(None, "--images", help="Image files/dirs (default: synthetic)."),
+    json_path: Path = typer.Option(None, "--json"),
+    markdown_path: Path = typer.Option(None, "--markdown"),
+    plot_path: Path = typer.Option(None, "--plot", help="PNG (needs matplotlib: extra `bench`)."),
+):
+    """Benchmark EXPORT_DIR's scenarios against eager PyTorch; print a Markdown table."""
+    import os
+
+    from .bench import run_benchmark
+    from .report import markdown, write
+
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = Settings(text_length=text_length, num_texts=num_texts, gallery=gallery, runs=runs, warmup=warmup,
+                        batch_sizes=tuple(int(b) for b in batch_sizes.split(",")))
+    chosen = list(scenario) if scenario else list(SCENARIOS)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("bt-bench", total=len(chosen) + 1)
+
+        def log(message: str) -> None:
+            progress.console.print(f"[dim]{message}[/dim]")
+            progress.update(task, description=message)
+            if message.startswith("scenario") or message.startswith("measuring"):
+                progress.advance(task)
+
+        try:
+            report = run_benchmark(export_dir, chosen, list(backend) if backend else None, settings, images, log)
+        except ValueError as err:
+            console.print(f"[red]error:[/red] {escape(str(err))}")
+            raise typer.Exit(2) from None
+    write(report, json_path, markdown_path, plot_path)
+    print(markdown(report))
+    if report["failing"]:
+        console.print(f"[red]backends disagreeing with eager PyTorch:[/red] {', '.join(report['failing'])}")
+        raise typer.Exit(1)

@@ -1,0 +1,259 @@
+"""Benchmark scenarios. Each builds one Case per backend on the same inputs, times them interleaved, checks every
+backend's outputs against eager PyTorch (a fast but wrong backend is reported as failing), and states its work in
+FLOPs from the config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import flops
+from .backends import TorchBackend, agreement_bounds
+from .timing import Case, interleave, summarize
+
+SCENARIOS = ("pair", "rerank", "embed-images", "embed-texts", "retrieve", "cold-start")
+CAPTIONS = ["An image of two cats chilling on a couch", "A football player scoring a goal",
+            "a cat looking out of the window", "a bowl of fruit on a wooden table next to a glass of water"]
+
+
+@dataclass
+class Settings:
+    text_length: int = 40
+    num_texts: int = 16
+    gallery: int = 8
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    runs: int = 3
+    warmup: int = 1
+    top_k: int = 5
+
+
+@dataclass
+class Row:
+    scenario: str
+    backend: str
+    work: int  # items per call
+    unit: str  # "pairs", "images", "texts", "processes"
+    flops: float | None  # per call
+    summary: dict
+    agreement: dict = field(default_factory=dict)  # {metric: value, "bound": …, "passed": bool}
+    samples_s: list[float] = field(default_factory=list)
+    params: dict = field(default_factory=dict)  # what defines the measurement (rows compare within equal params)
+    extra: dict = field(default_factory=dict)  # other measured facts (peak RSS, …)
+
+
+def fixed_text(tokenizer, length: int) -> str:
+    """A caption that tokenizes to exactly `length` tokens (<s> and </s> included)."""
+    words = ["two cats chilling on a couch"] * length
+    for count in range(1, length + 1):
+        text = " ".join(words[:count]).replace("  ", " ")
+        if tokenizer([text]).input_ids.shape[1] >= length:
+            break
+    text_ids = tokenizer([text]).input_ids[0][1:length - 1]
+    return tokenizer.decode(text_ids)
+
+
+def _rows(scenario, cases, unit, flops_per_call, agreements, params) -> list[Row]:
+    return [Row(scenario, c.name, c.work, unit, flops_per_call, summarize(c.samples), agreements.get(c.name, {}),
+                list(c.samples), params) for c in cases]
+
+
+def _agree_probabilities(cases: list[Case], reference: np.ndarray) -> dict[str, dict]:
+    result = {}
+    for case in cases:
+        bound = agreement_bounds(case.name)["itm_probability_abs"]
+        diff = float(np.abs(np.asarray(case.output) - reference).max())
+        result[case.name] = {"itm_probability_abs": diff, "bound": bound, "passed": bool(diff <= bound)}
+    return result
+
+
+def _agree_cosine(cases: list[Case], reference: np.ndarray) -> dict[str, dict]:
+    result = {}
+    flat_ref = reference.reshape(reference.shape[0] if reference.ndim == 2 else reference.shape[1], -1) \
+        if reference.ndim == 2 else np.moveaxis(reference, 1, 0).reshape(reference.shape[1], -1)
+    for case in cases:
+        out = np.asarray(case.output)
+        flat = out if out.ndim == 2 else np.moveaxis(out, 1, 0).reshape(out.shape[1], -1)
+        cosine = np.sum(flat * flat_ref, 1) / (np.linalg.norm(flat, axis=1) * np.linalg.norm(flat_ref, axis=1))
+        bound = agreement_bounds(case.name)["embedding_cosine_min"]
+        result[case.name] = {"cosine_min": float(cosine.min()), "bound": bound, "passed": bool(cosine.min() >= bound)}
+    return result
+
+
+def _reference(backends, cases):
+    torch_case = next(c for c, b in zip(cases, backends) if isinstance(b, TorchBackend) and b.label == "torch")
+    return np.asarray(torch_case.output)
+
+
+def pair(backends, runtime, image, settings: Settings) -> list[Row]:
+    text = fixed_text(runtime.tokenizer, settings.text_length)
+    encoded = runtime.tokenizer([text])
+    pixels = runtime.preprocess([image])
+    cases = [Case(b.label, lambda b=b: b.itm_pair(pixels, encoded.input_ids, encoded.attention_mask), 1)
+             for b in backends]
+    interleave(cases, settings.runs, settings.warmup)
+    agreement = _agree_probabilities(cases, _reference(backends, cases))
+    return _rows("pair", cases, "pairs", flops.pair(runtime.manifest.data["config"], encoded.input_ids.shape[1]),
+                 agreement, {"text_tokens": int(encoded.input_ids.shape[1])})
+
+
+def rerank_flops(config: dict, lengths, reuses_towers: bool) -> float:
+    """Matmul work of 1 image × len(lengths) texts: eager runs the vision tower per text, bt_runtime once."""
+    per_text = sum(flops.text_tower(config, int(s)) + flops.cross_modal(config, int(s)) for s in lengths)
+    return flops.vision_tower(config) * (1 if reuses_towers else len(lengths)) + per_text
+
+
+def rerank(backends, runtime, image, settings: Settings) -> list[Row]:
+    texts = [f"{CAPTIONS[i % len(CAPTIONS)]} ({i})" for i in range(settings.num_texts)]
+    cases = [Case(b.label, lambda b=b: b.itm_loop(image, texts), len(texts)) for b in backends]
+    interleave(cases, settings.runs, settings.warmup)
+    config, lengths = runtime.manifest.data["config"], runtime.tokenizer(texts).lengths
+    rows = _rows("rerank", cases, "pairs", None, _agree_probabilities(cases, _reference(backends, cases)),
+                 {"num_texts": len(texts), "note": "torch: one processor + model call per text (transformers docs)"})
+    for row, backend in zip(rows, backends):  # each backend is credited with the work it does
+        row.flops = rerank_flops(config, lengths, reuses_towers=not isinstance(backend, TorchBackend))
+    return rows
+
+
+def embed(kind: str, backends, runtime, image, settings: Settings) -> list[Row]:
+    """Tower throughput: contrastive embeddings for ITC exports, the bridges (tower outputs) otherwise."""
+    config, rows = runtime.manifest.data["config"], []
+    for batch in settings.batch_sizes:
+        if kind == "images":
+            feeds = {"pixel_values": np.repeat(runtime.preprocess([image]), batch, axis=0)}
+            graph, work = "vision_tower", flops.vision_tower(config) * batch
+        else:
+            encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, settings.text_length)] * batch)
+            feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+            graph, work = "text_tower", flops.text_tower(config, settings.text_length) * batch
+        cases = [Case(b.label, lambda b=b: b.tower(graph, feeds), batch) for b in backends]
+        interleave(cases, settings.runs, settings.warmup)
+        rows += _rows(f"embed-{kind}", cases, kind, work, _agree_cosine(cases, _reference(backends, cases)),
+                      {"batch_size": batch, "output": "embeds" if "itc" in runtime.heads else "bridge"})
+    return rows
+
+
+def distinct_gallery(images: list, size: int) -> list:
+    """`size` images from `images`, cycling through flips/rotations so no two are identical (exact duplicates tie,
+    which would make recall against brute force depend on tie-breaking)."""
+    from PIL import Image
+
+    transforms = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180]
+    gallery = []
+    for index in range(size):
+        image, transform = images[index % len(images)], transforms[(index // len(images)) % len(transforms)]
+        gallery.append(image if transform is None else image.transpose(transform))
+    return gallery
+
+
+def retrieve(backends, runtime, images: list, settings: Settings) -> list[Row]:
+    """1 text query against a gallery: bt_runtime.retrieve (two-stage with ITC) vs brute-force eager ITM."""
+    gallery = distinct_gallery(images, settings.gallery)
+    query = CAPTIONS[0]
+    torch_backend = next(b for b in backends if isinstance(b, TorchBackend) and b.label == "torch")
+    cases = []
+    for backend in backends:
+        if isinstance(backend, TorchBackend):
+            cases.append(Case(backend.label, lambda b=backend: np.array(
+                [b.eager.itm_probability(image, query) for image in gallery]), len(gallery)))
+        else:
+            cases.append(Case(backend.label, lambda b=backend: b.runtime.retrieve(
+                query, gallery, top_k=settings.top_k, rerank=2 * settings.top_k), len(gallery)))
+    interleave(cases, settings.runs, settings.warmup)
+    brute = next(c.output for c in cases if c.name == torch_backend.label)
+    best = set(np.argsort(-brute)[:settings.top_k].tolist())
+    agreement = {}
+    for case in cases:
+        if isinstance(case.output, np.ndarray):
+            continue
+        hits = case.output
+        scored = [h for h in hits if h.itm_score is not None]
+        diff = max((abs(h.itm_score - brute[h.index]) for h in scored), default=0.0)
+        bound = agreement_bounds(case.name)["itm_probability_abs"]
+        recall = len(best & {h.index for h in hits}) / settings.top_k
+        agreement[case.name] = {"recall_at_k_vs_brute_force": recall, "itm_probability_abs": diff, "bound": bound,
+                                "passed": bool(diff <= bound)}
+    config = runtime.manifest.data["config"]
+    work = len(gallery) * flops.pair(config, int(runtime.tokenizer([query]).lengths[0]))
+    return _rows("retrieve", cases, "images", work, agreement,
+                 {"gallery": len(gallery), "top_k": settings.top_k, "rerank": 2 * settings.top_k,
+                  "two_stage": "itc" in runtime.heads})
+
+
+# Peak RSS from VmHWM: ru_maxrss is carried across fork/exec on Linux, so it would report the parent's peak.
+PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+RUNTIME_CHILD = """
+import json, sys, time
+started = time.perf_counter()
+from bt_runtime import BridgeTowerRuntime
+rt = BridgeTowerRuntime.load(sys.argv[1], precision=sys.argv[2])
+score = float(rt.itm_scores(sys.argv[3], ["two cats on a couch"])[0])
+print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": PEAK_RSS, "score": score}))
+"""
+EAGER_CHILD = """
+import json, sys, time
+started = time.perf_counter()
+import torch, transformers
+from PIL import Image
+model = transformers.BridgeTowerForImageAndTextRetrieval.from_pretrained(sys.argv[1]).eval()
+processor = transformers.BridgeTowerProcessor.from_pretrained(sys.argv[1])
+inputs = processor(images=Image.open(sys.argv[2]).convert("RGB"), text="two cats on a couch", return_tensors="pt")
+with torch.no_grad():
+    score = float(torch.softmax(model(**inputs).logits, -1)[0, 1])
+print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": PEAK_RSS, "score": score}))
+"""
+
+
+def _child(code: str, args: list[str]) -> dict:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code.replace("PEAK_RSS", PEAK_RSS), *args], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(f"cold-start child failed: {result.stderr[-2000:]}")
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    payload["wall_seconds"] = time.perf_counter() - started
+    return payload
+
+
+def cold_start(backends, runtime, image_path: str, eager, settings: Settings) -> list[Row]:
+    """A fresh process from start to first score, and its peak RSS: runtime vs import torch + from_pretrained."""
+    from transformers import BridgeTowerForImageAndTextRetrieval, BridgeTowerProcessor
+
+    from bt_export.model import hf_reference
+
+    with tempfile.TemporaryDirectory() as checkpoint:
+        hf_reference(eager.loaded.model, "itm").save_pretrained(checkpoint)  # what a user would load
+        BridgeTowerProcessor(eager.processor.image_processor, eager.processor.tokenizer).save_pretrained(checkpoint)
+        del BridgeTowerForImageAndTextRetrieval
+        labels = [b.label for b in backends]
+        runs = {label: [] for label in labels}
+        for _ in range(settings.runs):  # processes alternate, like the in-process scenarios
+            for backend in backends:
+                if isinstance(backend, TorchBackend):
+                    if backend.label == "torch":
+                        runs[backend.label].append(_child(EAGER_CHILD, [checkpoint, str(image_path)]))
+                else:
+                    precision = backend.runtime.backend.precision
+                    runs[backend.label].append(_child(RUNTIME_CHILD, [str(runtime.manifest.directory), precision,
+                                                                      str(image_path)]))
+    rows = []
+    reference = np.median([r["score"] for r in runs["torch"]]) if runs.get("torch") else None
+    for label, results in runs.items():
+        if not results:
+            continue
+        samples = [r["wall_seconds"] for r in results]
+        agreement = {}
+        if reference is not None:
+            diff = float(abs(results[-1]["score"] - reference))
+            bound = agreement_bounds(label)["itm_probability_abs"]
+            agreement = {"itm_probability_abs": diff, "bound": bound, "passed": bool(diff <= bound)}
+        rows.append(Row("cold-start", label, 1, "processes", None, summarize(samples), agreement, samples, {},
+                        {"peak_rss_mb": round(max(r["peak_rss_mb"] for r in results), 1),
+                         "in_process_s": round(float(np.median([r["seconds"] for r in results])), 2)}))
+    return rows

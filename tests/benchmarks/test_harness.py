@@ -1,0 +1,104 @@
+"""The benchmark harness on `tiny`: statistics, interleaving, FLOP counts, report schema, agreement checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import flops
+from benchmarks.report import markdown
+from benchmarks.scenarios import Settings
+from benchmarks.timing import Case, interleave, summarize
+
+pytest.importorskip("torch")
+
+
+def test_summarize_matches_numpy_percentiles():
+    samples = [0.010, 0.030, 0.020, 0.050, 0.040]
+    summary = summarize(samples)
+    assert summary["p50_ms"] == pytest.approx(30.0)
+    assert summary["p90_ms"] == pytest.approx(np.percentile(np.array(samples) * 1000, 90))
+    assert summary["p99_ms"] == pytest.approx(49.6)
+    assert summary["runs"] == 5 and summary["min_ms"] == pytest.approx(10.0)
+
+
+def test_interleave_rotates_order_and_skips_warmup():
+    calls = []
+    cases = [Case(name, lambda name=name: calls.append(name) or name) for name in "abc"]
+    interleave(cases, runs=3, warmup=1)
+    assert calls == list("abc" "bca" "cab" "abc")
+    assert all(len(c.samples) == 3 and c.output == c.name for c in cases)
+    with pytest.raises(ValueError, match="runs must be"):
+        interleave(cases, runs=0, warmup=1)
+
+
+def test_pair_flops_of_the_base_architecture():
+    from bt_export.configs import KNOWN_CHECKPOINTS
+    from bt_export.manifest import config_summary
+    from transformers import BridgeTowerConfig
+
+    config = config_summary(BridgeTowerConfig(**KNOWN_CHECKPOINTS["base-itm-mlm"].config))
+    total = flops.pair(config, 40)
+    # ~109 GFLOP per pair at 288 px and 40 tokens; the vision tower is about half of it
+    assert 100e9 < total < 120e9
+    assert 0.4 < flops.vision_tower(config) / total < 0.6
+
+
+@pytest.fixture(scope="module")
+def report(tiny_export, photos_dir):
+    from benchmarks.bench import run_benchmark
+
+    settings = Settings(num_texts=3, gallery=3, batch_sizes=(1, 2), runs=2, warmup=1, top_k=2)
+    return run_benchmark(tiny_export, ["pair", "rerank", "embed-images", "embed-texts", "retrieve"],
+                         ["torch", "onnxruntime:fp32", "tensorrt:fp16"], settings, [photos_dir], log=lambda m: None)
+
+
+def test_report_schema_and_agreement(report):
+    assert report["schema_version"] == 1
+    assert {"command", "export", "machine", "versions", "threads", "matmul_gflops", "settings", "results"} <= set(report)
+    assert report["matmul_gflops"]["best_fp32"] > 0
+    assert any(s.startswith("tensorrt:fp16: this export has no TensorRT fp16 engines") for s in report["skipped"])
+    scenarios = {(r["scenario"], r["backend"]) for r in report["results"]}
+    assert ("embed-images", "onnxruntime:fp32") in scenarios and ("retrieve", "torch") in scenarios
+    for row in report["results"]:
+        assert len(row["samples_s"]) == 2 and row["summary"]["p50_ms"] > 0
+        if row["backend"] == "torch":
+            assert row["speedup_vs_torch"] == pytest.approx(1.0)
+        else:
+            assert row["agreement"]["passed"], row
+            assert row["speedup_vs_torch"] > 0 and row["gflops_per_s"] > 0
+    assert report["failing"] == []
+    json.dumps(report)  # serializable as written by --json
+    table = markdown(report)
+    assert "| pair |" in table and "onnxruntime:fp32" in table
+
+
+def test_a_fast_but_wrong_backend_is_reported_failing(tiny_export, photos_dir, monkeypatch):
+    from benchmarks import backends, bench
+
+    real = backends.make_backend
+
+    class Wrong(backends.RuntimeBackend):
+        def itm_pair(self, *args):
+            return 1.0 - super().itm_pair(*args)  # probabilities flipped
+
+    def make(label, *args):
+        made = real(label, *args)
+        return Wrong(made.runtime, label) if label == "onnxruntime:fp32" else made
+
+    monkeypatch.setattr(bench, "make_backend", make)
+    result = bench.run_benchmark(tiny_export, ["pair"], ["torch", "onnxruntime:fp32"],
+                                 Settings(runs=1, warmup=0), [photos_dir], log=lambda m: None)
+    assert result["failing"] == ["pair onnxruntime:fp32"]
+    assert "**NO**" in markdown(result)
+
+
+def test_cli_rejects_unknown_scenario(tiny_export):
+    from typer.testing import CliRunner
+
+    from benchmarks.cli import app
+
+    result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "warp-speed", "--runs", "1"])
+    assert result.exit_code == 2 and "valid" in result.output

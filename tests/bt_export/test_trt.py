@@ -1,0 +1,145 @@
+"""TensorRT on CPU: the compatibility lint on real exports and on broken graphs, the build plan for TensorRT 10
+and 11, and the manifest section. GPU tests (marked gpu) build engines; they skip without tensorrt and a GPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bt_export.errors import BtExportError
+from bt_export.export import export_checkpoint
+from bt_export.trt_build import build_plan, write_tensorrt_section
+from bt_export.trt_lint import lint_export, lint_model
+from bt_runtime import read_manifest
+
+
+@pytest.fixture(scope="module")
+def portable_export(tmp_path_factory):
+    return export_checkpoint("tiny", tmp_path_factory.mktemp("trt") / "tiny",
+                             precisions=("fp32", "fp16", "int8")).output
+
+
+def test_portable_export_passes_the_lint(portable_export):
+    results = lint_export(portable_export)
+    assert results["fp32"] == [] and results["fp16"] == []
+    assert "CPU only" in results["int8"][0].problem
+
+
+def test_contrib_attention_fails_the_lint(tmp_path):
+    out = export_checkpoint("tiny", tmp_path / "ort", attention="ort", validate=False).output
+    problems = [f.problem for f in lint_export(out)["fp32"]]
+    assert len(problems) == 14 and all("com.microsoft::MultiHeadAttention" in p for p in problems)
+
+
+def _model(nodes, inputs, outputs, opset=23, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_lint_catches_each_attention_restriction():
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["batch", 7, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7, 64])
+    three_d = helper.make_node("Attention", ["q", "q", "q"], ["y", "present_k"], q_num_heads=4, kv_num_heads=4,
+                               softcap=2.0)
+    problems = [f.problem for f in lint_model(_model([three_d], [q], [y]), "g", {"batch"})]
+    assert any("Q is 3-D" in p for p in problems)
+    assert any("q_num_heads" in p for p in problems) and any("softcap=2.0" in p for p in problems)
+    assert any("single output" in p for p in problems)
+
+
+def test_lint_catches_ops_dtypes_opset_and_uncovered_axes():
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", "seq"])
+    d = helper.make_tensor_value_info("d", TensorProto.DOUBLE, ["batch", "seq"])
+    nodes = [helper.make_node("CumSum", ["x", "axis"], ["c"]), helper.make_node("Cast", ["c"], ["d"], to=11),
+             helper.make_node("MatMulInteger", ["x", "x"], ["m"])]
+    axis = helper.make_tensor("axis", TensorProto.INT64, [], [1])
+    problems = [str(f) for f in lint_model(_model(nodes, [x], [d], opset=25, initializers=[axis]), "g", {"batch"})]
+    assert any("opset 25" in p for p in problems)
+    assert any("CumSum on INT64" in p for p in problems)
+    assert any("MatMulInteger is unsupported" in p for p in problems)
+    assert any("DOUBLE" in p for p in problems)
+    assert any("dynamic axis 'seq'" in p for p in problems)
+
+
+def _manifest(variants):
+    return {"variants": {p: {"attention": "onnx", "files": {g: {"file": f"{g}.{p}.onnx"} for g in
+                                                             ("vision_tower", "text_tower", "cross_modal")}}
+                         for p in variants}}
+
+
+def test_build_plan_tensorrt_10_uses_builder_flags_on_the_fp32_graph():
+    plan = build_plan(_manifest(["fp32", "fp16"]), "fp16", "10.14.1")
+    assert plan["text_tower"] == {"onnx": "text_tower.fp32.onnx", "strongly_typed": False,
+                                  "builder_flags": ["FP16"], "engine": "text_tower.fp16.engine"}
+    assert build_plan(_manifest(["fp32"]), "bf16", "10.15.0")["vision_tower"]["builder_flags"] == ["BF16"]
+
+
+def test_build_plan_tensorrt_11_is_strongly_typed_on_the_fp16_graph():
+    plan = build_plan(_manifest(["fp32", "fp16"]), "fp16", "11.0.0")
+    assert plan["cross_modal"]["onnx"] == "cross_modal.fp16.onnx"
+    assert plan["cross_modal"]["strongly_typed"] and plan["cross_modal"]["builder_flags"] == []
+    with pytest.raises(BtExportError, match="re-export with --precision fp32,fp16"):
+        build_plan(_manifest(["fp32"]), "fp16", "11.1.0")
+    with pytest.raises(BtExportError, match="needs a bf16 ONNX variant"):
+        build_plan(_manifest(["fp32"]), "bf16", "11.1.0")
+
+
+def test_build_plan_refuses_old_tensorrt_unfused_graphs_and_unknown_precision():
+    with pytest.raises(BtExportError, match="too old"):
+        build_plan(_manifest(["fp32"]), "fp16", "8.6.1")
+    unfused = _manifest(["fp32"])
+    unfused["variants"]["fp32"]["attention"] = "none"
+    with pytest.raises(BtExportError, match="--attention onnx"):
+        build_plan(unfused, "fp16", "10.14.0")
+    with pytest.raises(BtExportError, match="--trt-precision 'int4'"):
+        build_plan(_manifest(["fp32"]), "int4", "10.14.0")
+
+
+def test_tensorrt_section_round_trips_through_the_manifest(portable_export, tmp_path):
+    copy = shutil.copytree(portable_export, tmp_path / "copy")
+    section = {"version": "10.14.1", "gpu": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
+               "profiles": {"batch": [1, 8, 32]}, "engines": {}}
+    write_tensorrt_section(copy, "fp16", section)
+    assert read_manifest(copy).data["tensorrt"]["fp16"] == section
+    assert not list(copy.glob(".*partial"))
+    assert json.loads((copy / "manifest.json").read_text())["variants"]  # the rest is intact
+
+
+def _gpu_with_tensorrt():
+    try:
+        import tensorrt  # noqa: F401
+
+        from bt_runtime.backends.tensorrt import gpu_identity
+
+        gpu_identity()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_with_tensorrt(), reason="needs the tensorrt package and a CUDA GPU")
+def test_gpu_engines_build_and_match_eager(portable_export, tmp_path, photos_dir):
+    from bt_export.eager import EagerBridgeTower
+    from bt_export.specs import VARIANT_BOUNDS
+    from bt_export.trt_build import build_engines
+    from bt_runtime import BridgeTowerRuntime
+
+    copy = shutil.copytree(portable_export, tmp_path / "copy")
+    build_engines(copy, "fp16", batch=(1, 4, 8), seq=(4, 16, 64))
+    runtime = BridgeTowerRuntime.load(copy, backend="tensorrt", precision="fp16")
+    photos = sorted(photos_dir.iterdir())
+    texts = ["two cats on a couch", "a football player scoring a goal"]
+    eager = EagerBridgeTower("tiny", copy)
+    from PIL import Image
+
+    expected = np.array([[eager.itm_probability(Image.open(p), t) for t in texts] for p in photos])
+    assert np.abs(runtime.itm_matrix(photos, texts) - expected).max() <= VARIANT_BOUNDS["fp16"]["itm_probability_abs"]
+    assert runtime.fill_mask(photos[0], "a <mask> on a couch").masks
+    assert runtime.embed_images(photos).shape == (len(photos), 32)
+    assert runtime.retrieve("two cats", photos, top_k=2)
