@@ -21,8 +21,8 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
         raise OutputDirError(f"--output {str(output)!r} already exists and is not empty; pass --overwrite to "
                              "replace it, or choose another directory")
     parent = output.resolve().parent
-    if not parent.is_dir():
-        raise OutputDirError(f"--output {str(output)!r}: parent directory {str(parent)!r} does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise OutputDirError(f"--output {str(output)!r}: {str(parent)!r} is not a directory")
 
 
 @contextlib.contextmanager
@@ -30,6 +30,7 @@ def staged_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     """Yield an empty temp dir beside `output`; on clean exit it replaces `output`, on any exception it is removed."""
     output = Path(output)
     check_output_dir(output, overwrite)
+    output.resolve().parent.mkdir(parents=True, exist_ok=True)  # `--output exports/tiny` on a fresh checkout
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.resolve().parent))
     try:
         yield staging

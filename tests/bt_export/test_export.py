@@ -112,6 +112,16 @@ def test_interrupted_export_leaves_nothing_half_written(tmp_path, monkeypatch, i
     assert list(tmp_path.iterdir()) == []  # the temporary sibling directory is gone too
 
 
+def test_missing_parent_directories_are_created(tmp_path):
+    out = tmp_path / "exports" / "nested" / "tiny"
+    export_checkpoint("tiny", out, validate=False)
+    assert (out / "manifest.json").is_file()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputDirError, match="is not a directory"):
+        export_checkpoint("tiny", blocker / "tiny", validate=False)
+
+
 def test_overwrite_replaces_a_previous_export_atomically(tmp_path):
     out = tmp_path / "export"
     out.mkdir()
