@@ -94,7 +94,9 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                     written = write_variant(precision, name, staging / spec.file, staging / files[name], int8_excluded)
                     if written is None:  # identical to fp32: share that file
                         files[name] = spec.file
-                    details.setdefault("graphs", {})[name] = written if written is not None else "fp32 (all excluded)"
+                        details.setdefault("graphs", {})[name] = "fp32 (all excluded)"
+                    elif written:
+                        details.setdefault("graphs", {})[name] = written
             rows = []
             if validate:
                 log(f"checking {precision} parity with ONNX Runtime")

@@ -76,17 +76,13 @@ def export_graph(model: torch.nn.Module, spec: GraphSpec, inputs: tuple[torch.Te
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save, with external data (`<file>.data`) when the weights would pass protobuf's 2 GB limit."""
-    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if not _has_external(model) else True
+    """Save a fully loaded model, with external data (`<file>.data`) when it would pass protobuf's 2 GB limit."""
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
     onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=data.name)
-
-
-def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 @contextlib.contextmanager

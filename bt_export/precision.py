@@ -37,7 +37,7 @@ def variant_file(graph_file: str, precision: str) -> str:
     return graph_file if precision == "fp32" else graph_file.replace(".onnx", f".{precision}.onnx")
 
 
-def write_fp16(src: Path, dst: Path) -> dict:
+def write_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
@@ -47,7 +47,6 @@ def write_fp16(src: Path, dst: Path) -> dict:
     with quiet():
         converted = convert_float_to_float16(model, keep_io_types=True)
     save_model(converted, dst)
-    return {}
 
 
 def module_path(node: onnx.NodeProto) -> str:
@@ -77,9 +76,11 @@ def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, .
 
 def write_variant(precision: str, graph: str, src: Path, dst: Path,
                   int8_excluded: tuple[str, ...] = INT8_EXCLUDED) -> dict | None:
-    """Write `graph`'s `precision` variant; None when it would equal the fp32 graph (use that file)."""
+    """Write `graph`'s `precision` variant. Returns per-graph details ({} if none), or None when the variant
+    would equal the fp32 graph (nothing written: use that file)."""
     if precision == "fp16":
-        return write_fp16(src, dst)
+        write_fp16(src, dst)
+        return {}
     if precision == "int8":
         return write_int8(src, dst, graph, int8_excluded)
     raise ValueError(f"precision {precision!r}; valid: {list(PRECISIONS)}")

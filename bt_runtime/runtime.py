@@ -288,7 +288,8 @@ class BridgeTowerRuntime:
                 continue
             similarities = chunk.embeds @ text_features.embeds[0]  # (b,) cosine: both L2-normalized
             for offset, similarity in enumerate(similarities):
-                item = (float(similarity), start + offset, chunk.bridge[:, offset] if rerank else None)
+                # a copy, not a view: a view would keep the whole chunk's bridges alive
+                item = (float(similarity), start + offset, chunk.bridge[:, offset].copy() if rerank else None)
                 (heapq.heappush if len(shortlist) < keep else heapq.heappushpop)(shortlist, item)
         if not use_itc:
             hits = [RetrievalHit(score, index, None, score) for score, index, _ in shortlist]
