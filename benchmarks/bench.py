@@ -14,8 +14,10 @@ from .report import build
 from .scenarios import SCENARIOS, Settings
 
 def default_backends(manifest) -> list[str]:
-    # fp16 graphs are meant for GPUs: ONNX Runtime's CPU provider runs them without fast fp16 kernels.
-    return ["torch"] + [f"onnxruntime:{p}" for p in manifest.precisions if p != "fp16"]
+    """torch fp32 (the baseline), torch bf16 where the CPU has bf16 instructions, and every variant of the export
+    on ONNX Runtime's default provider."""
+    bf16 = any(flag in machine.cpu_info()["flags"] for flag in ("avx512_bf16", "amx_bf16"))
+    return ["torch", *(["torch:bf16"] if bf16 else [])] + [f"onnxruntime:{p}" for p in manifest.precisions]
 
 
 def eager_for(manifest):

@@ -20,8 +20,8 @@ def bench(
     export_dir: Path = typer.Argument(..., help="Export directory written by bt-export."),
     scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {', '.join(SCENARIOS)}."),
     backend: list[str] = typer.Option(None, "--backend", help="Repeatable: torch, torch:bf16, "
-                                      "onnxruntime:<precision>[:<provider>], tensorrt:<precision>. Default: torch + "
-                                      "every CPU-suited variant of the export."),
+                                      "onnxruntime:<precision>[:<provider>], tensorrt:<precision>. Default: torch "
+                                      "(+ torch:bf16 on BF16 CPUs) + every variant of the export."),
     num_texts: int = typer.Option(16, "--num-texts", help="Texts in `rerank`."),
     gallery: int = typer.Option(8, "--gallery", help="Images in `retrieve`."),
     text_length: int = typer.Option(40, "--text-length", help="Tokens per text in pair/embed-texts."),

@@ -102,3 +102,14 @@ def test_cli_rejects_unknown_scenario(tiny_export):
 
     result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "warp-speed", "--runs", "1"])
     assert result.exit_code == 2 and "valid" in result.output
+
+
+def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny_export, monkeypatch):
+    from benchmarks import bench, machine
+    from bt_runtime import read_manifest
+
+    manifest = read_manifest(tiny_export)
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx512_bf16"]})
+    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32"]
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx2"]})
+    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32"]
