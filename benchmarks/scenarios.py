@@ -73,13 +73,16 @@ def _agree_probabilities(cases: list[Case], reference: np.ndarray) -> dict[str, 
     return result
 
 
+def _per_item(output: np.ndarray) -> np.ndarray:
+    """Embeddings (B, E) as they are; bridges (C, B, L, D) → (B, C·L·D), one row per image/text."""
+    output = np.asarray(output)
+    return output if output.ndim == 2 else np.moveaxis(output, 1, 0).reshape(output.shape[1], -1)
+
+
 def _agree_cosine(cases: list[Case], reference: np.ndarray) -> dict[str, dict]:
-    result = {}
-    flat_ref = reference.reshape(reference.shape[0] if reference.ndim == 2 else reference.shape[1], -1) \
-        if reference.ndim == 2 else np.moveaxis(reference, 1, 0).reshape(reference.shape[1], -1)
+    result, flat_ref = {}, _per_item(reference)
     for case in cases:
-        out = np.asarray(case.output)
-        flat = out if out.ndim == 2 else np.moveaxis(out, 1, 0).reshape(out.shape[1], -1)
+        flat = _per_item(case.output)
         cosine = np.sum(flat * flat_ref, 1) / (np.linalg.norm(flat, axis=1) * np.linalg.norm(flat_ref, axis=1))
         bound = agreement_bounds(case.name)["embedding_cosine_min"]
         result[case.name] = {"cosine_min": float(cosine.min()), "bound": bound, "passed": bool(cosine.min() >= bound)}

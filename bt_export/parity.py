@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bt_runtime.runtime import softmax
+
 from .model import hf_reference
 from .specs import GraphSpec
 from .towers import CrossModalStack, TextTower, VisionTower
@@ -136,11 +138,6 @@ def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerRefere
     return rows
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences, files: dict[str, str],
                       bounds: dict[str, float]) -> list[ParityRow]:
     """Reduced precision: the three graphs chained vs fp32 eager transformers, in task terms (bounds from specs)."""
@@ -149,7 +146,7 @@ def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerR
     if ("BridgeTowerForImageAndTextRetrieval", "logits") in hf:
         ours, theirs = chained["itm_logits"], hf[("BridgeTowerForImageAndTextRetrieval", "logits")]
         check = "e2e:BridgeTowerForImageAndTextRetrieval.logits"
-        rows.append(ParityRow(check, "itm_logits", _max_abs_diff(_softmax(ours)[:, 1], _softmax(theirs)[:, 1]),
+        rows.append(ParityRow(check, "itm_logits", _max_abs_diff(softmax(ours)[:, 1], softmax(theirs)[:, 1]),
                               bounds["itm_probability_abs"], "itm_probability_abs"))
         rows.append(ParityRow(check, "itm_logits", float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
                               bounds["itm_decision_agreement"], "itm_decision_agreement"))

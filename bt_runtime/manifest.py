@@ -59,6 +59,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def verify_sha256(path: str | Path, expected: str, remedy: str) -> None:
+    """Refuse a file whose content no longer matches the sha256 the manifest recorded; `remedy` says what to do."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ManifestError(f"{str(path)!r} does not match the sha256 in manifest.json (expected {expected[:12]}…, "
+                            f"got {actual[:12]}…): the file was modified or truncated. {remedy}")
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """Read and check `directory/manifest.json`: schema version, required sections, graph files present."""
     directory = Path(directory)

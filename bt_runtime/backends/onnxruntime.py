@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ManifestError
-from ..manifest import GRAPH_NAMES, Manifest, sha256_file
+from ..manifest import GRAPH_NAMES, Manifest, verify_sha256
 from .feeds import check_feeds, check_outputs
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -61,10 +61,11 @@ class OnnxRuntimeBackend:
             entry = self.manifest.data["variants"][self.precision]["files"][graph]
             path = self.manifest.directory / entry["file"]
             if self.verify_checksums:
-                self._verify(path, entry["sha256"])
+                remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
+                verify_sha256(path, entry["sha256"], remedy)
                 if "external_data" in entry:
-                    self._verify(self.manifest.directory / entry["external_data"]["file"],
-                                 entry["external_data"]["sha256"])
+                    verify_sha256(self.manifest.directory / entry["external_data"]["file"],
+                                  entry["external_data"]["sha256"], remedy)
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
@@ -73,14 +74,6 @@ class OnnxRuntimeBackend:
                 options.intra_op_num_threads = self.intra_op_threads
             self._sessions[graph] = ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
         return self._sessions[graph]
-
-    @staticmethod
-    def _verify(path, expected: str) -> None:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ManifestError(f"{str(path)!r} does not match the sha256 in manifest.json (expected {expected[:12]}…, "
-                                f"got {actual[:12]}…): the file was modified or truncated. Re-export it, or pass "
-                                "verify_checksums=False to load it anyway.")
 
     def run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         io = self.manifest.graph_io(graph)

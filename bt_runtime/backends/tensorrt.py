@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ManifestError
-from ..manifest import GRAPH_NAMES, Manifest, sha256_file
+from ..manifest import GRAPH_NAMES, Manifest, verify_sha256
 from .feeds import check_feeds, check_outputs
 from .trt_profiles import check_shape_in_profile, input_shapes
 
@@ -167,9 +167,8 @@ class TensorRTBackend:
             path = self.manifest.directory / entry["file"]
             if not path.is_file():
                 raise ManifestError(f"engine {str(path)!r} is missing; " + rebuild_hint(self.manifest.directory))
-            if self.verify_checksums and sha256_file(path) != entry["sha256"]:
-                raise ManifestError(f"{str(path)!r} does not match the sha256 in manifest.json (modified or "
-                                    "truncated); " + rebuild_hint(self.manifest.directory))
+            if self.verify_checksums:
+                verify_sha256(path, entry["sha256"], rebuild_hint(self.manifest.directory))
             engine = self.trt.Runtime(self.logger).deserialize_cuda_engine(path.read_bytes())
             if engine is None:
                 raise BackendError(f"TensorRT could not deserialize {entry['file']}; " +
