@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bt_runtime import BridgeTowerRuntime
-from bt_runtime.manifest import Manifest
+from bt_runtime.contract import Manifest
 from bt_runtime.runtime import softmax
 
 

@@ -24,11 +24,11 @@ def eager_for(manifest):
     """Eager transformers on the export's own checkpoint (same weights: random init is reproduced by its seed)."""
     from bt_export.eager import EagerBridgeTower
 
-    source = manifest.data["checkpoint"]
-    if source.get("random_init") or source["kind"] == "tiny":
-        return EagerBridgeTower(source["alias"], manifest.directory, random_init=source["kind"] != "tiny",
+    source = manifest.checkpoint
+    if source.random_init or source.kind == "tiny":
+        return EagerBridgeTower(source.alias, manifest.directory, random_init=source.kind != "tiny",
                                 tokenizer=manifest.directory)
-    return EagerBridgeTower(source.get("path") or source["hub_id"], manifest.directory)
+    return EagerBridgeTower(source.path or source.hub_id, manifest.directory)
 
 
 def load_images(paths: list[Path] | None) -> list:
@@ -62,10 +62,10 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
     log("measuring this machine's matmul rate")
     context = {
         "command": " ".join(shlex.quote(a) for a in ["bt-bench", *sys.argv[1:]]),
-        "export": {"directory": str(export_dir), "checkpoint": manifest.data["checkpoint"].get("alias")
-                   or manifest.data["checkpoint"].get("hub_id") or manifest.data["checkpoint"].get("path"),
-                   "random_init": manifest.data["checkpoint"].get("random_init"),
-                   "attention": {p: v["attention"] for p, v in manifest.data["variants"].items()}},
+        "export": {"directory": str(export_dir), "checkpoint": manifest.checkpoint.alias
+                   or manifest.checkpoint.hub_id or manifest.checkpoint.path,
+                   "random_init": manifest.checkpoint.random_init,
+                   "attention": {p: v.attention for p, v in manifest.variants.items()}},
         "machine": {"cpu": machine.cpu_info(), "gpu": machine.gpu_info()},
         "versions": machine.versions(), "threads": machine.thread_settings(),
         "matmul_gflops": machine.matmul_gflops(),

@@ -102,7 +102,7 @@ def pair(backends, runtime, image, settings: Settings) -> list[Row]:
              for b in backends]
     interleave(cases, settings.runs, settings.warmup)
     agreement = _agree_probabilities(cases, _reference(backends, cases))
-    return _rows("pair", cases, "pairs", flops.pair(runtime.manifest.data["config"], encoded.input_ids.shape[1]),
+    return _rows("pair", cases, "pairs", flops.pair(runtime.manifest.config, encoded.input_ids.shape[1]),
                  agreement, {"text_tokens": int(encoded.input_ids.shape[1])})
 
 
@@ -116,7 +116,7 @@ def rerank(backends, runtime, image, settings: Settings) -> list[Row]:
     texts = [f"{CAPTIONS[i % len(CAPTIONS)]} ({i})" for i in range(settings.num_texts)]
     cases = [Case(b.label, lambda b=b: b.itm_loop(image, texts), len(texts)) for b in backends]
     interleave(cases, settings.runs, settings.warmup)
-    config, lengths = runtime.manifest.data["config"], runtime.tokenizer(texts).lengths
+    config, lengths = runtime.manifest.config, runtime.tokenizer(texts).lengths
     rows = _rows("rerank", cases, "pairs", None, _agree_probabilities(cases, _reference(backends, cases)),
                  {"num_texts": len(texts), "note": "torch: one processor + model call per text (transformers docs)"})
     for row, backend in zip(rows, backends):  # each backend is credited with the work it does
@@ -126,7 +126,7 @@ def rerank(backends, runtime, image, settings: Settings) -> list[Row]:
 
 def embed(kind: str, backends, runtime, image, settings: Settings) -> list[Row]:
     """Tower throughput: contrastive embeddings for ITC exports, the bridges (tower outputs) otherwise."""
-    config, rows = runtime.manifest.data["config"], []
+    config, rows = runtime.manifest.config, []
     for batch in settings.batch_sizes:
         if kind == "images":
             feeds = {"pixel_values": np.repeat(runtime.preprocess([image]), batch, axis=0)}
@@ -182,7 +182,7 @@ def retrieve(backends, runtime, images: list, settings: Settings) -> list[Row]:
         recall = len(best & {h.index for h in hits}) / settings.top_k
         agreement[case.name] = {"recall_at_k_vs_brute_force": recall, "itm_probability_abs": diff, "bound": bound,
                                 "passed": bool(diff <= bound)}
-    config = runtime.manifest.data["config"]
+    config = runtime.manifest.config
     work = len(gallery) * flops.pair(config, int(runtime.tokenizer([query]).lengths[0]))
     return _rows("retrieve", cases, "images", work, agreement,
                  {"gallery": len(gallery), "top_k": settings.top_k, "rerank": 2 * settings.top_k,

@@ -127,6 +127,16 @@ def _check_directory(directory: Path, tokenizer: str | Path | None) -> None:
 
 def _tensor_names(directory: Path) -> set[str]:
     """Names of the tensors stored in a checkpoint directory, read without loading the tensors."""
+    try:
+        return _read_tensor_names(directory)
+    except CheckpointError:
+        raise
+    except Exception as err:  # safetensors, json and torch raise their own types for damaged files
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: the weights cannot be read (damaged or truncated "
+                              f"file?): {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from err
+
+
+def _read_tensor_names(directory: Path) -> set[str]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (directory / index).is_file():
             return set(json.loads((directory / index).read_text())["weight_map"])
@@ -164,7 +174,7 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
         raise CheckpointError(f"--checkpoint {str(directory)!r}: {len(problems)} weight problem(s): {shown}")
     return LoadedCheckpoint(
         model=model.eval(), heads=model.HEADS, tokenizer_dir=Path(tokenizer) if tokenizer else directory,
-        image_processor=image_processor_kwargs(config, directory / "preprocessor_config.json"),
+        image_processor=image_processor_kwargs(config, directory),
         source={**source, "random_init": False},
     )
 
@@ -199,11 +209,15 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
 
 
 def _tokenizer_vocab_size(directory: Path) -> int:
-    if (directory / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
+    try:
+        if (directory / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
-    return len(json.loads((directory / "vocab.json").read_text()))
+            return Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
+        return len(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
+    except Exception as err:  # tokenizers raises a bare Exception for a corrupt file
+        raise CheckpointError(f"--tokenizer {str(directory)!r}: the tokenizer cannot be read: "
+                              f"{str(err).splitlines()[0][:200]}") from err
 
 
 def check_supported(config, heads: tuple[str, ...] = ()) -> None:
@@ -238,34 +252,82 @@ def check_supported(config, heads: tuple[str, ...] = ()) -> None:
         raise UnsupportedConfigError("unsupported BridgeTower config: " + "; ".join(problems))
 
 
-def image_processor_kwargs(config, preprocessor_json: Path | None) -> dict:
-    """BridgeTowerImageProcessor settings: the checkpoint's preprocessor_config.json, else defaults for its size."""
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _stored_image_processor(directory: Path | None) -> tuple[Path | None, dict]:
+    """The image processor settings a checkpoint directory holds: preprocessor_config.json (the hub's BridgeTower
+    repos, and transformers < 5), or the "image_processor" section of processor_config.json (what transformers 5's
+    BridgeTowerProcessor.save_pretrained writes). (None, {}) when neither exists."""
+    for name in PROCESSOR_FILES if directory is not None else ():
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{str(path)!r} is not readable JSON: {err}") from err
+        if name == "processor_config.json" and isinstance(stored, dict):
+            stored = stored.get("image_processor", {})
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{str(path)!r}: expected a JSON object of image processor settings")
+        return path, stored
+    return None, {}
+
+
+def image_processor_kwargs(config, directory: Path | None) -> dict:
+    """BridgeTowerImageProcessor settings: the checkpoint's own (see _stored_image_processor), else defaults for
+    its size."""
     size = config.vision_config.image_size
     kwargs = {"size": {"shortest_edge": size}, "crop_size": {"shortest_edge": size}, "size_divisor": 32}
-    if preprocessor_json is not None and preprocessor_json.is_file():
-        stored = json.loads(preprocessor_json.read_text())
+    preprocessor_json, stored = _stored_image_processor(directory)
+    where = repr(str(preprocessor_json)) if preprocessor_json else "the default image processor settings"
+    if stored:
+        # Keys every transformers version understands; legacy ones (feature_extractor_type, image_processor_type,
+        # do_pad, pad_size, …) describe the same processor and are not needed to reproduce it.
         keep = ("size", "crop_size", "size_divisor", "resample", "image_mean", "image_std", "rescale_factor",
-                "do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_pad")
-        kwargs.update({k: v for k, v in stored.items() if k in keep})
+                "do_resize", "do_center_crop", "do_rescale", "do_normalize")
+        kwargs.update({k: v for k, v in stored.items() if k in keep and v is not None})
+    for key in ("size", "crop_size"):  # transformers writes {"shortest_edge": N}; older files a bare N
+        value = kwargs[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = {"shortest_edge": value}
+        elif not (isinstance(value, dict) and isinstance(value.get("shortest_edge"), int)):
+            raise CheckpointError(f"{where}: {key} {value!r}; expected an integer or "
+                                  '{"shortest_edge": N}')
+    if kwargs["crop_size"]["shortest_edge"] != size:
+        raise CheckpointError(f"{where}: crop_size {kwargs['crop_size']['shortest_edge']} does not "
+                              f"match the model's vision_config.image_size {size} (the vision tower takes {size}×{size})")
+    if "resample" in kwargs:
+        from .manifest import resample_name
+
+        resample_name(kwargs["resample"])  # an unknown code or name is refused here, before loading weights
     return kwargs
+
+
+def _hf_tokenizer(src: Path, max_length: int):
+    from transformers import AutoTokenizer, RobertaTokenizerFast
+
+    if (src / "tokenizer.json").is_file():
+        return RobertaTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), model_max_length=max_length)
+    try:
+        return AutoTokenizer.from_pretrained(src, model_max_length=max_length)
+    except (OSError, ValueError):
+        return RobertaTokenizerFast(vocab_file=str(src / "vocab.json"), merges_file=str(src / "merges.txt"),
+                                    model_max_length=max_length)
 
 
 def copy_tokenizer(loaded: LoadedCheckpoint, out_dir: Path) -> list[str]:
     """Write tokenizer.json (converted from vocab.json + merges.txt when needed) and its HF config into `out_dir`."""
-    from transformers import AutoTokenizer, RobertaTokenizerFast
-
     src = loaded.tokenizer_dir
     max_length = loaded.config.text_config.max_position_embeddings - 2
-    if (src / "tokenizer.json").is_file():
-        tok = RobertaTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), model_max_length=max_length)
-    else:
-        try:
-            tok = AutoTokenizer.from_pretrained(src, model_max_length=max_length)
-        except Exception:
-            tok = RobertaTokenizerFast(vocab_file=str(src / "vocab.json"), merges_file=str(src / "merges.txt"),
-                                       model_max_length=max_length)
+    try:
+        tok = _hf_tokenizer(src, max_length)
+    except Exception as err:  # tokenizers/transformers raise bare Exceptions for corrupt files
+        raise CheckpointError(f"tokenizer files in {str(src)!r} cannot be loaded: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from err
     with tempfile.TemporaryDirectory() as tmp:
-        tok.save_pretrained(tmp)
+        tok.save_pretrained(tmp)  # tokenizer.json (converted from vocab.json + merges.txt when needed) + its config
         written = []
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (Path(tmp) / name).is_file():

@@ -9,8 +9,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from .configs import valid_names
-from .errors import BtExportError, ParityError
-from .precision import INT8_EXCLUDED
+from .errors import BtExportError, ParityError, VariantsRejected
+
+INT8_EXCLUDED_HELP = "the measured default in bt_export/precision.py"
+# Exit codes (README, "Bad input"): 0 written; 1 fp32 parity failed, nothing written; 2 bad input, nothing written;
+# 3 written, but reduced-precision variant(s) missed their bounds and were left out (recorded in the manifest).
+EXIT_PARITY, EXIT_INPUT, EXIT_REJECTED = 1, 2, 3
 
 app = typer.Typer(add_completion=False, help="Export BridgeTower to validated ONNX graphs.")
 console = Console(stderr=True, width=130)  # fixed width: the parity table stays readable in CI logs
@@ -34,7 +38,7 @@ def export(
     precision: str = typer.Option("fp32", "--precision", help="Comma list of fp32, fp16, int8."),
     int8_exclude: list[str] = typer.Option(None, "--int8-exclude",
                                            help="Regex over '<graph>/<module path>' kept float32 in int8 (repeat; "
-                                                "replaces the measured default)."),
+                                                f"replaces {INT8_EXCLUDED_HELP})."),
     trt: bool = typer.Option(False, "--trt", help="Build TensorRT engines (needs tensorrt + an NVIDIA GPU)."),
     trt_check: bool = typer.Option(False, "--trt-check", help="TensorRT compatibility lint, no TensorRT needed."),
     trt_only: bool = typer.Option(False, "--trt-only", help="Skip exporting: --trt/--trt-check an existing --output."),
@@ -45,8 +49,11 @@ def export(
     trt_timing_cache: Path = typer.Option(None, "--trt-timing-cache", help="Timing cache file reused across builds."),
 ):
     """Export CHECKPOINT's vision tower, text tower and cross-modal stack with its heads to OUTPUT."""
+    from bt_runtime.errors import BtRuntimeError
+
     from .export import export_checkpoint
     from .parity import parity_table
+    from .precision import INT8_EXCLUDED
 
     if trt_only:
         _tensorrt_steps(output, trt, trt_check or not trt, trt_precision, trt_batch, trt_seq, trt_workspace_gib,
@@ -63,21 +70,34 @@ def export(
         for name, rows in err.args[1].items():
             console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
         console.print(f"[red]error:[/red] {escape(err.args[0])} (nothing was written to {output})")
-        raise typer.Exit(1) from None
-    except BtExportError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
-    for name, rows in result.parity.items():
-        if rows:
-            console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
-    heads = ", ".join(result.manifest["checkpoint"]["heads"]) or "none"
-    variants = ", ".join(f"{p} ({sum(c['Attention'] + c['MultiHeadAttention'] for c in v['fused_attention_nodes'].values())}"
-                         f" fused attention nodes)" for p, v in result.manifest["variants"].items())
-    console.print(f"exported {checkpoint} (heads: {heads}; {variants}) to {result.output} in {result.seconds:.1f} s, "
-                  f"{result.disk_bytes / 1e6:.1f} MB")
+        raise typer.Exit(EXIT_PARITY) from None
+    except VariantsRejected as err:
+        result = err.args[1]
+        _report(checkpoint, result, parity_table)
+        console.print(f"[red]error:[/red] {escape(err.args[0])}")
+        raise typer.Exit(EXIT_REJECTED) from None
+    except (BtExportError, BtRuntimeError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))} (nothing was written to {output})")
+        raise typer.Exit(EXIT_INPUT) from None
+    except Exception:
+        console.print("[red]internal error[/red] (a bug in bt-export, not in your input: please report it with the "
+                      f"traceback below); nothing was written to {output}")
+        raise
+    _report(checkpoint, result, parity_table)
     if trt or trt_check:
         _tensorrt_steps(output, trt, trt_check, trt_precision, trt_batch, trt_seq, trt_workspace_gib,
                         trt_timing_cache)
+
+
+def _report(checkpoint: str, result, parity_table) -> None:
+    for name, rows in result.parity.items():
+        if rows:
+            console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
+    heads = ", ".join(result.manifest.heads) or "none"
+    variants = ", ".join(f"{p} ({sum(c['Attention'] + c['MultiHeadAttention'] for c in v.fused_attention_nodes.values())}"
+                         f" fused attention nodes)" for p, v in result.manifest.variants.items())
+    console.print(f"exported {checkpoint} (heads: {heads}; {variants}) to {result.output} in {result.seconds:.1f} s, "
+                  f"{result.disk_bytes / 1e6:.1f} MB")
 
 
 def _triple(text: str, option: str) -> tuple[int, int, int]:

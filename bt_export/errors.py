@@ -21,3 +21,8 @@ class OutputDirError(BtExportError):
 
 class ParityError(BtExportError):
     """At least one exported output disagrees with eager PyTorch beyond its tolerance."""
+
+
+class VariantsRejected(BtExportError):
+    """The export was written, but reduced-precision variant(s) missed their bounds and were left out.
+    args: (message, ExportResult)."""

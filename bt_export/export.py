@@ -3,7 +3,6 @@ written atomically."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,14 +10,15 @@ from pathlib import Path
 import onnx
 import torch
 
-from bt_runtime.manifest import MANIFEST_NAME
+from bt_runtime.contract import MANIFEST_NAME, Parity, RejectedVariant, Variant, dump
+from bt_runtime.cpu import isa_class
 
 from .checkpoints import copy_tokenizer, load_checkpoint
-from .errors import BtExportError, ParityError
+from .errors import BtExportError, ParityError, VariantsRejected
 from .fused import ATTENTION_MODES, count_attention
-from .manifest import build_manifest, file_entry
+from .manifest import build_manifest, graph_file_entry
 from .onnx_export import DEFAULT_OPSET, example_inputs, export_graph
-from .parity import ParityRow, check_parity, check_task_parity, eager_references
+from .parity import ParityRow, check_parity, check_runtime_loads, check_task_parity, eager_references
 from .precision import INT8_EXCLUDED, PRECISIONS, variant_details, variant_file, write_variant
 from .samples import hf_processor, load_images, make_samples
 from .specs import VARIANT_BOUNDS, graph_specs
@@ -32,13 +32,28 @@ DEFAULT_ATTENTION = "onnx"
 @dataclass
 class ExportResult:
     output: Path
-    manifest: dict
+    manifest: object  # bt_runtime.contract.Manifest
     parity: dict[str, list[ParityRow]] = field(default_factory=dict)  # precision → rows
     seconds: float = 0.0
 
     @property
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.output.iterdir() if p.is_file())
+
+
+def export_graphs(model, specs: dict, samples, refs, directory: Path, opset: int, attention: str,
+                  log=lambda message: None) -> None:
+    """Trace the three graphs into `directory`, with the eager references' bridges as cross-modal examples."""
+    # image_bridge example of a smaller batch than the texts, so tracing keeps `image_batch` and `batch` apart
+    image_rows = max(2, samples.input_ids.shape[0] // 2)
+    bridges = {"text_bridge": torch.from_numpy(refs.graph_outputs["text_tower"]["text_bridge"]),
+               "image_bridge": torch.from_numpy(refs.graph_outputs["vision_tower"]["image_bridge"][:, :image_rows])}
+    for spec in specs.values():
+        log(f"exporting {spec.file} (attention: {attention})")
+        inputs = example_inputs(spec, samples, bridges)
+        if spec.name == "cross_modal":
+            inputs = (*inputs[:3], inputs[3] % image_rows)
+        export_graph(model, spec, inputs, directory, opset, attention)
 
 
 def _check_choices(attention: str, precisions: tuple[str, ...]) -> tuple[str, ...]:
@@ -56,7 +71,12 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                       opset: int = DEFAULT_OPSET, attention: str = DEFAULT_ATTENTION,
                       precisions: tuple[str, ...] = ("fp32",), int8_excluded: tuple[str, ...] = INT8_EXCLUDED,
                       log=lambda message: None) -> ExportResult:
-    """Export `checkpoint` into `output`. Raises ParityError (nothing written) if any check fails its bound."""
+    """Export `checkpoint` into `output`.
+
+    fp32 failing a bound raises ParityError and nothing is written. A reduced precision failing its bounds is left
+    out, recorded under the manifest's `rejected_variants`, and VariantsRejected is raised after the export (fp32
+    and the passing variants) has been committed. The last step before the commit loads the staged directory
+    with bt_runtime and scores one pair against eager transformers."""
     started = time.perf_counter()
     output = Path(output)
     precisions = _check_choices(attention, tuple(precisions))
@@ -74,17 +94,8 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
         samples = make_samples(processor, images, image_names, grid=precisions != ("fp32",))
         log(f"computing eager PyTorch references on {len(samples.texts)} image-text pairs")
         refs = eager_references(loaded.model, samples, specs, loaded.heads)
-        # image_bridge example of a smaller batch than the texts, so tracing keeps `image_batch` and `batch` apart
-        image_rows = max(2, samples.input_ids.shape[0] // 2)
-        bridges = {"text_bridge": torch.from_numpy(refs.graph_outputs["text_tower"]["text_bridge"]),
-                   "image_bridge": torch.from_numpy(refs.graph_outputs["vision_tower"]["image_bridge"][:, :image_rows])}
-        for spec in specs.values():
-            log(f"exporting {spec.file} (attention: {attention})")
-            inputs = example_inputs(spec, samples, bridges)
-            if spec.name == "cross_modal":
-                inputs = (*inputs[:3], inputs[3] % image_rows)
-            export_graph(loaded.model, spec, inputs, staging, opset, attention)
-        variants, parity = {}, {}
+        export_graphs(loaded.model, specs, samples, refs, staging, opset, attention, log)
+        variants, rejected, parity = {}, {}, {}
         for precision in precisions:
             files = {name: variant_file(spec.file, precision) for name, spec in specs.items()}
             details = variant_details(precision, int8_excluded)
@@ -103,20 +114,41 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                 rows = (check_parity(staging, specs, refs, files) if precision == "fp32" else
                         check_task_parity(staging, specs, refs, files, VARIANT_BOUNDS[precision]))
             parity[precision] = rows
-            variants[precision] = {
-                "attention": attention, **details,
-                "fused_attention_nodes": {name: count_attention(onnx.load(str(staging / f), load_external_data=False))
-                                          for name, f in files.items()},
-                "files": {name: file_entry(staging, f) for name, f in files.items()},
-                "parity": {"validated": validate, "passed": all(r.passed for r in rows) if validate else None,
-                           "inputs": {"texts": samples.texts, "images": samples.image_names},
-                           "rows": [r.to_json() for r in rows]},
-            }
-        manifest = build_manifest(loaded, specs, staging, processor, tokenizer_files, variants, opset)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-        failed = [(p, r) for p, rows in parity.items() for r in rows if not r.passed]
-        if failed:
-            raise ParityError(f"{len(failed)} check(s) disagree with eager PyTorch beyond their bound: "
-                              + ", ".join(f"{p} {r.check}/{r.output} {r.metric}={r.value:.3g} (bound {r.bound:.3g})"
-                                          for p, r in failed), parity)
+            record = Parity(validated=validate, passed=all(r.passed for r in rows) if validate else None,
+                            inputs={"texts": samples.texts, "images": samples.image_names},
+                            rows=[r.to_json() for r in rows])
+            failed = [r for r in rows if not r.passed]
+            if failed and precision == "fp32":
+                raise ParityError(f"{len(failed)} fp32 check(s) disagree with eager PyTorch beyond their bound: "
+                                  + _describe(failed), parity)
+            if failed:  # a reduced precision that misses its bounds is left out, never the whole export
+                for name, file in files.items():
+                    if file != specs[name].file:
+                        (staging / file).unlink(missing_ok=True)
+                rejected[precision] = RejectedVariant(f"missed its bounds on {isa_class()}: {_describe(failed)}",
+                                                      record)
+                log(f"{precision} rejected: {_describe(failed)}")
+                continue
+            variants[precision] = Variant(
+                attention=attention, io_dtype=details.pop("io_dtype"), details=details, parity=record,
+                fused_attention_nodes={name: count_attention(onnx.load(str(staging / f), load_external_data=False))
+                                       for name, f in files.items()},
+                files={name: graph_file_entry(staging, f) for name, f in files.items()},
+                validated_isa=isa_class() if precision == "int8" and validate else None)
+        manifest = build_manifest(loaded, specs, staging, processor, tokenizer_files, variants, rejected)
+        (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
+        if validate:
+            log("loading the staged export with bt_runtime (no torch) to score one pair")
+            row = check_runtime_loads(staging, samples, refs, loaded.heads)
+            parity["fp32"].append(row)
+            manifest.variants["fp32"].parity.rows.append(row.to_json())
+            (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
+    result = ExportResult(output, manifest, parity, time.perf_counter() - started)
+    if rejected:
+        raise VariantsRejected(f"precision variant(s) {sorted(rejected)} missed their bounds and were left out; "
+                               f"{output} holds {sorted(variants)}", result)
     return ExportResult(output, manifest, parity, time.perf_counter() - started)
+
+
+def _describe(rows: list[ParityRow]) -> str:
+    return ", ".join(f"{r.check}/{r.output} {r.metric}={r.value:.3g} (bound {r.bound:.3g})" for r in rows)

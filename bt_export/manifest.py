@@ -1,4 +1,4 @@
-"""Build the manifest.json dict of an export (schema documented in bt_runtime.manifest)."""
+"""Build the typed manifest of an export (schema: bt_runtime.contract)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
-from bt_runtime.manifest import SCHEMA_VERSION, sha256_file
+import numpy as np
+import onnx
 
+from bt_runtime.contract import (RESAMPLE_NAMES, SCHEMA_VERSION, CenterCrop, Checkpoint, ConfigSummary, FileRef,
+                                 GraphFile, GraphIO, Manifest, Preprocessing, Reference, Resize, TensorInfo,
+                                 TokenizerInfo, sha256_file)
+
+from .errors import CheckpointError
 from .model import HF_HEAD_CLASSES
 from .specs import GraphSpec, num_image_tokens
 
@@ -27,86 +33,116 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def file_entry(directory: Path, file: str) -> dict:
-    entry = {"file": file, "sha256": sha256_file(directory / file)}
-    data = directory / f"{file}.data"
-    if data.is_file():
-        entry["external_data"] = {"file": data.name, "sha256": sha256_file(data)}
-    return entry
+def graph_file_entry(directory: Path, file: str) -> GraphFile:
+    """The file's sha256, the default-domain opset actually written in it, and every external-data file its
+    initializers reference (read from the graph itself, not guessed from names)."""
+    model = onnx.load(str(directory / file), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    locations = sorted({entry.value for tensor in model.graph.initializer
+                        if tensor.data_location == onnx.TensorProto.EXTERNAL
+                        for entry in tensor.external_data if entry.key == "location"})
+    return GraphFile(file=file, sha256=sha256_file(directory / file), opset=opset,
+                     contrib_ops=any(node.domain == "com.microsoft" for node in model.graph.node),
+                     external_data=[FileRef(name, sha256_file(directory / name)) for name in locations])
 
 
-def config_summary(config) -> dict:
+def config_summary(config) -> ConfigSummary:
     text, vision = config.text_config, config.vision_config
-    summary = {
-        "hidden_size": config.hidden_size,
-        "num_cross_layers": config.num_hidden_layers,
-        "num_cross_attention_heads": text.num_attention_heads,
-        "link_tower_type": config.link_tower_type,
-        "share_cross_modal_transformer_layers": config.share_cross_modal_transformer_layers,
-        "text": {"hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers,
-                 "num_attention_heads": text.num_attention_heads, "intermediate_size": text.intermediate_size,
-                 "vocab_size": text.vocab_size, "max_position_embeddings": text.max_position_embeddings},
-        "vision": {"hidden_size": vision.hidden_size, "num_layers": vision.num_hidden_layers,
-                   "num_attention_heads": vision.hidden_size // 64, "patch_size": vision.patch_size,
-                   "image_size": vision.image_size},
-        "image_size": vision.image_size,
-        "num_image_tokens": num_image_tokens(config),
-        "vocab_size": text.vocab_size,
-        "max_text_length": text.max_position_embeddings - 2,
-    }
-    if getattr(config, "contrastive_hidden_size", None) is not None:
-        summary["contrastive_hidden_size"] = config.contrastive_hidden_size
-        summary["logit_scale_init_value"] = config.logit_scale_init_value
-    return summary
+    itc = getattr(config, "contrastive_hidden_size", None) is not None
+    return ConfigSummary(
+        hidden_size=config.hidden_size, num_cross_layers=config.num_hidden_layers,
+        num_cross_attention_heads=text.num_attention_heads, link_tower_type=config.link_tower_type,
+        share_cross_modal_transformer_layers=config.share_cross_modal_transformer_layers,
+        text={"hidden_size": text.hidden_size, "num_layers": text.num_hidden_layers,
+              "num_attention_heads": text.num_attention_heads, "intermediate_size": text.intermediate_size,
+              "vocab_size": text.vocab_size, "max_position_embeddings": text.max_position_embeddings},
+        vision={"hidden_size": vision.hidden_size, "num_layers": vision.num_hidden_layers,
+                "num_attention_heads": vision.hidden_size // 64, "patch_size": vision.patch_size,
+                "image_size": vision.image_size},
+        image_size=vision.image_size, num_image_tokens=num_image_tokens(config), vocab_size=text.vocab_size,
+        max_text_length=text.max_position_embeddings - 2,
+        contrastive_hidden_size=config.contrastive_hidden_size if itc else None,
+        logit_scale_init_value=float(config.logit_scale_init_value) if itc else None)
 
 
-def preprocessing_summary(processor) -> dict:
+def resample_name(value) -> str:
+    """A preprocessor_config.json `resample` (PIL's integer code, as transformers writes it, an enum or a name)."""
+    if isinstance(value, bool):
+        raise CheckpointError(f"preprocessor_config.json resample {value!r}; expected a PIL resampling code "
+                              f"0–5 or a name ({', '.join(RESAMPLE_NAMES)})")
+    code = getattr(value, "value", value)
+    if isinstance(code, int) and 0 <= code < len(RESAMPLE_NAMES):
+        return RESAMPLE_NAMES[code]
+    name = str(getattr(value, "name", value)).lower()
+    if name in RESAMPLE_NAMES:
+        return name
+    raise CheckpointError(f"preprocessor_config.json resample {value!r}; expected a PIL resampling code 0–5 or a name "
+                          f"({', '.join(RESAMPLE_NAMES)})")
+
+
+def alpha_convention(image_processor) -> str:
+    """How this transformers version turns transparency into RGB, observed on a fully transparent black pixel:
+    5.18+ composite it on white; earlier 5.x drop the alpha band (PIL convert('RGB'))."""
+    from PIL import Image
+
+    converted = np.asarray(image_processor.convert_to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0))))
+    return "composite_on_white" if converted.max() >= 200 else "drop_alpha"
+
+
+def preprocessing_summary(processor) -> Preprocessing:
     """What bt_runtime's NumPy preprocessor needs to reproduce transformers' BridgeTowerImageProcessor."""
     shortest = processor.size["shortest_edge"]
     crop = processor.crop_size["shortest_edge"] if processor.crop_size else shortest
-    resample = getattr(processor.resample, "name", None) or str(processor.resample)
-    return {
-        "image_size": crop,
-        "convert_rgb": "alpha composited on white (transformers' convert_to_rgb); other modes via PIL convert('RGB')",
-        "resize": {"enabled": bool(processor.do_resize), "shortest_edge": shortest,
-                   "longest_edge": int(1333 / 800 * shortest), "size_divisor": processor.size_divisor,
-                   "rounding": "int(x + 0.5), then floor to a multiple of size_divisor",
-                   "resample": resample.lower()},
-        "center_crop": {"enabled": bool(processor.do_center_crop), "height": crop, "width": crop,
-                        "pad_value": 0.0},
-        "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else 1.0,
-        "normalize": bool(processor.do_normalize),
-        "mean": [float(v) for v in processor.image_mean],
-        "std": [float(v) for v in processor.image_std],
-        "layout": "NCHW",
-        "dtype": "float32",
-        "exif_transpose": False,
-    }
+    return Preprocessing(
+        image_size=crop, alpha=alpha_convention(processor),
+        resize=Resize(enabled=bool(processor.do_resize), shortest_edge=shortest,
+                      longest_edge=int(1333 / 800 * shortest), size_divisor=processor.size_divisor,
+                      rounding="int(x + 0.5), then floor to a multiple of size_divisor",
+                      resample=resample_name(processor.resample)),
+        center_crop=CenterCrop(enabled=bool(processor.do_center_crop), height=crop, width=crop, pad_value=0.0),
+        rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
+        normalize=bool(processor.do_normalize), mean=[float(v) for v in processor.image_mean],
+        std=[float(v) for v in processor.image_std], layout="NCHW", dtype="float32", exif_transpose=False)
 
 
-def tokenizer_summary(tokenizer, files: list[str]) -> dict:
-    return {"file": "tokenizer.json", "files": files, "max_length": tokenizer.model_max_length,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "mask_token": tokenizer.mask_token,
-            "mask_token_id": tokenizer.mask_token_id, "vocab_size": len(tokenizer)}
+def reference_summary(processor, preprocessing: Preprocessing) -> Reference:
+    versions = library_versions()
+    return Reference(transformers=versions["transformers"], torch=versions["torch"],
+                     image_processor=type(processor).__name__, image_backend="pil",
+                     conventions={"alpha": preprocessing.alpha,
+                                  "resize": f"pil-{preprocessing.resize.resample} on uint8 (Image.resize)",
+                                  "rescale": "uint8 → float64 × rescale_factor → float32",
+                                  "normalize": "(x − mean) / std in float32"})
+
+
+def tokenizer_summary(tokenizer) -> TokenizerInfo:
+    return TokenizerInfo(file="tokenizer.json", max_length=tokenizer.model_max_length,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, mask_token=tokenizer.mask_token,
+                         mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer))
 
 
 def build_manifest(loaded, specs: dict[str, GraphSpec], directory: Path, processor, tokenizer_files: list[str],
-                   variants: dict[str, dict], opset: int) -> dict:
+                   variants: dict, rejected: dict) -> Manifest:
     heads = list(loaded.heads)
-    checkpoint = dict(loaded.source)
-    checkpoint.update(heads=heads, head_classes=["BridgeTowerModel"] + [HF_HEAD_CLASSES[h].__name__ for h in heads])
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": checkpoint,
-        "config": config_summary(loaded.config),
-        "preprocessing": preprocessing_summary(processor.image_processor),
-        "tokenizer": tokenizer_summary(processor.tokenizer, tokenizer_files),
-        "graphs": {name: {"inputs": [t.to_json() for t in spec.inputs],
-                          "outputs": [t.to_json() for t in spec.outputs]} for name, spec in specs.items()},
-        "variants": variants,
-        "cross_modal_broadcast": CROSS_MODAL_BROADCAST,
-        "opset": opset,
-        "versions": library_versions(),
-    }
+    source = {k: v for k, v in loaded.source.items() if k in ("kind", "alias", "hub_id", "path", "revision", "seed",
+                                                              "random_init")}
+    preprocessing = preprocessing_summary(processor.image_processor)
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        checkpoint=Checkpoint(heads=heads, head_classes=["BridgeTowerModel"] + [HF_HEAD_CLASSES[h].__name__
+                                                                                for h in heads], **source),
+        config=config_summary(loaded.config),
+        preprocessing=preprocessing,
+        tokenizer=tokenizer_summary(processor.tokenizer),
+        graphs={name: GraphIO([TensorInfo(t.name, t.dtype, list(t.shape)) for t in spec.inputs],
+                              [TensorInfo(t.name, t.dtype, list(t.shape)) for t in spec.outputs])
+                for name, spec in specs.items()},
+        variants=variants,
+        rejected_variants=rejected,
+        files=[FileRef(name, sha256_file(directory / name)) for name in tokenizer_files],
+        reference=reference_summary(processor.image_processor, preprocessing),
+        cross_modal_broadcast=CROSS_MODAL_BROADCAST,
+        versions=library_versions(),
+    )

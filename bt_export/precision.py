@@ -4,8 +4,15 @@
   the bridges between graphs stay float32). LayerNormalization keeps its float32 accumulation (stash_type=1, the
   default) and every Attention node computes its softmax in float32 (softmax_precision=1). Constants beyond fp16
   range (the padding bias) are clamped to ±65504 by the converter, so masking stays finite.
-- int8 (for CPUs with VNNI): onnxruntime.quantization's dynamic quantization of MatMul/Gemm weights (int8 weights
-  per output channel, uint8 activations quantized per call). Attention itself stays float32 (it has no weights).
+- int8 (CPU): onnxruntime.quantization's dynamic quantization of MatMul/Gemm weights (8-bit weights per output
+  channel, uint8 activations quantized per call). Attention itself stays float32 (it has no weights).
+  Weights are *unsigned* (asymmetric, with a zero point per channel). Why: with signed weights ONNX Runtime runs
+  u8×s8 products, which CPUs without VNNI compute with pmaddubsw, summing two products into a saturating int16
+  (255·127·2 = 64770 > 32767): the same graph gives other numbers on AVX2 than on VNNI (measured: ITM |Δp| 0.018
+  on AVX2, 0.011 on AVX-512 VNNI). u8×u8 products go through kernels that widen to 16 bits before multiplying
+  and accumulate in 32 bits on every x86 ISA, so the integer results do not depend on the CPU. 7-bit signed
+  weights (reduce_range) avoid saturation too but cost accuracy (measured: |Δp| 0.022–0.024, MLM top-1 0.76–0.85).
+  Table and commands: README, "int8 on every CPU".
   MatMul/Gemm nodes whose "<graph>/<module path>" matches a pattern in `int8_excluded` stay float32; a graph with
   every node excluded is not duplicated, the int8 variant uses its fp32 file. The default was decided by
   measurement on the full-size base architecture (README, "Precisions").
@@ -55,7 +62,8 @@ def module_path(node: onnx.NodeProto) -> str:
     return ".".join(s for s in ast.literal_eval(scopes)[:-1] if s)
 
 
-def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, ...] = INT8_EXCLUDED) -> dict | None:
+def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, ...] = INT8_EXCLUDED,
+               reduce_range: bool = False, per_channel: bool = True, weight_type: str = "uint8") -> dict | None:
     """Quantize `src` into `dst`; None (nothing written) when every MatMul/Gemm of `graph` is excluded."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -66,9 +74,19 @@ def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, .
     if len(excluded) == len(weighted):
         return None
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, quiet():  # quantize_dynamic writes files beside it
+        # The quantizer re-runs ONNX shape inference, which refuses value_info annotations it would infer otherwise
+        # (seen with torch 2.11's exporter: "Inferred shape and existing shape differ … (1536) vs (2)"). They are
+        # optional hints: quantize a copy without them.
+        source = Path(tmp) / f"source.{src.name}"
+        full = onnx.load(str(src))
+        del full.graph.value_info[:]
+        save_model(full, source)
+        del full
         staged = Path(tmp) / dst.name
-        quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         nodes_to_exclude=excluded, per_channel=True, extra_options={"MatMulConstBOnly": True},
+        quantize_dynamic(str(source), str(staged), weight_type=QuantType.QUInt8 if weight_type == "uint8" else
+                         QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         nodes_to_exclude=excluded, per_channel=per_channel, reduce_range=reduce_range,
+                         extra_options={"MatMulConstBOnly": True},
                          use_external_data_format=False)
         save_model(onnx.load(str(staged)), dst)
     return {"quantized_nodes": len(weighted) - len(excluded), "excluded_nodes": len(excluded)}
@@ -92,7 +110,7 @@ def variant_details(precision: str, int8_excluded: tuple[str, ...] = INT8_EXCLUD
                 "kept_float32": ["graph inputs/outputs", "LayerNormalization accumulation (stash_type=1)",
                                  "Attention softmax (softmax_precision=1)"]}
     if precision == "int8":
-        return {"io_dtype": "float32", "weights": "int8, symmetric, per output channel",
+        return {"io_dtype": "float32", "weights": "uint8, asymmetric (zero point per output channel), per channel",
                 "activations": "uint8, dynamic (per call)", "quantized_ops": ["MatMul", "Gemm"],
                 "excluded_patterns": list(int8_excluded)}
     return {"io_dtype": "float32"}

@@ -66,9 +66,13 @@ def load_images(paths: list[Path]) -> tuple[list, list[str]]:
         raise BtExportError(f"--parity-images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
     images = []
     for file in files:
-        with Image.open(file) as image:
-            image.load()
-            images.append(image.copy())
+        try:
+            with Image.open(file) as image:
+                image.load()
+                images.append(image.copy())
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise BtExportError(f"--parity-images: {str(file)!r} is not a decodable image (corrupt or truncated?): "
+                                f"{err}") from err
     return images, [f.name for f in files]
 
 

@@ -14,13 +14,12 @@ Nothing here was run on this project's machines: TensorRT cannot be installed on
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from bt_runtime.backends.tensorrt import gpu_identity
 from bt_runtime.backends.trt_profiles import input_shapes, profile_ranges
-from bt_runtime.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from bt_runtime.contract import MANIFEST_NAME, dump, read_manifest, sha256_file
 
 from .errors import BtExportError
 
@@ -35,15 +34,15 @@ def trt_major(version: str) -> int:
         raise BtExportError(f"unrecognized TensorRT version {version!r}") from err
 
 
-def build_plan(manifest: dict, precision: str, trt_version: str) -> dict[str, dict]:
+def build_plan(manifest, precision: str, trt_version: str) -> dict[str, dict]:
     """Which ONNX file and which builder settings each engine uses, for this TensorRT version (pure logic)."""
     if precision not in TRT_PRECISIONS:
         raise BtExportError(f"--trt-precision {precision!r}; valid: {list(TRT_PRECISIONS)}")
     major = trt_major(trt_version)
     if major < 10:
         raise BtExportError(f"TensorRT {trt_version} is too old: the graphs use ONNX Attention (TensorRT ≥ 10.14)")
-    variants = manifest["variants"]
-    if variants.get("fp32", {}).get("attention") != "onnx":
+    variants = manifest.variants
+    if "fp32" not in variants or variants["fp32"].attention != "onnx":
         raise BtExportError("TensorRT engines need the portable graphs: re-export with --attention onnx")
     strongly_typed = major >= 11
     source = precision if strongly_typed and precision != "fp32" else "fp32"
@@ -53,7 +52,7 @@ def build_plan(manifest: dict, precision: str, trt_version: str) -> dict[str, di
                             f"TensorRT {trt_version} (strongly typed) needs a bf16 ONNX variant, which bt-export "
                             "does not write; use --trt-precision fp16")
     flags = [] if strongly_typed or precision == "fp32" else [precision.upper()]
-    return {graph: {"onnx": variants[source]["files"][graph]["file"], "strongly_typed": strongly_typed,
+    return {graph: {"onnx": variants[source].files[graph].file, "strongly_typed": strongly_typed,
                     "builder_flags": flags, "engine": f"{graph}.{precision}.engine"} for graph in GRAPHS}
 
 
@@ -68,8 +67,8 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
                             "`bt-export --trt-check` runs the compatibility lint without it") from err
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    plan = build_plan(manifest.data, precision, trt.__version__)
-    ranges = profile_ranges(batch, seq, max_seq=manifest.data["config"]["max_text_length"])
+    plan = build_plan(manifest, precision, trt.__version__)
+    ranges = profile_ranges(batch, seq, max_seq=manifest.config.max_text_length)
     try:
         gpu = gpu_identity()
     except ValueError as err:
@@ -120,8 +119,8 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
 def write_tensorrt_section(export_dir: Path, precision: str, section: dict) -> None:
     """Record engines under manifest['tensorrt'][precision], replacing manifest.json atomically."""
     path = export_dir / MANIFEST_NAME
-    data = json.loads(path.read_text())
-    data.setdefault("tensorrt", {})[precision] = section
+    manifest = read_manifest(export_dir)
+    manifest.tensorrt[precision] = section
     partial = path.with_name(f".{MANIFEST_NAME}.partial")
-    partial.write_text(json.dumps(data, indent=2))
+    partial.write_text(dump(manifest), encoding="utf-8")
     os.replace(partial, path)

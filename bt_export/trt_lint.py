@@ -157,19 +157,19 @@ def lint_export(export_dir: Path, profile_axes: set[str] | None = None) -> dict[
     """Lint every TensorRT-eligible variant (fp32, fp16) of an export; int8 (ONNX Runtime dynamic quantization)
     is CPU-only by design and reported as such."""
     from bt_runtime.backends.trt_profiles import DEFAULT_PROFILE_AXES
-    from bt_runtime.manifest import read_manifest
+    from bt_runtime.contract import read_manifest
 
     manifest = read_manifest(export_dir)
     axes = profile_axes if profile_axes is not None else set(DEFAULT_PROFILE_AXES)
     results = {}
-    for precision, variant in manifest.data["variants"].items():
+    for precision, variant in manifest.variants.items():
         if precision == "int8":
             results[precision] = [Finding("*", "variant", "int8 uses ONNX Runtime's dynamic quantization "
                                           "(DynamicQuantizeLinear/MatMulInteger): CPU only, not for TensorRT")]
             continue
         found = []
-        for graph, entry in variant["files"].items():
-            found += lint_model(onnx.load(str(manifest.directory / entry["file"]), load_external_data=False),
+        for graph, entry in variant.files.items():
+            found += lint_model(onnx.load(str(manifest.path(entry.file)), load_external_data=False),
                                 f"{graph} ({precision})", axes)
         results[precision] = found
     return results

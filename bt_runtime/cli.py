@@ -30,18 +30,42 @@ def _emit(payload) -> None:
 
 
 def _gallery(paths: list[Path]) -> list[Path]:
-    files = []
+    """Image files of --images, each checked before any model work: one unreadable file fails the command first,
+    naming every bad file, instead of after the rest of the gallery went through the vision tower."""
+    from PIL import Image
+
+    files, bad = [], []
     for path in paths:
-        files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            bad.append(f"{path} (no such file or directory)")
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.verify()  # structure and checksums, without decoding the pixels
+        except Exception as err:  # Pillow raises many types for damaged files
+            bad.append(f"{file} ({type(err).__name__}: {str(err)[:80]})")
+    if bad:
+        raise BtRuntimeError(f"--images: {len(bad)} file(s) cannot be read: " + "; ".join(bad[:10]))
+    if not files:
+        raise BtRuntimeError(f"--images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
 def _guard(task):
+    """One line on stderr and exit 2 for bad input; an unexpected exception keeps its traceback, marked as a bug."""
     try:
         task()
     except BtRuntimeError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    except Exception:
+        console.print("[red]internal error[/red] (a bug in bt-run, not in your input: please report it with the "
+                      "traceback below)")
+        raise
 
 
 @app.command()

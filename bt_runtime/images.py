@@ -1,7 +1,8 @@
 """Image decoding and preprocessing in NumPy + Pillow, reproducing transformers' BridgeTowerImageProcessor
 (5.x, Pillow backend, do_convert_rgb=True) step for step, with parameters read from the manifest.
 
-Steps: RGB (transparency composited on white) → resize the shortest edge to `shortest_edge`, longest edge capped
+Steps: RGB (transparency composited on white, or dropped for exports referenced against transformers < 5.18: the
+manifest's `preprocessing.alpha`) → resize the shortest edge to `shortest_edge`, longest edge capped
 at int(1333/800·size), both rounded then floored to a multiple of `size_divisor`, Pillow BICUBIC on uint8 → center
 crop to size×size, zero-padding when the resized image is smaller (happens at 294 px: 294 floors to 288) →
 rescale in float64 then float32 → (x − mean) / std in float32 → (3, H, W).
@@ -11,12 +12,17 @@ Where transformers raises (a side of a very elongated image floors to 0), that s
 EXIF orientation is NOT applied by default, because transformers does not apply it either: a phone photo whose
 pixels are stored sideways is fed sideways, exactly as the eager model would see it. Pass exif_transpose=True to
 rotate first (then results differ from transformers for such files).
+
+Refused, never guessed (transformers refuses them too): 16- and 32-bit integer and float modes (I;16*, I, F),
+whose conversion to 8-bit would silently clip to white; images above `max_pixels` (default 64 Mpx, checked from the
+header before any pixel is decoded); truncated or closed images.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,39 +34,63 @@ from .errors import ImageInputError
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+DEFAULT_MAX_PIXELS = 64_000_000  # a 61 Mpx camera frame passes; a 12000×12000 "bomb" (144 Mpx) does not
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-def open_image(image, name: str = "image") -> Image.Image:
+def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """A decoded PIL image from a PIL image, an HWC uint8 array, a path or encoded bytes. `name` labels errors."""
     if isinstance(image, Image.Image):
         pil = image
+        _check_pixels(pil, name, max_pixels)
+        try:
+            pil.load()  # a lazily opened file may be truncated, or the image closed
+        except (OSError, ValueError, SyntaxError, AttributeError) as err:
+            raise ImageInputError(f"{name}: the PIL image cannot be read (closed, or its file truncated?): "
+                                  f"{err}") from err
     elif isinstance(image, np.ndarray):
         pil = _from_array(image, name)
+        _check_pixels(pil, name, max_pixels)
     elif isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise ImageInputError(f"{name}: no image file at {str(path)!r}")
-        pil = _decode(path, name)
+        pil = _decode(path, name, max_pixels)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) == 0:
             raise ImageInputError(f"{name}: empty bytes (expected an encoded PNG/JPEG/… image)")
-        pil = _decode(io.BytesIO(bytes(image)), name)
+        pil = _decode(io.BytesIO(bytes(image)), name, max_pixels)
     else:
         raise ImageInputError(f"{name}: unsupported type {type(image).__name__}; expected a PIL image, an HWC uint8 "
                               "NumPy array, a path, or encoded image bytes")
     if pil.width == 0 or pil.height == 0:
         raise ImageInputError(f"{name}: empty image ({pil.width}×{pil.height})")
+    if pil.mode in HIGH_BIT_MODES:
+        raise ImageInputError(f"{name}: image mode {pil.mode!r} ({'16-bit integer' if '16' in pil.mode else '32-bit'} "
+                              "pixels) is refused: its conversion to 8-bit RGB would clip (transformers refuses it "
+                              "too). Convert it to 8-bit yourself with the scaling you intend, e.g. "
+                              "Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for full-range 16-bit.")
     return pil
 
 
-def _decode(source, name: str) -> Image.Image:
-    try:  # Pillow's decompression-bomb limit stays on: an oversized image raises here
-        with Image.open(source) as pil:
-            pil.load()
-            return pil.copy()  # copy() keeps .info (EXIF, transparency key)
-    except Image.DecompressionBombError as err:
+def _check_pixels(pil: Image.Image, name: str, max_pixels: int) -> None:
+    if pil.width * pil.height > max_pixels:
+        raise ImageInputError(f"{name}: {pil.width}×{pil.height} = {pil.width * pil.height:,} pixels is above the "
+                              f"runtime's max_pixels ({max_pixels:,}); downscale it first or raise max_pixels")
+
+
+def _decode(source, name: str, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # max_pixels decides (checked below from the header); Pillow's warning would only be printed
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as pil:
+                _check_pixels(pil, name, max_pixels)  # from the header, before any pixel is decoded
+                pil.load()
+                return pil.copy()  # copy() keeps .info (EXIF, transparency key)
+    except Image.DecompressionBombError as err:  # above Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS)
         raise ImageInputError(f"{name}: refused as a possible decompression bomb ({err})") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageInputError(f"{name}: not a decodable image (corrupt or truncated?): {err}") from err
 
 
@@ -77,9 +107,10 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def to_rgb(pil: Image.Image) -> Image.Image:
-    """transformers' convert_to_rgb: transparency (alpha band or a transparency key) composited on white."""
-    if "A" in pil.getbands() or pil.info.get("transparency") is not None:
+def to_rgb(pil: Image.Image, alpha: str = "composite_on_white") -> Image.Image:
+    """transformers' convert_to_rgb. composite_on_white (5.18+): transparency (alpha band or a transparency key)
+    composited on white; drop_alpha (earlier 5.x): PIL's convert('RGB'), which ignores transparency."""
+    if alpha == "composite_on_white" and ("A" in pil.getbands() or pil.info.get("transparency") is not None):
         rgba = pil.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -137,27 +168,31 @@ class ImagePreprocessor:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     exif_transpose: bool = False
+    alpha: str = "composite_on_white"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
-    def from_manifest(cls, preprocessing: dict, exif_transpose: bool | None = None) -> "ImagePreprocessor":
-        resize, crop = preprocessing["resize"], preprocessing["center_crop"]
-        if resize["resample"] not in RESAMPLE:
-            raise ValueError(f"manifest preprocessing.resize.resample {resize['resample']!r}; known: {list(RESAMPLE)}")
+    def from_manifest(cls, preprocessing, exif_transpose: bool | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImagePreprocessor":
+        """From a validated bt_runtime.contract.Preprocessing (resample, alpha and sizes were checked at load)."""
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ImageInputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        resize, crop, normalize = preprocessing.resize, preprocessing.center_crop, preprocessing.normalize
         return cls(
-            image_size=preprocessing["image_size"], shortest_edge=resize["shortest_edge"],
-            longest_edge=resize["longest_edge"], size_divisor=resize["size_divisor"], resample=resize["resample"],
-            do_resize=resize["enabled"], do_center_crop=crop["enabled"], rescale_factor=preprocessing["rescale_factor"],
-            mean=tuple(preprocessing["mean"]) if preprocessing["normalize"] else None,
-            std=tuple(preprocessing["std"]) if preprocessing["normalize"] else None,
-            exif_transpose=preprocessing.get("exif_transpose", False) if exif_transpose is None else exif_transpose,
+            image_size=preprocessing.image_size, shortest_edge=resize.shortest_edge,
+            longest_edge=resize.longest_edge, size_divisor=resize.size_divisor, resample=resize.resample,
+            do_resize=resize.enabled, do_center_crop=crop.enabled, rescale_factor=preprocessing.rescale_factor,
+            mean=tuple(preprocessing.mean) if normalize else None, std=tuple(preprocessing.std) if normalize else None,
+            exif_transpose=preprocessing.exif_transpose if exif_transpose is None else exif_transpose,
+            alpha=preprocessing.alpha, max_pixels=max_pixels,
         )
 
     def pixel_values(self, image, name: str = "image") -> np.ndarray:
         """One image → (3, S, S) float32."""
-        pil = open_image(image, name)
+        pil = open_image(image, name, self.max_pixels)
         if self.exif_transpose:
             pil = ImageOps.exif_transpose(pil)
-        pil = to_rgb(pil)
+        pil = to_rgb(pil, self.alpha)
         if self.do_resize:
             height, width = resize_shape(pil.height, pil.width, self.shortest_edge, self.longest_edge,
                                          self.size_divisor)

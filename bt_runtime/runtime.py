@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BtRuntimeError, ImageInputError, TaskUnavailableError, TextInputError
-from .images import ImagePreprocessor
-from .manifest import Manifest, read_manifest
-from .text import TextTokenizer, check_texts
+from .images import DEFAULT_MAX_PIXELS, ImagePreprocessor
+from .contract import Manifest, read_manifest
+from .text import TextTokenizer, check_texts, shorten
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -68,9 +68,12 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 def _batches(count: int, batch_size: int, progress: bool, description: str):
     starts = range(0, count, batch_size)
     if progress:
+        from rich.console import Console
         from rich.progress import track
 
-        starts = track(starts, description=description, total=len(starts), transient=True)
+        # progress goes to stderr: stdout carries results (bt-run prints JSON there)
+        starts = track(starts, description=description, total=len(starts), transient=True,
+                       console=Console(stderr=True))
     for start in starts:
         yield start, min(start + batch_size, count)
 
@@ -95,18 +98,22 @@ class BridgeTowerRuntime:
     def load(cls, export_dir: str | Path, precision: str = "fp32", backend: str = "onnxruntime",
              providers: list[str] | None = None, intra_op_threads: int | None = None,
              graph_optimization_level: str = "all", verify_checksums: bool = True,
-             exif_transpose: bool | None = None, tensorrt_profiles: dict | None = None) -> "BridgeTowerRuntime":
+             exif_transpose: bool | None = None, tensorrt_profiles: dict | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "cpu") -> "BridgeTowerRuntime":
         """Open an export directory. Sessions/engines are created lazily, on the first call that needs each graph.
 
         backend "onnxruntime" (providers may include "TensorrtExecutionProvider": profile shapes and an engine cache
-        come from the manifest, `tensorrt_profiles` {"batch": (min, opt, max), "seq": …} overrides the ranges)
-        or "tensorrt" (engines built by `bt-export --trt`; precision names the engines' precision)."""
+        come from the manifest, `tensorrt_profiles` {"batch": (min, opt, max), "seq": …} overrides the ranges;
+        device="cuda[:N]" runs on ONNX Runtime's CUDA provider, falling back to CPU with a warning without it)
+        or "tensorrt" (engines built by `bt-export --trt`; precision names the engines' precision).
+        Every file read is checked against the manifest's sha256 (verify_checksums=False opts out); images above
+        max_pixels are refused. Use as a context manager, or call close(), to release the sessions."""
         manifest = read_manifest(export_dir)
         if backend == "onnxruntime":
             from .backends.onnxruntime import OnnxRuntimeBackend
 
             engine = OnnxRuntimeBackend(manifest, precision, providers, intra_op_threads, graph_optimization_level,
-                                        verify_checksums, tensorrt_profiles)
+                                        verify_checksums, tensorrt_profiles, device)
         elif backend == "tensorrt":
             from .backends.tensorrt import TensorRTBackend
 
@@ -114,8 +121,20 @@ class BridgeTowerRuntime:
         else:
             raise BtRuntimeError(f"backend {backend!r} is not available; valid: {list(BACKENDS)}")
         return cls(manifest, engine,
-                   ImagePreprocessor.from_manifest(manifest.data["preprocessing"], exif_transpose),
-                   TextTokenizer.from_manifest(manifest.directory, manifest.data["tokenizer"]))
+                   ImagePreprocessor.from_manifest(manifest.preprocessing, exif_transpose, max_pixels),
+                   TextTokenizer.from_manifest(manifest, verify_checksums))
+
+    def close(self) -> None:
+        """Release the backend's sessions or engines; the runtime must not be used afterwards."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "BridgeTowerRuntime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -197,10 +216,32 @@ class BridgeTowerRuntime:
     def itm_scores(self, image, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Match probability of one image with each text → (len(texts),). The vision tower runs once."""
         self._require("itm", "itm_scores")
+        if getattr(self.backend, "device", "cpu") == "cuda":
+            check_texts(texts)
+            _check_positive(batch_size, "batch_size")
+            return self._itm_scores_on_device(image, texts, batch_size)
         text_features = self.encode_texts(texts)
         image_features = self.encode_image(image)
         count = len(texts)
         return self._itm(text_features, image_features, np.arange(count), np.zeros(count, np.int64), batch_size, False)
+
+    def _itm_scores_on_device(self, image, texts: list[str], batch_size: int) -> np.ndarray:
+        """CUDA: the image bridge stays on the GPU and feeds every batch of texts (IOBinding, no host round trip
+        for bridges); only the (B, 2) logits come back."""
+        run = self.backend.run_bound
+        pixels = self.preprocess.pixel_values(image, "image")[None]
+        image_bridge = run("vision_tower", {"pixel_values": pixels}, ["image_bridge"], keep=("image_bridge",))
+        scores = []
+        for start, stop in _batches(len(texts), batch_size, False, "cross-modal"):
+            encoded = self.tokenizer(texts[start:stop])
+            text_bridge = run("text_tower", {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
+                              ["text_bridge"], keep=("text_bridge",))
+            logits = run("cross_modal", {"text_bridge": text_bridge["text_bridge"],
+                                         "image_bridge": image_bridge["image_bridge"],
+                                         "attention_mask": encoded.attention_mask,
+                                         "image_index": np.zeros(stop - start, np.int64)}, ["itm_logits"])
+            scores.append(softmax(logits["itm_logits"])[:, 1])
+        return np.concatenate(scores)
 
     def itm_pairs(self, images: list, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Match probability of images[k] with texts[k] → (n,)."""
@@ -225,15 +266,14 @@ class BridgeTowerRuntime:
     def fill_mask(self, image, text: str, top_k: int = 5) -> FillMaskResult:
         """Most likely tokens for each <mask> in `text`, given `image`, and the sentence with them filled in."""
         self._require("mlm", "fill_mask")
-        if not isinstance(text, str):
-            raise TextInputError(f"text: expected a string, got {type(text).__name__}")
+        check_texts([text], "text")
         if self.tokenizer.mask_token not in text:
-            raise TextInputError(f"text: {text!r} has no {self.tokenizer.mask_token} token to fill")
+            raise TextInputError(f"text: {shorten(text)} has no {self.tokenizer.mask_token} token to fill")
         _check_positive(top_k, "top_k")
         text_features = self.encode_texts([text], name="text")
         positions = np.flatnonzero(text_features.input_ids[0] == self.tokenizer.mask_token_id)
         if positions.size == 0:
-            raise TextInputError(f"text: the {self.tokenizer.mask_token} in {text!r} was cut off by truncation "
+            raise TextInputError(f"text: the {self.tokenizer.mask_token} in {shorten(text)} was cut off by truncation "
                                  f"at {self.tokenizer.max_length} tokens")
         logits = self.cross_modal(text_features, self.encode_image(image), np.zeros(1, np.int64),
                                   np.zeros(1, np.int64), ["mlm_logits"])["mlm_logits"][0][0]  # (S, V)
@@ -269,8 +309,7 @@ class BridgeTowerRuntime:
         """
         if "itc" not in self.heads or rerank:
             self._require("itm", "retrieve")
-        if not isinstance(query, str):
-            raise TextInputError(f"query: expected a string, got {type(query).__name__}")
+        check_texts([query], "query")
         _check_list(images, "images")
         _check_positive(top_k, "top_k")
         if not isinstance(rerank, int) or rerank < 0:

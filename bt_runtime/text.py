@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import TextInputError
+from .contract import verify_sha256
+from .errors import ManifestError, TextInputError
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,11 @@ class Encoded:
 class TextTokenizer:
     def __init__(self, tokenizer_file: str | Path, max_length: int, pad_token_id: int, mask_token: str,
                  mask_token_id: int):
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as err:  # the tokenizers library raises a bare Exception for missing and corrupt files
+            raise ManifestError(f"tokenizer file {str(tokenizer_file)!r} cannot be loaded: "
+                                f"{str(err).splitlines()[0][:200]}") from err
         self.tokenizer.no_padding()
         # Longer texts are cut to the model's positions (max_position_embeddings − 2), never a crash.
         self.tokenizer.enable_truncation(max_length=max_length)
@@ -33,9 +38,18 @@ class TextTokenizer:
         self.mask_token, self.mask_token_id = mask_token, mask_token_id
 
     @classmethod
-    def from_manifest(cls, directory: Path, tokenizer: dict) -> "TextTokenizer":
-        return cls(directory / tokenizer["file"], tokenizer["max_length"], tokenizer["pad_token_id"],
-                   tokenizer["mask_token"], tokenizer["mask_token_id"])
+    def from_manifest(cls, manifest, verify_checksums: bool = True) -> "TextTokenizer":
+        """The export's tokenizer.json, checked against the sha256 the manifest lists for it."""
+        info = manifest.tokenizer
+        path = manifest.path(info.file)
+        if verify_checksums:
+            verify_sha256(path, manifest.listed_file(info.file).sha256,
+                          "Re-export it, or pass verify_checksums=False to load it anyway.")
+        tokenizer = cls(path, info.max_length, info.pad_token_id, info.mask_token, info.mask_token_id)
+        if tokenizer.tokenizer.token_to_id(info.mask_token) != info.mask_token_id:
+            raise ManifestError(f"{str(path)!r}: {info.mask_token!r} is not token {info.mask_token_id} as the manifest "
+                                "says; the tokenizer does not belong to this export")
+        return tokenizer
 
     def __call__(self, texts: list[str], name: str = "texts") -> Encoded:
         check_texts(texts, name)
@@ -52,6 +66,11 @@ class TextTokenizer:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """repr of `text`, cut for error messages (a 50 KB text must not become a 50 KB message)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
 def check_texts(texts, name: str = "texts") -> None:
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TextInputError(f"{name}: expected a list of strings, got {type(texts).__name__}")
@@ -60,3 +79,8 @@ def check_texts(texts, name: str = "texts") -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TextInputError(f"{name}[{index}]: expected a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate, e.g. from undecodable command-line bytes
+            raise TextInputError(f"{name}[{index}]: not valid Unicode text (character {err.start}: "
+                                 f"{text[err.start]!r} is a lone surrogate); pass UTF-8 decoded text") from None

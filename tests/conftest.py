@@ -42,8 +42,8 @@ def tiny_export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_export(tmp_path_factory):
-    """Full-size base-itm-mlm architecture, random init, fp32 + fp16 + int8 (slow: ~4 min, 2.6 GB). Real tokenizer
-    and photos if present."""
+    """Full-size base-itm-mlm architecture, random init, fp32 + fp16 + int8 (slow: ~5 min, 2.6 GB). Real tokenizer
+    and photos if present. A reduced precision that misses its bounds on this CPU is left out (and recorded)."""
     pytest.importorskip("torch")
     import time
 
@@ -52,8 +52,14 @@ def base_export(tmp_path_factory):
     roberta = SHARED_ASSETS / "roberta-base"
     images = [SHARED_ASSETS / "images"] if SHARED_ASSETS.is_dir() else None
     out = tmp_path_factory.mktemp("exports") / "base-itm-mlm"
+    from bt_export.errors import VariantsRejected
+
     started = time.perf_counter()
-    result = export_checkpoint("base-itm-mlm", out, random_init=True, parity_images=images,
-                               tokenizer=roberta if roberta.is_dir() else None, precisions=("fp32", "fp16", "int8"))
+    try:
+        result = export_checkpoint("base-itm-mlm", out, random_init=True, parity_images=images,
+                                   tokenizer=roberta if roberta.is_dir() else None,
+                                   precisions=("fp32", "fp16", "int8"))
+    except VariantsRejected as rejected:  # written without them; tests/bt_export/test_full_size.py looks at why
+        result = rejected.args[1]
     print(f"\nfull-size base-itm-mlm export: {time.perf_counter() - started:.1f} s, {result.disk_bytes / 1e6:.0f} MB")
     return out

@@ -7,29 +7,42 @@ import numpy as np
 from ..errors import BackendError
 
 
-def check_feeds(graph: str, specs: list[dict], feeds: dict[str, np.ndarray]) -> None:
+def check_feeds(graph: str, specs: list, feeds: dict[str, np.ndarray]) -> None:
     """Names, dtypes, ranks, fixed dims, and one size per symbolic axis; the error names the tensor."""
-    expected = [s["name"] for s in specs]
+    expected = [s.name for s in specs]
     if sorted(feeds) != sorted(expected):
         raise BackendError(f"{graph}: inputs {sorted(feeds)} given; expected exactly {expected}")
     sizes: dict[str, tuple[int, str]] = {}
     for spec in specs:
-        name, array = spec["name"], feeds[spec["name"]]
-        if not isinstance(array, np.ndarray) or array.dtype != np.dtype(spec["dtype"]):
-            got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
-            raise BackendError(f"{graph}: input {name!r} has dtype {got}; expected {spec['dtype']}")
-        if array.ndim != len(spec["shape"]):
-            raise BackendError(f"{graph}: input {name!r} has shape {array.shape}; expected {spec['shape']}")
-        for axis, (size, dim) in enumerate(zip(array.shape, spec["shape"])):
+        name, array = spec.name, feeds[spec.name]
+        dtype, shape = _dtype_and_shape(array)
+        if dtype != spec.dtype:
+            raise BackendError(f"{graph}: input {name!r} has dtype {dtype}; expected {spec.dtype}")
+        if len(shape) != len(spec.shape):
+            raise BackendError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape}")
+        for axis, (size, dim) in enumerate(zip(shape, spec.shape)):
             if isinstance(dim, int) and size != dim:
-                raise BackendError(f"{graph}: input {name!r} has shape {array.shape}; expected {spec['shape']} "
+                raise BackendError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape} "
                                    f"(axis {axis} must be {dim})")
             if isinstance(dim, str):
                 if size == 0:
-                    raise BackendError(f"{graph}: input {name!r} has an empty axis {dim!r} (shape {array.shape})")
+                    raise BackendError(f"{graph}: input {name!r} has an empty axis {dim!r} (shape {shape})")
                 seen = sizes.setdefault(dim, (size, name))
                 if seen[0] != size:
                     raise BackendError(f"{graph}: axis {dim!r} is {size} in {name!r} but {seen[0]} in {seen[1]!r}")
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32"}
+
+
+def _dtype_and_shape(value) -> tuple[str, tuple]:
+    """A NumPy array's, or an ONNX Runtime OrtValue's (a device tensor fed through IOBinding), dtype and shape."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.name, value.shape
+    if hasattr(value, "data_type") and hasattr(value, "shape"):
+        return _ORT_TYPES.get(value.data_type(), value.data_type()), tuple(value.shape())
+    return type(value).__name__, ()
 
 
 def check_outputs(graph: str, outputs: dict[str, np.ndarray]) -> None:

@@ -1,15 +1,39 @@
-"""ONNX Runtime backend: one lazily created session per graph, named and checked by the manifest."""
+"""ONNX Runtime backend: one lazily created session per graph, named and checked by the manifest.
+
+On CPU (CPUExecutionProvider) or CUDA (`device="cuda[:N]"`: CUDAExecutionProvider, then CPU for what it lacks).
+On CUDA, `run_bound` uses IOBinding: outputs named in `keep` stay on the GPU as OrtValues and can be fed to the next
+graph without a host round trip (the vision tower's image_bridge of one image feeds the cross-modal graph for all
+texts). fp32 graphs run with TF32 off, so CUDA fp32 stays within the fp32 parity bounds.
+"""
 
 from __future__ import annotations
+
+import threading
+import warnings
 
 import numpy as np
 
 from ..errors import BackendError, ManifestError
-from ..manifest import GRAPH_NAMES, Manifest, verify_sha256
+from ..contract import GRAPH_NAMES, Manifest, verify_sha256
+from ..cpu import isa_class
 from .feeds import check_feeds, check_outputs
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                        "all": "ORT_ENABLE_ALL"}
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """"cpu", "cuda" or "cuda:N" → (kind, index)."""
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise BackendError(f"device {device!r}; valid: cpu, cuda, cuda:N")
+    return kind, int(index or 0)
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 class OnnxRuntimeBackend:
@@ -19,25 +43,42 @@ class OnnxRuntimeBackend:
 
     def __init__(self, manifest: Manifest, precision: str = "fp32", providers: list[str] | None = None,
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
-                 verify_checksums: bool = True, tensorrt_profiles: dict | None = None):
+                 verify_checksums: bool = True, tensorrt_profiles: dict | None = None, device: str = "cpu"):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
+        kind, self.device_id = parse_device(device)
+        if kind == "cuda" and providers:
+            raise BackendError("give either device='cuda' or providers=[…], not both")
+        if kind == "cuda" and "CUDAExecutionProvider" not in available:
+            warnings.warn(f"device {device!r} asked for, but this onnxruntime build has no CUDAExecutionProvider "
+                          f"(available: {available}; install onnxruntime-gpu matching your CUDA): running on CPU",
+                          RuntimeWarning, stacklevel=3)
+            kind = "cpu"
+        self.device = kind
+        if kind == "cuda":
+            providers = [("CUDAExecutionProvider", {
+                "device_id": str(self.device_id), "arena_extend_strategy": "kSameAsRequested",
+                "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1",
+                "use_tf32": "0" if precision == "fp32" else "1"}), "CPUExecutionProvider"]
         providers = list(providers or ["CPUExecutionProvider"])
-        unknown = [p for p in providers if p not in available]
+        unknown = [p for p in (p if isinstance(p, str) else p[0] for p in providers) if p not in available]
         if unknown:
             raise BackendError(f"providers: {unknown} not available in this onnxruntime build; available: {available}")
         if graph_optimization_level not in OPTIMIZATION_LEVELS:
             raise BackendError(f"graph_optimization_level {graph_optimization_level!r}; valid: {list(OPTIMIZATION_LEVELS)}")
         if intra_op_threads is not None and intra_op_threads < 0:
             raise BackendError(f"intra_op_threads must be ≥ 0 (0 = onnxruntime's default), got {intra_op_threads}")
-        if precision not in manifest.precisions:
-            raise ManifestError(f"precision {precision!r} is not in this export; available: {list(manifest.precisions)}")
+        variant = manifest.variant(precision)  # names the available precisions (and why one was rejected)
+        if variant.validated_isa and kind == "cpu" and providers[0] == "CPUExecutionProvider" and \
+                variant.validated_isa != isa_class():
+            _warn_isa_once(precision, variant.validated_isa, isa_class(), manifest.directory)
         self.manifest, self.precision, self.providers = manifest, precision, providers
         self.intra_op_threads, self.graph_optimization_level = intra_op_threads, graph_optimization_level
         self.verify_checksums = verify_checksums
         self.tensorrt_profiles = tensorrt_profiles or {}
         self._sessions: dict = {}
+        self._locks = {graph: threading.Lock() for graph in GRAPH_NAMES}  # one session per graph, even under threads
 
     def _providers_for(self, graph: str) -> list:
         """Providers as given; TensorrtExecutionProvider gets this graph's profile shapes and an engine cache."""
@@ -46,7 +87,7 @@ class OnnxRuntimeBackend:
         from .trt_profiles import ort_tensorrt_options, profile_ranges
 
         ranges = profile_ranges(**self.tensorrt_profiles,
-                                max_seq=self.manifest.data["config"]["max_text_length"])
+                                max_seq=self.manifest.config.max_text_length)
         options = ort_tensorrt_options(self.manifest.graph_io(graph), ranges,
                                        str(self.manifest.directory / "ort_tensorrt_cache"),
                                        fp16=self.precision == "fp16")
@@ -55,30 +96,77 @@ class OnnxRuntimeBackend:
     def session(self, graph: str):
         if graph not in GRAPH_NAMES:
             raise BackendError(f"graph {graph!r}; valid: {list(GRAPH_NAMES)}")
-        if graph not in self._sessions:
-            import onnxruntime as ort
-
-            entry = self.manifest.data["variants"][self.precision]["files"][graph]
-            path = self.manifest.directory / entry["file"]
-            if self.verify_checksums:
-                remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
-                verify_sha256(path, entry["sha256"], remedy)
-                if "external_data" in entry:
-                    verify_sha256(self.manifest.directory / entry["external_data"]["file"],
-                                  entry["external_data"]["sha256"], remedy)
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                       OPTIMIZATION_LEVELS[self.graph_optimization_level])
-            if self.intra_op_threads:
-                options.intra_op_num_threads = self.intra_op_threads
-            self._sessions[graph] = ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
+        if graph in self._sessions:
+            return self._sessions[graph]
+        with self._locks[graph]:
+            if graph not in self._sessions:
+                self._sessions[graph] = self._create_session(graph)
         return self._sessions[graph]
+
+    def _create_session(self, graph: str):
+        import onnxruntime as ort
+
+        entry = self.manifest.graph_file(graph, self.precision)
+        path = self.manifest.path(entry.file)
+        if self.verify_checksums:
+            remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
+            for name, sha256 in [(entry.file, entry.sha256)] + [(r.file, r.sha256) for r in entry.external_data]:
+                verify_sha256(self.manifest.path(name), sha256, remedy)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   OPTIMIZATION_LEVELS[self.graph_optimization_level])
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        try:
+            return ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
+        except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
+            raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
+                               f"{str(err).splitlines()[0][:300]}") from err
+
+    def close(self) -> None:
+        """Release the sessions (their memory); the backend opens them again if used after this."""
+        self._sessions.clear()
+
+    def run_bound(self, graph: str, feeds: dict, outputs: list[str], keep: tuple[str, ...] = ()) -> dict:
+        """Run with IOBinding: feeds are arrays or device OrtValues (from an earlier run_bound); outputs in `keep`
+        stay on this backend's device as OrtValues, the others come back as arrays (checked for NaN/Inf)."""
+        check_feeds(graph, self.manifest.graph_io(graph).inputs, feeds)
+        session = self.session(graph)
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        device = "cuda" if self.device == "cuda" else "cpu"
+        for name in outputs:
+            binding.bind_output(name, device if name in keep else "cpu", self.device_id if name in keep else 0)
+        session.run_with_iobinding(binding)
+        values = dict(zip(outputs, binding.get_outputs()))
+        results = {name: value if name in keep else value.numpy() for name, value in values.items()}
+        check_outputs(graph, {name: value for name, value in results.items() if name not in keep})
+        return results
 
     def run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         io = self.manifest.graph_io(graph)
-        check_feeds(graph, io["inputs"], feeds)
-        names = outputs or [t["name"] for t in io["outputs"]]
+        check_feeds(graph, io.inputs, feeds)
+        names = outputs or io.output_names
         results = dict(zip(names, self.session(graph).run(names, feeds)))
         check_outputs(graph, results)
         return results
+
+
+_WARNED: set[tuple] = set()
+
+
+def _warn_isa_once(precision: str, validated: str, here: str, directory) -> None:
+    key = (str(directory), precision, here)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(f"the {precision} variant of {str(directory)!r} was validated on a {validated} CPU and this one is "
+                  f"{here}: ONNX Runtime's int8 kernels differ between these classes. Re-validate on this machine: export "
+                  f"again here with `bt-export ... --precision fp32,int8` (its parity check measures this CPU's "
+                  f"kernels and records the class).",
+                  RuntimeWarning, stacklevel=4)

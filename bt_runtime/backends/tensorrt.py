@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ManifestError
-from ..manifest import GRAPH_NAMES, Manifest, verify_sha256
+from ..contract import GRAPH_NAMES, Manifest, verify_sha256
 from .feeds import check_feeds, check_outputs
 from .trt_profiles import check_shape_in_profile, input_shapes
 
@@ -143,7 +143,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, manifest: Manifest, precision: str = "fp16", verify_checksums: bool = True):
-        sections = manifest.data.get("tensorrt", {})
+        sections = manifest.tensorrt
         if precision not in sections:
             raise ManifestError(f"this export has no TensorRT {precision} engines (have: {list(sections) or 'none'}); "
                                 + rebuild_hint(manifest.directory))
@@ -164,7 +164,7 @@ class TensorRTBackend:
             raise BackendError(f"graph {graph!r}; valid: {list(GRAPH_NAMES)}")
         if graph not in self._runners:
             entry = self.section["engines"][graph]
-            path = self.manifest.directory / entry["file"]
+            path = self.manifest.path(entry["file"])
             if not path.is_file():
                 raise ManifestError(f"engine {str(path)!r} is missing; " + rebuild_hint(self.manifest.directory))
             if self.verify_checksums:
@@ -179,8 +179,14 @@ class TensorRTBackend:
             self._runners[graph] = EngineRunner(engine, context, self.memory, profile, self.trt.TensorIOMode.INPUT)
         return self._runners[graph]
 
+    def close(self) -> None:
+        """Free every engine's device buffers; engines are deserialized again if used after this."""
+        for runner in self._runners.values():
+            runner.close()
+        self._runners.clear()
+
     def run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        check_feeds(graph, self.manifest.graph_io(graph)["inputs"], feeds)
+        check_feeds(graph, self.manifest.graph_io(graph).inputs, feeds)
         results = self._runner(graph).infer(feeds, outputs)
         results = {name: array.astype(np.float32, copy=False) for name, array in results.items()}
         check_outputs(graph, results)

@@ -28,20 +28,20 @@ def profile_ranges(batch: tuple[int, int, int] = DEFAULT_PROFILE_AXES["batch"],
     return ranges
 
 
-def input_shapes(graph_io: dict, ranges: dict[str, tuple[int, int, int]]) -> dict[str, tuple[tuple, tuple, tuple]]:
+def input_shapes(graph_io, ranges: dict[str, tuple[int, int, int]]) -> dict[str, tuple[tuple, tuple, tuple]]:
     """Each input of a graph → (min_shape, opt_shape, max_shape), symbolic axes replaced from `ranges`."""
     shapes = {}
-    for tensor in graph_io["inputs"]:
+    for tensor in graph_io.inputs:
         resolved = []
-        for dim in tensor["shape"]:
+        for dim in tensor.shape:
             if isinstance(dim, int):
                 resolved.append((dim, dim, dim))
             elif dim in ranges:
                 resolved.append(ranges[dim])
             else:
-                raise BackendError(f"input {tensor['name']!r}: axis {dim!r} has no profile range "
+                raise BackendError(f"input {tensor.name!r}: axis {dim!r} has no profile range "
                                    f"(ranges given for {sorted(ranges)})")
-        shapes[tensor["name"]] = tuple(tuple(r[i] for r in resolved) for i in range(3))
+        shapes[tensor.name] = tuple(tuple(r[i] for r in resolved) for i in range(3))
     return shapes
 
 
@@ -56,7 +56,7 @@ def _shape_string(shapes: dict[str, tuple[tuple, tuple, tuple]], index: int) -> 
     return ",".join(f"{name}:{'x'.join(str(d) for d in triple[index])}" for name, triple in shapes.items())
 
 
-def ort_tensorrt_options(graph_io: dict, ranges: dict[str, tuple[int, int, int]], cache_dir: str,
+def ort_tensorrt_options(graph_io, ranges: dict[str, tuple[int, int, int]], cache_dir: str,
                          fp16: bool = True) -> dict[str, str]:
     """Provider options for ONNX Runtime's TensorrtExecutionProvider for one graph: explicit profile shapes (so
     ONNX Runtime builds one engine for the whole range) and an engine + timing cache directory."""

@@ -14,28 +14,37 @@ from bt_export.checkpoints import load_checkpoint
 from bt_export.cli import app
 from bt_export.errors import OutputDirError, ParityError
 from bt_export.export import export_checkpoint
-from bt_export.manifest import sha256_file
+from bt_runtime.contract import sha256_file
 from bt_export.model import hf_reference
 from bt_export.specs import graph_specs
-from bt_runtime.manifest import read_manifest
+from bt_runtime.contract import read_manifest
 
 
 def test_tiny_export_layout_and_manifest(tiny_export):
     manifest = read_manifest(tiny_export)
-    data = manifest.data
     assert set(p.name for p in tiny_export.iterdir()) == {
         "vision_tower.onnx", "text_tower.onnx", "cross_modal.onnx", "tokenizer.json", "tokenizer_config.json",
         "manifest.json"}
-    assert data["checkpoint"]["heads"] == ["itm", "mlm", "itc"]
-    assert data["checkpoint"]["head_classes"] == ["BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval",
-                                                  "BridgeTowerForMaskedLM", "BridgeTowerForContrastiveLearning"]
-    fp32 = data["variants"]["fp32"]
-    assert fp32["parity"]["passed"] is True
-    for graph, entry in fp32["files"].items():
-        assert entry["sha256"] == sha256_file(tiny_export / entry["file"]), graph
-    assert data["tokenizer"]["mask_token_id"] == 514 and data["tokenizer"]["pad_token_id"] == 1
-    assert data["preprocessing"]["image_size"] == 96 and data["opset"] == 23
-    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(data["versions"])
+    assert manifest.checkpoint.heads == ["itm", "mlm", "itc"]
+    assert manifest.checkpoint.head_classes == ["BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval",
+                                                "BridgeTowerForMaskedLM", "BridgeTowerForContrastiveLearning"]
+    fp32 = manifest.variants["fp32"]
+    assert fp32.parity.passed is True
+    for graph, entry in fp32.files.items():
+        assert entry.sha256 == sha256_file(tiny_export / entry.file), graph
+        assert entry.opset == 23 and entry.external_data == [] and not entry.contrib_ops
+    # every other file the runtime reads is listed and hashed too
+    assert {ref.file for ref in manifest.files} == {"tokenizer.json", "tokenizer_config.json"}
+    for ref in manifest.files:
+        assert ref.sha256 == sha256_file(tiny_export / ref.file)
+    assert manifest.tokenizer.mask_token_id == 514 and manifest.tokenizer.pad_token_id == 1
+    assert manifest.preprocessing.image_size == 96
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest.versions)
+    import transformers
+
+    assert manifest.reference.transformers == transformers.__version__
+    assert manifest.reference.image_processor == "BridgeTowerImageProcessorPil"
+    assert manifest.reference.conventions["alpha"] == manifest.preprocessing.alpha
 
 
 def test_graph_io_matches_the_manifest(tiny_export):
@@ -45,11 +54,11 @@ def test_graph_io_matches_the_manifest(tiny_export):
         declared = manifest.graph_io(graph)
         for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
             actual = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
-            assert actual == [(t["name"], t["shape"]) for t in declared[kind]], (graph, kind)
+            assert actual == [(t.name, t.shape) for t in getattr(declared, kind)], (graph, kind)
 
 
 def test_parity_covers_every_graph_and_every_head(tiny_export):
-    rows = read_manifest(tiny_export).data["variants"]["fp32"]["parity"]["rows"]
+    rows = read_manifest(tiny_export).variants["fp32"].parity.rows
     checks = {(r["check"], r["output"]) for r in rows}
     assert ("e2e:BridgeTowerForImageAndTextRetrieval.logits", "itm_logits") in checks
     assert ("e2e:BridgeTowerForMaskedLM.logits", "mlm_logits") in checks
@@ -124,10 +133,12 @@ def test_missing_parent_directories_are_created(tmp_path):
 
 def test_overwrite_replaces_a_previous_export_atomically(tmp_path):
     out = tmp_path / "export"
-    out.mkdir()
-    (out / "stale.onnx").write_text("old")
+    export_checkpoint("tiny", out, validate=False, precisions=("fp32", "fp16"))
+    assert (out / "vision_tower.fp16.onnx").is_file()
+    before = (out / "manifest.json").stat().st_ino
     export_checkpoint("tiny", out, overwrite=True, validate=False)
-    assert not (out / "stale.onnx").exists() and (out / "manifest.json").is_file()
+    assert (out / "manifest.json").stat().st_ino != before
+    assert not (out / "vision_tower.fp16.onnx").exists()  # the old export was replaced whole, not merged
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
 
 
@@ -155,7 +166,7 @@ def test_cli_tiny_prints_the_parity_table(tmp_path):
     result = CliRunner().invoke(app, ["--checkpoint", "tiny", "--output", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "e2e:BridgeTowerForImageAndTextRetrieval.logits" in result.output
-    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["variants"]["fp32"]["parity"]["passed"]
+    assert read_manifest(tmp_path / "t").variants["fp32"].parity.passed
 
 
 @pytest.mark.parametrize("args,message", [

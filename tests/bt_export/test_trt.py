@@ -67,9 +67,12 @@ def test_lint_catches_ops_dtypes_opset_and_uncovered_axes():
 
 
 def _manifest(variants):
-    return {"variants": {p: {"attention": "onnx", "files": {g: {"file": f"{g}.{p}.onnx"} for g in
-                                                             ("vision_tower", "text_tower", "cross_modal")}}
-                         for p in variants}}
+    """The part of a typed manifest that build_plan reads."""
+    from types import SimpleNamespace as Fields
+
+    graphs = ("vision_tower", "text_tower", "cross_modal")
+    return Fields(variants={p: Fields(attention="onnx", files={g: Fields(file=f"{g}.{p}.onnx") for g in graphs})
+                            for p in variants})
 
 
 def test_build_plan_tensorrt_10_uses_builder_flags_on_the_fp32_graph():
@@ -93,7 +96,7 @@ def test_build_plan_refuses_old_tensorrt_unfused_graphs_and_unknown_precision():
     with pytest.raises(BtExportError, match="too old"):
         build_plan(_manifest(["fp32"]), "fp16", "8.6.1")
     unfused = _manifest(["fp32"])
-    unfused["variants"]["fp32"]["attention"] = "none"
+    unfused.variants["fp32"].attention = "none"
     with pytest.raises(BtExportError, match="--attention onnx"):
         build_plan(unfused, "fp16", "10.14.0")
     with pytest.raises(BtExportError, match="--trt-precision 'int4'"):
@@ -105,7 +108,7 @@ def test_tensorrt_section_round_trips_through_the_manifest(portable_export, tmp_
     section = {"version": "10.14.1", "gpu": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
                "profiles": {"batch": [1, 8, 32]}, "engines": {}}
     write_tensorrt_section(copy, "fp16", section)
-    assert read_manifest(copy).data["tensorrt"]["fp16"] == section
+    assert read_manifest(copy).tensorrt["fp16"] == section
     assert not list(copy.glob(".*partial"))
     assert json.loads((copy / "manifest.json").read_text())["variants"]  # the rest is intact
 

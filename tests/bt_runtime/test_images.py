@@ -59,10 +59,24 @@ def test_real_photos_match_hf(photos_dir, size):
             assert_matches_hf(image, size)
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P+transparency", "CMYK", "I;16", "1"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P+transparency", "CMYK", "1"])
 @pytest.mark.parametrize("size", [288, 294])
 def test_every_mode_matches_hf(mode, size):
     assert_matches_hf(synthetic(mode, 97, 61), size)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_modes_are_refused_never_whitened(mode, tmp_path):
+    """A full-range 16-bit PNG would clip to white in an 8-bit conversion: refused, from every input form."""
+    image = synthetic("I;16", 40, 30)
+    image = image if mode == "I;16" else image.convert(mode)
+    forms = [image]
+    if mode == "I;16":  # a 16-bit PNG file opens as I;16
+        image.save(tmp_path / "deep.png")
+        forms.append(tmp_path / "deep.png")
+    for form in forms:
+        with pytest.raises(ImageInputError, match=r"mode '(I;16|I|F)' .*refused"):
+            ours(96).pixel_values(form)
 
 
 @pytest.mark.parametrize("width,height", [(1, 1), (2, 3), (288, 288), (293, 1000), (479, 300), (1000, 80)])

@@ -52,7 +52,7 @@ def test_tampered_graph_is_refused_unless_opted_out(export_copy):
 def test_truncated_graph_is_refused(export_copy):
     path = export_copy / "vision_tower.onnx"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ManifestError, match="modified or truncated"):
+    with pytest.raises(ManifestError, match="modified, replaced or truncated"):
         BridgeTowerRuntime.load(export_copy).embed_images([np.zeros((8, 8, 3), np.uint8)])
 
 

@@ -127,7 +127,7 @@ def test_backend_without_engines_or_tensorrt_says_what_to_do(tiny_export):
     with pytest.raises(ManifestError, match="no TensorRT fp16 engines.*bt-export --trt-only"):
         BridgeTowerRuntime.load(tiny_export, backend="tensorrt", precision="fp16")
     manifest = read_manifest(tiny_export)
-    manifest.data["tensorrt"] = {"fp16": SECTION}
+    manifest.tensorrt = {"fp16": SECTION}
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -16,9 +16,9 @@ def test_profile_ranges_cap_seq_and_follow_batch():
 
 def test_input_shapes_resolve_every_graph_of_an_export(tiny_export):
     manifest = read_manifest(tiny_export)
-    ranges = profile_ranges(max_seq=manifest.data["config"]["max_text_length"])
+    ranges = profile_ranges(max_seq=manifest.config.max_text_length)
     cross = input_shapes(manifest.graph_io("cross_modal"), ranges)
-    layers, tokens, hidden = 2, manifest.data["config"]["num_image_tokens"], 128
+    layers, tokens, hidden = 2, manifest.config.num_image_tokens, 128
     assert cross["text_bridge"] == ((layers, 1, 8, hidden), (layers, 8, 40, hidden), (layers, 32, 128, hidden))
     assert cross["image_bridge"] == ((layers, 1, tokens, hidden), (layers, 1, tokens, hidden),
                                      (layers, 32, tokens, hidden))

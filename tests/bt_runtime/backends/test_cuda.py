@@ -1,0 +1,82 @@
+"""ONNX Runtime on CUDA: device selection, the CPU fallback, IOBinding bookkeeping (tested with the CPU provider,
+where bound outputs stay OrtValues too), and the device path of itm_scores. Tests marked `gpu` need
+onnxruntime-gpu and a GPU; the full GPU run is benchmarks/gpu_report.py (README, "GPU")."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from bt_runtime import BridgeTowerRuntime
+from bt_runtime.backends.onnxruntime import cuda_available, parse_device
+from bt_runtime.errors import BackendError
+
+
+@pytest.mark.parametrize("device,parsed", [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:1", ("cuda", 1))])
+def test_parse_device(device, parsed):
+    assert parse_device(device) == parsed
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:0", "cuda:-1"])
+def test_bad_device_names_list_the_valid_ones(device):
+    with pytest.raises(BackendError, match="valid: cpu, cuda, cuda:N"):
+        parse_device(device)
+
+
+@pytest.mark.skipif(cuda_available(), reason="this onnxruntime has CUDA: nothing to fall back from")
+def test_cuda_without_cuda_falls_back_to_cpu_with_a_warning(tiny_export, photos_dir):
+    with pytest.warns(RuntimeWarning, match="no CUDAExecutionProvider.*running on CPU"):
+        runtime = BridgeTowerRuntime.load(tiny_export, device="cuda")
+    assert runtime.backend.device == "cpu"
+    image = photos_dir / "coco_000000039769.png"
+    expected = BridgeTowerRuntime.load(tiny_export).itm_scores(image, ["two cats", "a goal"])
+    np.testing.assert_array_equal(runtime.itm_scores(image, ["two cats", "a goal"]), expected)
+
+
+def test_device_and_providers_are_exclusive(tiny_export):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(BackendError, match="either device='cuda' or providers"):
+            BridgeTowerRuntime.load(tiny_export, device="cuda", providers=["CPUExecutionProvider"])
+
+
+def test_bound_outputs_stay_ortvalues_and_feed_the_next_graph(tiny_export):
+    runtime = BridgeTowerRuntime.load(tiny_export)
+    backend = runtime.backend
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    encoded = runtime.tokenizer(["two cats on a couch", "a goal"])
+    image = backend.run_bound("vision_tower", {"pixel_values": pixels}, ["image_bridge"], keep=("image_bridge",))
+    assert not isinstance(image["image_bridge"], np.ndarray)  # an OrtValue, not copied out
+    assert tuple(image["image_bridge"].shape()) == (2, 1, runtime.manifest.config.num_image_tokens, 128)
+    text = backend.run_bound("text_tower", {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
+                             ["text_bridge"], keep=("text_bridge",))
+    feeds = {"text_bridge": text["text_bridge"], "image_bridge": image["image_bridge"],
+             "attention_mask": encoded.attention_mask, "image_index": np.zeros(2, np.int64)}
+    bound = backend.run_bound("cross_modal", feeds, ["itm_logits"])["itm_logits"]
+    plain = backend.run("cross_modal", {**feeds, "text_bridge": text["text_bridge"].numpy(),
+                                        "image_bridge": image["image_bridge"].numpy()}, ["itm_logits"])["itm_logits"]
+    np.testing.assert_array_equal(bound, plain)
+    with pytest.raises(BackendError, match="input 'text_bridge' has dtype int64; expected float32"):
+        backend.run_bound("cross_modal", {**feeds, "text_bridge": ort.OrtValue.ortvalue_from_numpy(
+            np.zeros((2, 2, 7, 128), np.int64))}, ["itm_logits"])
+
+
+def test_device_path_of_itm_scores_matches_the_host_path(tiny_export, photos_dir):
+    runtime = BridgeTowerRuntime.load(tiny_export)
+    image = photos_dir / "skimage_chelsea.png"
+    texts = [f"a cat number {i} sitting" + " very" * i for i in range(5)]
+    expected = runtime.itm_scores(image, texts, batch_size=2)
+    np.testing.assert_allclose(runtime._itm_scores_on_device(image, texts, batch_size=2), expected, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu and a CUDA GPU")
+def test_cuda_fp32_matches_cpu_fp32(tiny_export, photos_dir):
+    image, texts = photos_dir / "coco_000000039769.png", ["two cats on a couch", "a football player", "a dog"]
+    cpu = BridgeTowerRuntime.load(tiny_export).itm_scores(image, texts)
+    cuda = BridgeTowerRuntime.load(tiny_export, device="cuda")
+    assert cuda.backend.device == "cuda"
+    assert np.abs(cuda.itm_scores(image, texts) - cpu).max() <= 1e-4

@@ -1,0 +1,142 @@
+"""The typed manifest contract (schema 2): the published JSON Schema, field-named errors, confinement, v1 refusal,
+and a property test: any mutation of a valid manifest loads, or fails with ManifestError — never another type."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bt_runtime import BridgeTowerRuntime, ManifestError
+from bt_runtime.contract import SCHEMA_FILE, dump, from_dict, json_schema, load
+
+
+@pytest.fixture
+def export_copy(tiny_export, tmp_path):
+    return shutil.copytree(tiny_export, tmp_path / "copy")
+
+
+def _data(directory):
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def _write(directory, data):
+    (directory / "manifest.json").write_text(json.dumps(data))
+
+
+def test_published_schema_is_in_sync_with_the_dataclasses():
+    assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), (
+        "regenerate: python3 -c 'import json; from bt_runtime.contract import *; "
+        "SCHEMA_FILE.write_text(json.dumps(json_schema(), indent=2, ensure_ascii=False) + chr(10))'")
+
+
+def test_an_export_validates_against_the_published_json_schema(tiny_export):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.validate(_data(tiny_export), schema)
+    broken = _data(tiny_export)
+    broken["variants"]["fp32"]["files"]["text_tower"]["opset"] = "23"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_dump_and_load_round_trip(tiny_export, tmp_path):
+    manifest = load(tiny_export)
+    again = from_dict(json.loads(dump(manifest)))
+    assert json.loads(dump(again)) == _data(tiny_export)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d["variants"]["fp32"]["files"]["cross_modal"].update(sha256=12),
+     r"variants\.fp32\.files\.cross_modal\.sha256: expected a string, got 12"),
+    (lambda d: d["preprocessing"]["resize"].pop("size_divisor"), r"preprocessing\.resize\.size_divisor: required"),
+    (lambda d: d["preprocessing"]["resize"].update(size_divisor=0), r"size_divisor: 0; must be ≥ 1"),
+    (lambda d: d["preprocessing"]["resize"].update(resample="3"), r"resample: '3'; valid: \['nearest'"),
+    (lambda d: d["preprocessing"].update(alpha="purple"), r"preprocessing\.alpha: 'purple'"),
+    (lambda d: d["preprocessing"].update(std=[0.2, 0.0, 0.2]), r"std non-zero"),
+    (lambda d: d.update(graphs=[]), r"manifest\.graphs: expected an object, got an array"),
+    (lambda d: d["graphs"].pop("text_tower"), r"graphs: has \['cross_modal', 'vision_tower'\]"),
+    (lambda d: d["checkpoint"].update(heads=["itm", "vqa"]), r"unknown head\(s\) \['vqa'\]"),
+    (lambda d: d["tokenizer"].update(extra=1), r"manifest\.tokenizer: unknown field\(s\) \['extra'\]"),
+    (lambda d: d.update(variants={}), r"variants: empty"),
+])
+def test_bad_fields_are_named(export_copy, edit, message):
+    data = _data(export_copy)
+    edit(data)
+    _write(export_copy, data)
+    with pytest.raises(ManifestError, match=message):
+        BridgeTowerRuntime.load(export_copy)
+
+
+def test_version_1_exports_are_refused_with_the_way_forward(export_copy):
+    data = _data(export_copy)
+    data["schema_version"] = 1
+    _write(export_copy, data)
+    with pytest.raises(ManifestError, match="schema_version 1.*re-export the checkpoint"):
+        load(export_copy)
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x.onnx", "sub/cross_modal.onnx", ".hidden.onnx", "", "..",
+                                  "a\\b.onnx"])
+def test_file_names_must_stay_inside_the_export(export_copy, name):
+    data = _data(export_copy)
+    data["variants"]["fp32"]["files"]["cross_modal"]["file"] = name
+    _write(export_copy, data)
+    with pytest.raises(ManifestError, match="not a bare file name"):
+        load(export_copy)
+
+
+def test_symlinked_graph_escaping_the_export_is_refused(export_copy, tmp_path):
+    outside = tmp_path / "outside.onnx"
+    shutil.move(export_copy / "text_tower.onnx", outside)
+    os.symlink(outside, export_copy / "text_tower.onnx")
+    with pytest.raises(ManifestError, match="symbolic link"):
+        load(export_copy)
+
+
+def test_non_utf8_manifest_is_a_manifest_error(export_copy):
+    (export_copy / "manifest.json").write_bytes(b'{"schema_version": 2, "created": "\xff\xfe"}')
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        load(export_copy)
+
+
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                                               st.integers(), max_size=2))
+
+
+def _paths(data, prefix=()):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield prefix + (key,)
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield prefix + (index,)
+            yield from _paths(value, prefix + (index,))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(choice=st.integers(0, 10**9), value=_LEAVES, delete=st.booleans())
+def test_any_mutation_loads_or_is_a_manifest_error(tiny_export, choice, value, delete):
+    original = _data(tiny_export)
+    paths = list(_paths(original))
+    path = paths[choice % len(paths)]
+    data = copy.deepcopy(original)
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    try:
+        manifest = from_dict(data)
+    except ManifestError:
+        return
+    json.loads(dump(manifest))  # what loads, dumps
