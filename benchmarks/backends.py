@@ -102,9 +102,18 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager):
         precision = precision or "fp32"
         if precision not in manifest.precisions:
             raise BackendUnavailable(f"{label}: the export has no {precision} variant ({list(manifest.precisions)})")
-        providers = [provider] if provider else None
+        # `cuda` (or `cuda:N`) selects ONNX Runtime's CUDA provider with IOBinding; other names are provider names
+        device = provider if provider.split(":")[0] == "cuda" else "cpu"
+        providers = [provider] if provider and device == "cpu" else None
+        if device != "cpu":
+            from bt_runtime.backends.onnxruntime import cuda_available
+
+            if not cuda_available():
+                raise BackendUnavailable(f"{label}: this onnxruntime has no CUDAExecutionProvider "
+                                         "(install onnxruntime-gpu)")
         try:
-            return RuntimeBackend(BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers), label)
+            return RuntimeBackend(BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers,
+                                                          device=device), label)
         except ValueError as err:
             raise BackendUnavailable(f"{label}: {err}") from err
     if kind == "tensorrt":

@@ -128,6 +128,12 @@ class OnnxRuntimeBackend:
         """Release the sessions (their memory); the backend opens them again if used after this."""
         self._sessions.clear()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def run_bound(self, graph: str, feeds: dict, outputs: list[str], keep: tuple[str, ...] = ()) -> dict:
         """Run with IOBinding: feeds are arrays or device OrtValues (from an earlier run_bound); outputs in `keep`
         stay on this backend's device as OrtValues, the others come back as arrays (checked for NaN/Inf)."""

@@ -185,6 +185,12 @@ class TensorRTBackend:
             runner.close()
         self._runners.clear()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         check_feeds(graph, self.manifest.graph_io(graph).inputs, feeds)
         results = self._runner(graph).infer(feeds, outputs)

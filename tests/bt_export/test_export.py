@@ -66,7 +66,12 @@ def test_parity_covers_every_graph_and_every_head(tiny_export):
     assert ("e2e:BridgeTowerModel.pooler_output", "pooler_output") in checks
     assert {c for c, _ in checks if c.startswith("graph:")} == {
         "graph:vision_tower", "graph:text_tower", "graph:cross_modal"}
+    runtime_rows = [r for r in rows if r["check"].startswith("runtime:")]
+    assert [(r["check"], r["metric"], r["passed"]) for r in runtime_rows] == [
+        ("runtime:itm_scores", "itm_probability_abs", True)]  # bt_runtime scored a pair before the commit
     for row in rows:
+        if row in runtime_rows:
+            continue
         assert row["metric"] == "max_abs_diff" and row["passed"] and row["value"] <= row["bound"]
         assert row["bound"] <= 1e-3
 
