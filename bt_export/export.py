@@ -139,7 +139,7 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
         (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
         if validate:
             log("loading the staged export with bt_runtime (no torch) to score one pair")
-            row = check_runtime_loads(staging, samples, refs, loaded.heads)
+            row, manifest.golden = check_runtime_loads(staging, samples, refs, loaded.heads)
             parity["fp32"].append(row)
             manifest.variants["fp32"].parity.rows.append(row.to_json())
             (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
@@ -147,7 +147,7 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
     if rejected:
         raise VariantsRejected(f"precision variant(s) {sorted(rejected)} missed their bounds and were left out; "
                                f"{output} holds {sorted(variants)}", result)
-    return ExportResult(output, manifest, parity, time.perf_counter() - started)
+    return result
 
 
 def _describe(rows: list[ParityRow]) -> str:

@@ -164,39 +164,62 @@ def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerR
     return rows
 
 
-def check_runtime_loads(staging: Path, samples, refs: EagerReferences, heads: tuple[str, ...]) -> ParityRow:
+def check_runtime_loads(staging: Path, samples, refs: EagerReferences, heads: tuple[str, ...]):
     """The last step before an export is committed: bt_runtime (no torch) loads the staged directory, preprocesses
     sample 0 from its decoded image and raw text with its own image pipeline and tokenizer, and must agree with
-    eager transformers on that pair (ITM probability, else the pooled output). Raises ParityError otherwise."""
+    eager transformers on that pair (ITM probability, else the pooled output); then it writes the golden vectors
+    (bt_runtime.golden) from the same runtime. Returns (the parity row, the manifest's golden section); raises
+    ParityError otherwise."""
     from bt_runtime import BridgeTowerRuntime, BtRuntimeError
 
     from .errors import ParityError
-    from .specs import FP32_TOLERANCES, RUNTIME_FP32_BOUNDS
 
-    image, text = samples.images[0], samples.texts[0]
     try:
         with BridgeTowerRuntime.load(staging) as runtime:
-            if "itm" in heads:
-                ours = float(runtime.itm_scores(image, [text])[0])
-                theirs = float(softmax(refs.hf_outputs[("BridgeTowerForImageAndTextRetrieval", "logits")][:1])[0, 1])
-                row = ParityRow("runtime:itm_scores", "itm_logits", abs(ours - theirs),
-                                RUNTIME_FP32_BOUNDS["itm_probability_abs"], "itm_probability_abs")
-            else:
-                images = runtime.encode_images([image])
-                texts = runtime.encode_texts([text])
-                pooled = runtime.cross_modal(texts, images, np.zeros(1, np.int64), np.zeros(1, np.int64),
-                                             ["pooler_output"])["pooler_output"][0]
-                reference = refs.hf_outputs[("BridgeTowerModel", "pooler_output")][:1]
-                row = ParityRow("runtime:pooler_output", "pooler_output", _max_abs_diff(pooled, reference),
-                                FP32_TOLERANCES["pooler_output"])
+            row = _score_first_pair(runtime, samples, refs, heads)
+            golden = _write_golden(runtime, staging, samples, heads) if row.passed else None
     except BtRuntimeError as err:
         raise ParityError(f"bt_runtime refuses the export about to be written ({err}); nothing was written",
                           {}) from err
     if not row.passed:
         raise ParityError(f"bt_runtime, with its own preprocessing and tokenizer, disagrees with eager transformers "
-                          f"on {samples.image_names[0]!r} + {text!r}: {row.metric}={row.value:.3g} (bound "
-                          f"{row.bound:.3g}); nothing was written", {"runtime": [row]})
-    return row
+                          f"on {samples.image_names[0]!r} + {samples.texts[0]!r}: {row.metric}={row.value:.3g} "
+                          f"(bound {row.bound:.3g}); nothing was written", {"runtime": [row]})
+    return row, golden
+
+
+def _score_first_pair(runtime, samples, refs: EagerReferences, heads: tuple[str, ...]) -> ParityRow:
+    from .specs import FP32_TOLERANCES, RUNTIME_FP32_BOUNDS
+
+    image, text = samples.images[0], samples.texts[0]
+    if "itm" in heads:
+        ours = float(runtime.itm_scores(image, [text])[0])
+        theirs = float(softmax(refs.hf_outputs[("BridgeTowerForImageAndTextRetrieval", "logits")][:1])[0, 1])
+        return ParityRow("runtime:itm_scores", "itm_logits", abs(ours - theirs),
+                         RUNTIME_FP32_BOUNDS["itm_probability_abs"], "itm_probability_abs")
+    images, texts = runtime.encode_images([image]), runtime.encode_texts([text])
+    pooled = runtime.cross_modal(texts, images, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                                 ["pooler_output"])["pooler_output"][0]
+    reference = refs.hf_outputs[("BridgeTowerModel", "pooler_output")][:1]
+    return ParityRow("runtime:pooler_output", "pooler_output", _max_abs_diff(pooled, reference),
+                     FP32_TOLERANCES["pooler_output"])
+
+
+def _write_golden(runtime, staging: Path, samples, heads: tuple[str, ...]):
+    """Golden vectors on sample 0's image (saved as PNG: lossless, so decoding is part of the check) and two texts,
+    one with <mask> when the export has an MLM head."""
+    from bt_runtime import golden
+
+    mask = runtime.tokenizer.mask_token
+    texts = [samples.texts[0], next((t for t in samples.texts if mask in t), samples.texts[-1])]
+    if "mlm" in heads and mask not in texts[1]:
+        texts[1] = f"a {mask} on a couch"
+    image_file = staging / "golden-source.png"
+    samples.images[0].save(image_file)
+    try:
+        return golden.write(staging, image_file, texts, golden.compute(runtime, image_file, texts))
+    finally:
+        image_file.unlink()
 
 
 def parity_table(rows: list[ParityRow], title: str = "Parity against eager PyTorch (fp32)"):

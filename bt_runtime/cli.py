@@ -121,3 +121,23 @@ def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--que
         _emit([{"image": str(gallery[h.index]), "score": h.score, "itc": h.itc_score, "itm": h.itm_score}
                for h in hits])
     _guard(task)
+
+
+@app.command()
+def verify(export_dir: Path = ExportDir, precision: str = Precision):
+    """Recompute the export's golden vectors (every preprocessing step, graph output and task output) and compare;
+    exit 1 on any mismatch. The goldens are fp32 outputs with fp32 tolerances: use it on the fp32 variant (reduced
+    precisions are judged by bt-export's task parity)."""
+    def task():
+        from .golden import verify as verify_golden
+
+        with _load(export_dir, precision) as runtime:
+            rows = verify_golden(runtime)
+        _emit([{"tensor": r.name, "max_abs_diff": r.max_abs_diff, "tolerance": r.tolerance, "passed": r.passed}
+               for r in rows])
+        failed = [r.name for r in rows if not r.passed]
+        if failed:
+            console.print(f"[red]mismatch:[/red] {', '.join(failed)} differ from the golden vectors beyond tolerance")
+            raise typer.Exit(1)
+        console.print(f"all {len(rows)} golden tensors match")
+    _guard(task)

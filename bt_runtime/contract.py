@@ -157,6 +157,25 @@ class Reference:
 
 
 @dataclass
+class GoldenTensor:
+    """One raw little-endian tensor of the golden set (C order), and how close a port must come to it."""
+    name: str
+    file: str
+    dtype: str  # uint8, int64, float32
+    shape: list[int]
+    sha256: str
+    tolerance: float  # max |Δ| allowed; 0 = exact
+
+
+@dataclass
+class Golden:
+    """What this export computes on one encoded image and a few texts, step by step (bt-run verify)."""
+    image: FileRef  # the encoded image file as shipped (decoding is part of what is checked)
+    texts: list[str]
+    tensors: list[GoldenTensor]
+
+
+@dataclass
 class Checkpoint:
     kind: str  # tiny | alias | hub | local
     heads: list[str]
@@ -202,6 +221,7 @@ class Manifest:
     versions: dict[str, str]
     rejected_variants: dict[str, RejectedVariant] = field(default_factory=dict)
     tensorrt: dict = field(default_factory=dict)  # precision → engines section (bt_export.trt_build)
+    golden: Union[Golden, None] = None  # golden vectors (bt_runtime.golden), written at export
     directory: Union[Path, None] = field(default=None, metadata={"json": False})  # where it was loaded from
 
     @property
@@ -469,6 +489,9 @@ def load(directory: str | Path) -> Manifest:
     listed = {ref.file for ref in manifest.files}
     names = [(f"files[{i}]", ref.file) for i, ref in enumerate(manifest.files)]
     names.append(("tokenizer.file", manifest.tokenizer.file))
+    if manifest.golden is not None:
+        names.append(("golden.image.file", manifest.golden.image.file))
+        names += [(f"golden.tensors[{i}].file", t.file) for i, t in enumerate(manifest.golden.tensors)]
     for precision, variant in manifest.variants.items():
         for graph, entry in variant.files.items():
             names.append((f"variants.{precision}.files.{graph}.file", entry.file))

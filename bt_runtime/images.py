@@ -187,22 +187,30 @@ class ImagePreprocessor:
             alpha=preprocessing.alpha, max_pixels=max_pixels,
         )
 
-    def pixel_values(self, image, name: str = "image") -> np.ndarray:
-        """One image → (3, S, S) float32."""
+    def stages(self, image, name: str = "image") -> dict[str, np.ndarray]:
+        """Every step's result, for golden vectors and ports: decoded_rgb and resized_rgb (H, W, 3) uint8, cropped
+        (3, S, S) uint8 (zero-padded where smaller), pixel_values (3, S, S) float32."""
         pil = open_image(image, name, self.max_pixels)
         if self.exif_transpose:
             pil = ImageOps.exif_transpose(pil)
         pil = to_rgb(pil, self.alpha)
+        decoded = np.asarray(pil)
         if self.do_resize:
             height, width = resize_shape(pil.height, pil.width, self.shortest_edge, self.longest_edge,
                                          self.size_divisor)
             pil = pil.resize((width, height), resample=RESAMPLE[self.resample])
-        chw = np.asarray(pil).transpose(2, 0, 1)  # (H, W, 3) → (3, H, W)
+        resized = np.asarray(pil)
+        chw = resized.transpose(2, 0, 1)  # (H, W, 3) → (3, H, W)
         if self.do_center_crop:
             chw = center_crop_or_pad(chw, self.image_size, self.image_size)
         mean = None if self.mean is None else np.asarray(self.mean, dtype=np.float32)
         std = None if self.std is None else np.asarray(self.std, dtype=np.float32)
-        return rescale_and_normalize(chw, self.rescale_factor, mean, std)
+        return {"decoded_rgb": decoded, "resized_rgb": resized, "cropped": np.ascontiguousarray(chw),
+                "pixel_values": rescale_and_normalize(chw, self.rescale_factor, mean, std)}
+
+    def pixel_values(self, image, name: str = "image") -> np.ndarray:
+        """One image → (3, S, S) float32."""
+        return self.stages(image, name)["pixel_values"]
 
     def __call__(self, images: list, name: str = "images") -> np.ndarray:
         if not images:

@@ -22,9 +22,11 @@ from bt_runtime.contract import read_manifest
 
 def test_tiny_export_layout_and_manifest(tiny_export):
     manifest = read_manifest(tiny_export)
+    golden = {manifest.golden.image.file, *(t.file for t in manifest.golden.tensors)}
+    assert all(name.startswith("golden.") for name in golden)
     assert set(p.name for p in tiny_export.iterdir()) == {
         "vision_tower.onnx", "text_tower.onnx", "cross_modal.onnx", "tokenizer.json", "tokenizer_config.json",
-        "manifest.json"}
+        "manifest.json"} | golden
     assert manifest.checkpoint.heads == ["itm", "mlm", "itc"]
     assert manifest.checkpoint.head_classes == ["BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval",
                                                 "BridgeTowerForMaskedLM", "BridgeTowerForContrastiveLearning"]

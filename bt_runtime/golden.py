@@ -1,0 +1,108 @@
+"""Golden vectors: what an export computes on one encoded image and a few texts, every step kept — decoded RGB,
+resized RGB, the cropped uint8 image, pixel_values, input_ids/attention_mask, every graph output, and the task
+outputs (ITM probability, fill-mask top-5 ids) — as raw little-endian tensors beside the graphs
+(`golden.<name>.bin`, listed in the manifest with dtype, shape, sha256 and tolerance). A port (C++, Node, another
+runtime) checks itself step by step against them; `bt-run verify EXPORT` re-checks the export itself.
+
+Written by bt-export from the fp32 graphs with bt_runtime (no torch), after the export passed parity against eager
+transformers, so the goldens are the runtime's outputs on a validated export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .contract import FileRef, Golden, GoldenTensor, sha256_file, verify_sha256
+
+PREFIX = "golden."
+EXACT = ("decoded_rgb", "resized_rgb", "cropped", "input_ids", "attention_mask", "fill_mask_top5")
+# Float tolerances: preprocessing is deterministic float32 arithmetic; graph outputs follow the fp32 parity
+# tolerances of the export (bridges 1e-3, heads 1e-4 — other CPUs and runtimes reorder float sums).
+TOLERANCES = {"pixel_values": 1e-6, "image_bridge": 1e-3, "text_bridge": 1e-3, "pooler_output": 1e-4,
+              "itm_logits": 1e-4, "itm_probability": 1e-4, "image_embeds": 1e-4, "text_embeds": 1e-4,
+              "cross_embeds": 1e-4}
+
+
+@dataclass
+class VerifyRow:
+    name: str
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance)
+
+
+def compute(runtime, image, texts: list[str]) -> dict[str, np.ndarray]:
+    """Every golden tensor for `image` (a path or encoded bytes) and `texts`, computed by `runtime`."""
+    steps = runtime.preprocess.stages(image, "golden image")
+    encoded = runtime.tokenizer(texts, "golden texts")
+    run = runtime.backend.run
+    tensors = dict(steps, input_ids=encoded.input_ids, attention_mask=encoded.attention_mask)
+    vision = run("vision_tower", {"pixel_values": steps["pixel_values"][None]})
+    text = run("text_tower", {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask})
+    count = len(texts)
+    cross = run("cross_modal", {"text_bridge": text["text_bridge"], "image_bridge": vision["image_bridge"],
+                                "attention_mask": encoded.attention_mask, "image_index": np.zeros(count, np.int64)})
+    tensors.update(vision)
+    tensors.update(text)
+    mlm = cross.pop("mlm_logits", None)  # (T, S, V): too large to ship; its task output below is
+    tensors.update(cross)
+    if "itm_logits" in cross:
+        logits = cross["itm_logits"].astype(np.float64)
+        tensors["itm_probability"] = (1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))).astype(np.float32)
+    if mlm is not None:
+        masked = encoded.input_ids == runtime.tokenizer.mask_token_id  # (T, S)
+        if masked.any():
+            tensors["fill_mask_top5"] = np.argsort(-mlm[masked], axis=-1, kind="stable")[:, :5].astype(np.int64)
+    return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+
+
+def write(directory: Path, image_file: Path, texts: list[str], tensors: dict[str, np.ndarray],
+          tolerances: dict[str, float] | None = None) -> Golden:
+    """Write the tensors and a copy of the encoded image into `directory`; the manifest's `golden` section."""
+    tolerances = {**TOLERANCES, **(tolerances or {})}
+    image_name = f"{PREFIX}image{Path(image_file).suffix.lower()}"
+    (directory / image_name).write_bytes(Path(image_file).read_bytes())
+    entries = []
+    for name, array in tensors.items():
+        file = f"{PREFIX}{name}.bin"
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        (directory / file).write_bytes(little.tobytes(order="C"))
+        entries.append(GoldenTensor(name=name, file=file, dtype=array.dtype.name, shape=list(array.shape),
+                                    sha256=sha256_file(directory / file),
+                                    tolerance=0.0 if name in EXACT else float(tolerances.get(name, 1e-4))))
+    return Golden(image=FileRef(image_name, sha256_file(directory / image_name)), texts=list(texts), tensors=entries)
+
+
+def read(manifest, entry: GoldenTensor) -> np.ndarray:
+    path = manifest.path(entry.file)
+    verify_sha256(path, entry.sha256, "Re-export to regenerate the golden vectors.")
+    return np.fromfile(path, dtype=np.dtype(entry.dtype).newbyteorder("<")).reshape(entry.shape)
+
+
+def verify(runtime) -> list[VerifyRow]:
+    """Recompute every golden tensor with `runtime` from the shipped image and texts; one row per tensor."""
+    from .errors import ManifestError
+
+    golden = runtime.manifest.golden
+    if golden is None:
+        raise ManifestError(f"{str(runtime.manifest.directory)!r} has no golden vectors (exported with "
+                            "--no-validate, or by a bt-export before them); re-export to get them")
+    image = runtime.manifest.path(golden.image.file)
+    verify_sha256(image, golden.image.sha256, "Re-export to regenerate the golden vectors.")
+    actual = compute(runtime, image, golden.texts)
+    rows = []
+    for entry in golden.tensors:
+        expected = read(runtime.manifest, entry)
+        got = actual.get(entry.name)
+        if got is None or got.shape != expected.shape:
+            rows.append(VerifyRow(entry.name, float("inf"), entry.tolerance))
+            continue
+        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+        rows.append(VerifyRow(entry.name, float(diff.max(initial=0.0)), entry.tolerance))
+    return rows
