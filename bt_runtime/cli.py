@@ -17,12 +17,22 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 ExportDir = typer.Argument(..., help="Export directory written by bt-export.")
 Precision = typer.Option("fp32", "--precision", help="Precision variant listed in the manifest.")
+# Read from the environment so every command takes them without repeating options: BT_DEVICE=cuda runs on ONNX
+# Runtime's CUDA provider (onnxruntime-gpu), BT_MAX_PIXELS changes the image size limit.
+DEVICE_ENV, MAX_PIXELS_ENV = "BT_DEVICE", "BT_MAX_PIXELS"
 
 
 def _load(export_dir: Path, precision: str):
+    import os
+
+    from .images import DEFAULT_MAX_PIXELS
     from .runtime import BridgeTowerRuntime
 
-    return BridgeTowerRuntime.load(export_dir, precision=precision)
+    limit = os.environ.get(MAX_PIXELS_ENV, str(DEFAULT_MAX_PIXELS))
+    if not limit.isdigit():
+        raise BtRuntimeError(f"{MAX_PIXELS_ENV}={limit!r}; expected a positive integer number of pixels")
+    return BridgeTowerRuntime.load(export_dir, precision=precision, device=os.environ.get(DEVICE_ENV, "cpu"),
+                                   max_pixels=int(limit))
 
 
 def _emit(payload) -> None:

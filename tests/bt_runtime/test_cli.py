@@ -28,3 +28,17 @@ def test_bad_input_is_one_line_and_exit_2(tiny_export, tmp_path):
     assert result.exit_code == 2 and "no image file" in result.output and "Traceback" not in result.output
     result = invoke("itm", tmp_path, "--image", tmp_path / "missing.png", "--text", "x")
     assert result.exit_code == 2 and "manifest.json" in result.output
+
+
+def test_cli_environment_settings(tiny_export, photos_dir, monkeypatch):
+    command = ("itm", tiny_export, "--image", photos_dir / "coco_000000039769.png", "--text", "two cats")
+    monkeypatch.setenv("BT_MAX_PIXELS", "100")
+    result = invoke(*command)
+    assert result.exit_code == 2 and "max_pixels" in result.output
+    monkeypatch.setenv("BT_MAX_PIXELS", "lots")
+    result = invoke(*command)
+    assert result.exit_code == 2 and "BT_MAX_PIXELS='lots'" in result.output
+    monkeypatch.delenv("BT_MAX_PIXELS")
+    monkeypatch.setenv("BT_DEVICE", "tpu")
+    result = invoke(*command)
+    assert result.exit_code == 2 and "valid: cpu, cuda, cuda:N" in result.output
