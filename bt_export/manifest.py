@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bt_runtime.contract import (RESAMPLE_NAMES, SCHEMA_VERSION, CenterCrop, Checkpoint, ConfigSummary, FileRef,
-                                 GraphFile, GraphIO, Manifest, Preprocessing, Reference, Resize, TensorInfo,
-                                 TokenizerInfo, sha256_file)
+from bt_runtime.contract import (RESAMPLE_NAMES, SCHEMA_VERSION, AxisLink, Broadcast, CenterCrop, Checkpoint,
+                                 ConfigSummary, FileRef, GraphFile, GraphIO, Manifest, Preprocessing, Reference,
+                                 Resize, TensorInfo, TokenizerInfo, Wire, Wiring, sha256_file)
 
 from .errors import CheckpointError
 from .model import HF_HEAD_CLASSES
@@ -21,6 +21,33 @@ from .specs import GraphSpec, num_image_tokens
 CROSS_MODAL_BROADCAST = ("graph: cross_modal gathers image_bridge[:, image_index[b]] for pair b, so one vision run "
                          "serves many texts (image_bridge batch 1, image_index all zeros) and paired batches use "
                          "image_index = arange(batch)")
+
+
+OUTPUT_MEANINGS = {
+    "image_bridge": "(C, batch, N, D): per cross-modal layer (layer-major), what BridgeTowerModel feeds the "
+                    "cross-modal stack from each image; token 0 is the class token",
+    "text_bridge": "(C, batch, seq, D): per cross-modal layer (layer-major), from each text; padding positions are "
+                   "computed but masked downstream",
+    "image_embeds": "L2-normalized contrastive image embedding (BridgeTowerForContrastiveLearning.image_embeds)",
+    "text_embeds": "L2-normalized contrastive text embedding (BridgeTowerForContrastiveLearning.text_embeds)",
+    "pooler_output": "concat(text pooler, image pooler) (BridgeTowerModel.pooler_output)",
+    "itm_logits": "[no match, match] logits: softmax column 1 is the match probability",
+    "mlm_logits": "logits over the tokenizer's vocabulary at every text position (argmax at <mask> fills it)",
+    "cross_embeds": "L2-normalized cross-modal embedding (BridgeTowerForContrastiveLearning.cross_embeds)",
+}
+
+
+def wiring(specs: dict[str, GraphSpec]) -> Wiring:
+    outputs = {t.name: OUTPUT_MEANINGS[t.name] for spec in specs.values() for t in spec.outputs}
+    return Wiring(
+        wires=[Wire("cross_modal", "text_bridge", "text_tower", "text_bridge", "output"),
+               Wire("cross_modal", "image_bridge", "vision_tower", "image_bridge", "output"),
+               Wire("cross_modal", "attention_mask", "text_tower", "attention_mask", "input")],
+        axes=[AxisLink("cross_modal", "image_batch", "vision_tower", "batch"),
+              AxisLink("cross_modal", "batch", "text_tower", "batch"),
+              AxisLink("cross_modal", "seq", "text_tower", "seq")],
+        broadcast=Broadcast("cross_modal", "image_index", "image_bridge", 1, CROSS_MODAL_BROADCAST),
+        outputs=outputs)
 
 
 def library_versions() -> dict[str, str]:
@@ -145,4 +172,5 @@ def build_manifest(loaded, specs: dict[str, GraphSpec], directory: Path, process
         reference=reference_summary(processor.image_processor, preprocessing),
         cross_modal_broadcast=CROSS_MODAL_BROADCAST,
         versions=library_versions(),
+        wiring=wiring(specs),
     )

@@ -176,6 +176,44 @@ class Golden:
 
 
 @dataclass
+class Wire:
+    """`graph`.`input` takes `source_graph`.`source` (an output, or an input shared with that graph)."""
+    graph: str
+    input: str
+    source_graph: str
+    source: str
+    source_kind: str  # output | input
+
+
+@dataclass
+class AxisLink:
+    """Symbolic axes are per graph: `graph`.`axis` has the size of `same_as_graph`.`same_as_axis`."""
+    graph: str
+    axis: str
+    same_as_graph: str
+    same_as_axis: str
+
+
+@dataclass
+class Broadcast:
+    """Pair b of `graph` uses row `index_input`[b] of `gathered_input` along `axis` (one image, many texts)."""
+    graph: str
+    index_input: str
+    gathered_input: str
+    axis: int
+    rule: str
+
+
+@dataclass
+class Wiring:
+    """How the three graphs connect and what their outputs mean, as data (for readers in any language)."""
+    wires: list[Wire]
+    axes: list[AxisLink]
+    broadcast: Broadcast
+    outputs: dict[str, str]  # output name → meaning (label order, normalization, layout)
+
+
+@dataclass
 class Checkpoint:
     kind: str  # tiny | alias | hub | local
     heads: list[str]
@@ -222,6 +260,7 @@ class Manifest:
     rejected_variants: dict[str, RejectedVariant] = field(default_factory=dict)
     tensorrt: dict = field(default_factory=dict)  # precision → engines section (bt_export.trt_build)
     golden: Union[Golden, None] = None  # golden vectors (bt_runtime.golden), written at export
+    wiring: Union[Wiring, None] = None  # written by every bt-export since schema 2's wiring field
     directory: Union[Path, None] = field(default=None, metadata={"json": False})  # where it was loaded from
 
     @property
@@ -465,6 +504,13 @@ def _check_meaning(m: Manifest) -> None:
         fail(f"preprocessing.mean/std: {p.mean} / {p.std}; expected three values each, std non-zero")
     if not 0 < p.rescale_factor <= 1:
         fail(f"preprocessing.rescale_factor: {p.rescale_factor}; must be in (0, 1]")
+    if m.wiring is not None:
+        for i, wire in enumerate(m.wiring.wires):
+            ends = [(wire.graph, wire.input, "inputs"),
+                    (wire.source_graph, wire.source, "outputs" if wire.source_kind == "output" else "inputs")]
+            for graph, name, kind in ends:
+                if graph not in m.graphs or name not in [t.name for t in getattr(m.graphs[graph], kind)]:
+                    fail(f"wiring.wires[{i}]: {graph}.{name} is not one of that graph's {kind}")
     t = m.tokenizer
     if t.max_length < 3:
         fail(f"tokenizer.max_length: {t.max_length}; must be ≥ 3")

@@ -140,3 +140,25 @@ def test_any_mutation_loads_or_is_a_manifest_error(tiny_export, choice, value, d
     except ManifestError:
         return
     json.loads(dump(manifest))  # what loads, dumps
+
+
+def test_wiring_is_data_that_matches_the_graphs(tiny_export):
+    manifest = load(tiny_export)
+    wiring = manifest.wiring
+    fed = {(w.graph, w.input): (w.source_graph, w.source, w.source_kind) for w in wiring.wires}
+    assert fed[("cross_modal", "image_bridge")] == ("vision_tower", "image_bridge", "output")
+    assert fed[("cross_modal", "attention_mask")] == ("text_tower", "attention_mask", "input")
+    # every cross-modal input is either wired or the broadcast index
+    inputs = {t.name for t in manifest.graphs["cross_modal"].inputs}
+    assert inputs == {i for g, i in fed if g == "cross_modal"} | {wiring.broadcast.index_input}
+    assert (wiring.broadcast.gathered_input, wiring.broadcast.axis) == ("image_bridge", 1)
+    assert set(wiring.outputs) == {t.name for io in manifest.graphs.values() for t in io.outputs}
+    assert "column 1" in wiring.outputs["itm_logits"]
+
+
+def test_wiring_naming_an_unknown_tensor_is_refused(export_copy):
+    data = _data(export_copy)
+    data["wiring"]["wires"][0]["source"] = "txt_bridge"
+    _write(export_copy, data)
+    with pytest.raises(ManifestError, match=r"wiring\.wires\[0\]: text_tower\.txt_bridge is not one of"):
+        load(export_copy)
