@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import BackendError, ManifestError
+from ..errors import BackendError
 from ..contract import GRAPH_NAMES, Manifest, verify_sha256
 from ..cpu import isa_class
 from .feeds import check_feeds, check_outputs
