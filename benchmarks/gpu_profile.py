@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-GRAPHS = ("vision_tower", "text_tower", "cross_modal")
+from bt_runtime.contract import GRAPH_NAMES as GRAPHS
+
+from .timing import Case, interleave, summarize
 
 
 def profile(fn, iterations: int = 20) -> dict:
@@ -40,14 +42,9 @@ def profile(fn, iterations: int = 20) -> dict:
 
 
 def median_ms(fn, runs: int = 50, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return float(np.median(samples) * 1e3)
+    case = Case("chain", fn)
+    interleave([case], runs, warmup)
+    return summarize(case.samples)["p50_ms"]
 
 
 def inputs(manifest, batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -63,6 +60,7 @@ def cuda_graph_chain(manifest, precision: str, feeds: dict[str, np.ndarray]):
     """Three sessions with enable_cuda_graph; every input and output bound once to a fixed device buffer."""
     import onnxruntime as ort
 
+    # the options of the measured run (benchmarks/results/*-h200.md), not the runtime's full set
     options = {"device_id": "0", "enable_cuda_graph": "1", "use_tf32": "0" if precision == "fp32" else "1"}
     sessions = {g: ort.InferenceSession(str(manifest.graph_path(g, precision)),
                                         providers=[("CUDAExecutionProvider", options)]) for g in GRAPHS}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bt_runtime.runtime import softmax
+
 from .timing import Case, interleave, summarize
 
 CAPTION = "An image of two cats chilling on a couch"
@@ -88,11 +90,6 @@ def ort_chain(runtime, pixel_values: np.ndarray, input_ids: np.ndarray, attentio
     index = np.arange(input_ids.shape[0], dtype=np.int64) if image_index is None else image_index
     return run("cross_modal", {"text_bridge": text["text_bridge"], "image_bridge": image["image_bridge"],
                                "attention_mask": attention_mask, "image_index": index}, list(outputs))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def parity(eager: Eager, runtimes: dict, images, texts) -> list[dict]:

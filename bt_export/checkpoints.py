@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bt_runtime.errors import first_line
+
 from .configs import KNOWN_CHECKPOINTS, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
 from .errors import CheckpointError, UnsupportedConfigError
 
@@ -133,7 +135,7 @@ def _tensor_names(directory: Path) -> set[str]:
         raise
     except Exception as err:  # safetensors, json and torch raise their own types for damaged files
         raise CheckpointError(f"--checkpoint {str(directory)!r}: the weights cannot be read (damaged or truncated "
-                              f"file?): {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from err
+                              f"file?): {first_line(err)}") from err
 
 
 def _read_tensor_names(directory: Path) -> set[str]:
@@ -217,7 +219,7 @@ def _tokenizer_vocab_size(directory: Path) -> int:
         return len(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
     except Exception as err:  # tokenizers raises a bare Exception for a corrupt file
         raise CheckpointError(f"--tokenizer {str(directory)!r}: the tokenizer cannot be read: "
-                              f"{str(err).splitlines()[0][:200]}") from err
+                              f"{first_line(err)}") from err
 
 
 def check_supported(config, heads: tuple[str, ...] = ()) -> None:
@@ -325,7 +327,7 @@ def copy_tokenizer(loaded: LoadedCheckpoint, out_dir: Path) -> list[str]:
         tok = _hf_tokenizer(src, max_length)
     except Exception as err:  # tokenizers/transformers raise bare Exceptions for corrupt files
         raise CheckpointError(f"tokenizer files in {str(src)!r} cannot be loaded: "
-                              f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from err
+                              f"{first_line(err)}") from err
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)  # tokenizer.json (converted from vocab.json + merges.txt when needed) + its config
         written = []

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """A library exception's message for one of our one-line errors: its first line, cut at `limit`, or its type
+    name when it has no message (tokenizers, safetensors and ONNX Runtime raise long or empty ones)."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__
+
+
 class BtRuntimeError(ValueError):
     """Base class of every user-facing runtime error."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import FileRef, Golden, GoldenTensor, sha256_file, verify_sha256
+from .runtime import softmax
 
 PREFIX = "golden."
 EXACT = ("decoded_rgb", "resized_rgb", "cropped", "input_ids", "attention_mask", "fill_mask_top5")
@@ -53,8 +54,7 @@ def compute(runtime, image, texts: list[str]) -> dict[str, np.ndarray]:
     mlm = cross.pop("mlm_logits", None)  # (T, S, V): too large to ship; its task output below is
     tensors.update(cross)
     if "itm_logits" in cross:
-        logits = cross["itm_logits"].astype(np.float64)
-        tensors["itm_probability"] = (1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))).astype(np.float32)
+        tensors["itm_probability"] = softmax(cross["itm_logits"])[:, 1]  # what itm_scores returns
     if mlm is not None:
         masked = encoded.input_ids == runtime.tokenizer.mask_token_id  # (T, S)
         if masked.any():

@@ -10,7 +10,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .contract import verify_sha256
-from .errors import ManifestError, TextInputError
+from .errors import ManifestError, TextInputError, first_line
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class TextTokenizer:
             self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         except Exception as err:  # the tokenizers library raises a bare Exception for missing and corrupt files
             raise ManifestError(f"tokenizer file {str(tokenizer_file)!r} cannot be loaded: "
-                                f"{str(err).splitlines()[0][:200]}") from err
+                                f"{first_line(err)}") from err
         self.tokenizer.no_padding()
         # Longer texts are cut to the model's positions (max_position_embeddings − 2), never a crash.
         self.tokenizer.enable_truncation(max_length=max_length)

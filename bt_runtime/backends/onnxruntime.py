@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, first_line
 from ..contract import GRAPH_NAMES, Manifest, verify_sha256
 from ..cpu import isa_class
 from .feeds import check_feeds, check_outputs
@@ -28,6 +28,13 @@ def parse_device(device: str) -> tuple[str, int]:
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
         raise BackendError(f"device {device!r}; valid: cpu, cuda, cuda:N")
     return kind, int(index or 0)
+
+
+def cuda_options(precision: str, device_id: int = 0) -> dict[str, str]:
+    """CUDAExecutionProvider options: fp32 sessions without TF32 (so they stay inside the fp32 parity bounds)."""
+    return {"device_id": str(device_id), "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1",
+            "use_tf32": "0" if precision == "fp32" else "1"}
 
 
 def cuda_available() -> bool:
@@ -57,10 +64,7 @@ class OnnxRuntimeBackend:
             kind = "cpu"
         self.device = kind
         if kind == "cuda":
-            providers = [("CUDAExecutionProvider", {
-                "device_id": str(self.device_id), "arena_extend_strategy": "kSameAsRequested",
-                "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1",
-                "use_tf32": "0" if precision == "fp32" else "1"}), "CPUExecutionProvider"]
+            providers = [("CUDAExecutionProvider", cuda_options(precision, self.device_id)), "CPUExecutionProvider"]
         providers = list(providers or ["CPUExecutionProvider"])
         unknown = [p for p in (p if isinstance(p, str) else p[0] for p in providers) if p not in available]
         if unknown:
@@ -122,7 +126,7 @@ class OnnxRuntimeBackend:
             return ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
-                               f"{str(err).splitlines()[0][:300]}") from err
+                               f"{first_line(err, 300)}") from err
 
     def close(self) -> None:
         """Release the sessions (their memory); the backend opens them again if used after this."""
@@ -145,9 +149,8 @@ class OnnxRuntimeBackend:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
             else:
                 binding.bind_ortvalue_input(name, value)
-        device = "cuda" if self.device == "cuda" else "cpu"
         for name in outputs:
-            binding.bind_output(name, device if name in keep else "cpu", self.device_id if name in keep else 0)
+            binding.bind_output(name, self.device if name in keep else "cpu", self.device_id if name in keep else 0)
         session.run_with_iobinding(binding)
         values = dict(zip(outputs, binding.get_outputs()))
         results = {name: value if name in keep else value.numpy() for name, value in values.items()}

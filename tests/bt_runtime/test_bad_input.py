@@ -230,3 +230,11 @@ def test_cli_non_utf8_argument_is_one_line_and_exit_2(tiny_export, photos_dir):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "not valid Unicode text" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_library_messages_are_cut_to_one_line_and_never_empty():
+    from bt_runtime.errors import first_line
+
+    assert first_line(Exception("first\nsecond")) == "first"
+    assert first_line(Exception("x" * 500), 10) == "x" * 10
+    assert first_line(Exception()) == "Exception" and first_line(OSError("  \n")) == "OSError"
