@@ -74,9 +74,9 @@ def _agree_probabilities(cases: list[Case], reference: np.ndarray) -> dict[str, 
 
 
 def _per_item(output: np.ndarray) -> np.ndarray:
-    """Embeddings (B, E) as they are; bridges (C, B, L, D) → (B, C·L·D), one row per image/text."""
+    """Embeddings (B, E) as they are; bridges (B, C, L, D) → (B, C·L·D), one row per image/text."""
     output = np.asarray(output)
-    return output if output.ndim == 2 else np.moveaxis(output, 1, 0).reshape(output.shape[1], -1)
+    return output if output.ndim == 2 else output.reshape(output.shape[0], -1)
 
 
 def _agree_cosine(cases: list[Case], reference: np.ndarray) -> dict[str, dict]:

@@ -47,7 +47,7 @@ def export_graphs(model, specs: dict, samples, refs, directory: Path, opset: int
     # image_bridge example of a smaller batch than the texts, so tracing keeps `image_batch` and `batch` apart
     image_rows = max(2, samples.input_ids.shape[0] // 2)
     bridges = {"text_bridge": torch.from_numpy(refs.graph_outputs["text_tower"]["text_bridge"]),
-               "image_bridge": torch.from_numpy(refs.graph_outputs["vision_tower"]["image_bridge"][:, :image_rows])}
+               "image_bridge": torch.from_numpy(refs.graph_outputs["vision_tower"]["image_bridge"][:image_rows])}
     for spec in specs.values():
         log(f"exporting {spec.file} (attention: {attention})")
         inputs = example_inputs(spec, samples, bridges)

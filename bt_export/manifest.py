@@ -18,15 +18,15 @@ from .errors import CheckpointError
 from .model import HF_HEAD_CLASSES
 from .specs import GraphSpec, num_image_tokens
 
-CROSS_MODAL_BROADCAST = ("graph: cross_modal gathers image_bridge[:, image_index[b]] for pair b, so one vision run "
+CROSS_MODAL_BROADCAST = ("graph: cross_modal gathers image_bridge[image_index[b]] for pair b, so one vision run "
                          "serves many texts (image_bridge batch 1, image_index all zeros) and paired batches use "
                          "image_index = arange(batch)")
 
 
 OUTPUT_MEANINGS = {
-    "image_bridge": "(C, batch, N, D): per cross-modal layer (layer-major), what BridgeTowerModel feeds the "
+    "image_bridge": "(batch, C, N, D): batch first, then one row per cross-modal layer: what BridgeTowerModel feeds the "
                     "cross-modal stack from each image; token 0 is the class token",
-    "text_bridge": "(C, batch, seq, D): per cross-modal layer (layer-major), from each text; padding positions are "
+    "text_bridge": "(batch, C, seq, D): batch first, then one row per cross-modal layer, from each text; padding positions are "
                    "computed but masked downstream",
     "image_embeds": "L2-normalized contrastive image embedding (BridgeTowerForContrastiveLearning.image_embeds)",
     "text_embeds": "L2-normalized contrastive text embedding (BridgeTowerForContrastiveLearning.text_embeds)",
@@ -46,7 +46,7 @@ def wiring(specs: dict[str, GraphSpec]) -> Wiring:
         axes=[AxisLink("cross_modal", "image_batch", "vision_tower", "batch"),
               AxisLink("cross_modal", "batch", "text_tower", "batch"),
               AxisLink("cross_modal", "seq", "text_tower", "seq")],
-        broadcast=Broadcast("cross_modal", "image_index", "image_bridge", 1, CROSS_MODAL_BROADCAST),
+        broadcast=Broadcast("cross_modal", "image_index", "image_bridge", 0, CROSS_MODAL_BROADCAST),
         outputs=outputs)
 
 

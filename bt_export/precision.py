@@ -86,7 +86,9 @@ def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, .
         quantize_dynamic(str(source), str(staged), weight_type=QuantType.QUInt8 if weight_type == "uint8" else
                          QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                          nodes_to_exclude=excluded, per_channel=per_channel, reduce_range=reduce_range,
-                         extra_options={"MatMulConstBOnly": True},
+                         # DefaultTensorType: ONNX shape inference cannot type the outputs of com.microsoft ops
+                         # (`--attention ort`); without it the quantizer stops at the first MatMul after one
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
                          use_external_data_format=False)
         save_model(onnx.load(str(staged)), dst)
     return {"quantized_nodes": len(weighted) - len(excluded), "excluded_nodes": len(excluded)}

@@ -73,13 +73,13 @@ def graph_specs(config, heads: tuple[str, ...]) -> dict[str, GraphSpec]:
     vision = GraphSpec(
         "vision_tower",
         inputs=(TensorSpec("pixel_values", "float32", (BATCH, 3, size, size)),),
-        outputs=(out("image_bridge", (layers, BATCH, tokens, hidden)),
+        outputs=(out("image_bridge", (BATCH, layers, tokens, hidden)),
                  *([out("image_embeds", (BATCH, config.contrastive_hidden_size))] if itc else [])),
     )
     text = GraphSpec(
         "text_tower",
         inputs=(TensorSpec("input_ids", "int64", (BATCH, SEQ)), TensorSpec("attention_mask", "int64", (BATCH, SEQ))),
-        outputs=(out("text_bridge", (layers, BATCH, SEQ, hidden)),
+        outputs=(out("text_bridge", (BATCH, layers, SEQ, hidden)),
                  *([out("text_embeds", (BATCH, config.contrastive_hidden_size))] if itc else [])),
     )
     head_outputs = []
@@ -91,8 +91,8 @@ def graph_specs(config, heads: tuple[str, ...]) -> dict[str, GraphSpec]:
         head_outputs.append(out("cross_embeds", (BATCH, config.contrastive_hidden_size)))
     cross = GraphSpec(
         "cross_modal",
-        inputs=(TensorSpec("text_bridge", "float32", (layers, BATCH, SEQ, hidden)),
-                TensorSpec("image_bridge", "float32", (layers, IMAGE_BATCH, tokens, hidden)),
+        inputs=(TensorSpec("text_bridge", "float32", (BATCH, layers, SEQ, hidden)),
+                TensorSpec("image_bridge", "float32", (IMAGE_BATCH, layers, tokens, hidden)),
                 TensorSpec("attention_mask", "int64", (BATCH, SEQ)),
                 TensorSpec("image_index", "int64", (BATCH,))),
         outputs=(out("pooler_output", (BATCH, 2 * hidden)), *head_outputs),

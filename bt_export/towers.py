@@ -1,7 +1,8 @@
 """The three exported sub-computations of BridgeTowerModel, as torch modules over Hugging Face's own submodules.
 
 BridgeTowerModel.forward interleaves both towers with the cross-modal stack. Splitting it: the towers' top
-`num_hidden_layers` (C) layers each feed one "bridge" (`image_bridge`, `text_bridge`, both (C, B, L, D)), which is
+`num_hidden_layers` (C) layers each feed one "bridge" (`image_bridge`, `text_bridge`, both (B, C, L, D): batch
+first, so a server can concatenate requests along axis 0), which is
 everything the cross-modal stack reads from them. So each tower runs once per input, and the cross-modal graph
 runs once per (image, text) pair. Every attention goes through `bt_export.attention.attend`.
 """
@@ -63,7 +64,7 @@ def cross_layer(layer: nn.Module, x: torch.Tensor, other: torch.Tensor, self_bia
 
 
 class VisionTower(nn.Module):
-    """pixel_values (B, 3, H, W) → image_bridge (C, B, N, D) [, image_embeds (B, E) for contrastive checkpoints]."""
+    """pixel_values (B, 3, H, W) → image_bridge (B, C, N, D) [, image_embeds (B, E) for contrastive checkpoints]."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -85,15 +86,15 @@ class VisionTower(nn.Module):
             if index >= self.first_bridged:
                 bridge_index = index - self.first_bridged
                 bridges.append(_bridge_transform(self.transform, self.ln_post(x), bridge_index) + token_type)
-        image_bridge = torch.stack(bridges)  # (C, B, N, D)
+        image_bridge = torch.stack(bridges, dim=1)  # (B, C, N, D)
         if self.itc_image_head is None:
             return image_bridge
-        image_embeds = F.normalize(self.itc_image_head(image_bridge[-1, :, 0]), dim=-1)  # (B, E)
+        image_embeds = F.normalize(self.itc_image_head(image_bridge[:, -1, 0]), dim=-1)  # (B, E)
         return image_bridge, image_embeds
 
 
 class TextTower(nn.Module):
-    """input_ids, attention_mask (B, S) → text_bridge (C, B, S, D) [, text_embeds (B, E)]."""
+    """input_ids, attention_mask (B, S) → text_bridge (B, C, S, D) [, text_embeds (B, E)]."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -122,7 +123,7 @@ class TextTower(nn.Module):
             x = text_layer(layer, x, key_bias)
             if index >= self.first_bridged:
                 bridges.append(_bridge_transform(self.transform, x, index - self.first_bridged) + token_type)
-        text_bridge = torch.stack(bridges)  # (C, B, S, D)
+        text_bridge = torch.stack(bridges, dim=1)  # (B, C, S, D)
         if self.itc_text_head is None:
             return text_bridge
         # BridgeTowerForContrastiveLearning projects the last text layer's <s> token, before the bridge transform
@@ -131,7 +132,7 @@ class TextTower(nn.Module):
 
 
 class CrossModalStack(nn.Module):
-    """text_bridge (C, B, S, D), image_bridge (C, I, N, D), attention_mask (B, S), image_index (B,) →
+    """text_bridge (B, C, S, D), image_bridge (I, C, N, D), attention_mask (B, S), image_index (B,) →
     pooler_output (B, 2D) and the heads the checkpoint has. Pair b uses image `image_index[b]`, so one image is
     scored against B texts with image_bridge of batch 1 and image_index all zeros (the graph gathers)."""
 
@@ -148,15 +149,15 @@ class CrossModalStack(nn.Module):
 
     def forward(self, text_bridge: torch.Tensor, image_bridge: torch.Tensor, attention_mask: torch.Tensor,
                 image_index: torch.Tensor):
-        image_bridge = image_bridge.index_select(1, image_index)  # (C, B, N, D)
+        image_bridge = image_bridge.index_select(0, image_index)  # (B, C, N, D)
         text_bias = key_padding_bias(attention_mask, text_bridge.dtype)  # (B, S)
-        text = self.text_layernorm(text_bridge[0])
-        image = self.image_layernorm(image_bridge[0])
+        text = self.text_layernorm(text_bridge[:, 0])
+        image = self.image_layernorm(image_bridge[:, 0])
         text_out = cross_layer(self.text_layers[0], text, image, text_bias, None)
         image_out = cross_layer(self.image_layers[0], image, text, None, text_bias)
-        for k in range(1, text_bridge.shape[0]):
-            text = self.text_links[k - 1](text_bridge[k], text_out, None)
-            image = self.image_links[k - 1](image_bridge[k], image_out, None)
+        for k in range(1, text_bridge.shape[1]):
+            text = self.text_links[k - 1](text_bridge[:, k], text_out, None)
+            image = self.image_links[k - 1](image_bridge[:, k], image_out, None)
             text_out = cross_layer(self.text_layers[k], text, image, text_bias, None)
             image_out = cross_layer(self.image_layers[k], image, text, None, text_bias)
         pooler_output = torch.cat([self.text_pooler(text_out), self.image_pooler(image_out)], dim=-1)  # (B, 2D)

@@ -32,7 +32,7 @@ from typing import Any, Union
 
 from .errors import ManifestError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 GRAPH_NAMES = ("vision_tower", "text_tower", "cross_modal")
@@ -462,6 +462,9 @@ def from_dict(data, where: str = MANIFEST_NAME) -> Manifest:
     if version != SCHEMA_VERSION:
         hint = (" Version 1 exports cannot be upgraded in place (checksums of every file and the HF reference must "
                 "be measured): re-export the checkpoint with this bt-export." if version == 1 else
+                " Version 2 exports put the layer axis first in the bridges ((C, batch, …)); version 3 graphs are "
+                "batch first ((batch, C, …)) so servers can batch requests: re-export the checkpoint with this "
+                "bt-export (golden vectors and checksums are regenerated with it)." if version == 2 else
                 " Re-export with the matching bt-export, or upgrade bt-toolkit.")
         raise ManifestError(f"{where} has schema_version {version!r}; this bt-toolkit reads {SCHEMA_VERSION}.{hint}")
     manifest = _from_json(Manifest, data, "manifest")

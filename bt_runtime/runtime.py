@@ -22,13 +22,13 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 @dataclass
 class ImageFeatures:
-    bridge: np.ndarray  # (C, I, N, D): what the cross-modal stack reads from each image
+    bridge: np.ndarray  # (I, C, N, D): what the cross-modal stack reads from each image
     embeds: np.ndarray | None = None  # (I, E) L2-normalized, contrastive checkpoints only
 
 
 @dataclass
 class TextFeatures:
-    bridge: np.ndarray  # (C, T, S, D), zero beyond each text's length
+    bridge: np.ndarray  # (T, C, S, D), zero beyond each text's length
     attention_mask: np.ndarray  # (T, S)
     input_ids: np.ndarray  # (T, S)
     embeds: np.ndarray | None = None  # (T, E)
@@ -152,14 +152,18 @@ class BridgeTowerRuntime:
                       name: str = "images") -> ImageFeatures:
         _check_list(images, name)
         _check_positive(batch_size, "batch_size")
-        bridges, embeds = [], []
+        chunks = []
         for start, stop in _batches(len(images), batch_size, progress, "vision tower"):
-            pixels = np.stack([self.preprocess.pixel_values(images[i], f"{name}[{i}]") for i in range(start, stop)])
-            out = self.backend.run("vision_tower", {"pixel_values": pixels})
-            bridges.append(out["image_bridge"])
-            if "image_embeds" in out:
-                embeds.append(out["image_embeds"])
-        return ImageFeatures(np.concatenate(bridges, axis=1), np.concatenate(embeds) if embeds else None)
+            chunks.append(self.encode_pixels(
+                np.stack([self.preprocess.pixel_values(images[i], f"{name}[{i}]") for i in range(start, stop)])))
+        return ImageFeatures(np.concatenate([c.bridge for c in chunks]),
+                             np.concatenate([c.embeds for c in chunks]) if chunks[0].embeds is not None else None)
+
+    def encode_pixels(self, pixel_values: np.ndarray) -> ImageFeatures:
+        """Already preprocessed images (B, 3, S, S) float32 (`preprocess.pixel_values` of each) → features, one
+        vision-tower run. For callers that check every image before batching them (a server)."""
+        out = self.backend.run("vision_tower", {"pixel_values": pixel_values})
+        return ImageFeatures(out["image_bridge"], out.get("image_embeds"))
 
     def encode_image(self, image) -> ImageFeatures:
         """One image (errors name the argument `image`) → features of batch 1."""
@@ -177,9 +181,9 @@ class BridgeTowerRuntime:
             out = self.backend.run("text_tower", {"input_ids": encoded.input_ids[start:stop, :length],
                                                   "attention_mask": encoded.attention_mask[start:stop, :length]})
             if bridge is None:
-                layers, _, _, hidden = out["text_bridge"].shape
-                bridge = np.zeros((layers, total, longest, hidden), dtype=out["text_bridge"].dtype)
-            bridge[:, start:stop, :length] = out["text_bridge"]  # (C, b, s, D) into (C, T, S, D)
+                _, layers, _, hidden = out["text_bridge"].shape
+                bridge = np.zeros((total, layers, longest, hidden), dtype=out["text_bridge"].dtype)
+            bridge[start:stop, :, :length] = out["text_bridge"]  # (b, C, s, D) into (T, C, S, D)
             if "text_embeds" in out:
                 embeds.append(out["text_embeds"])
         return TextFeatures(bridge, encoded.attention_mask, encoded.input_ids,
@@ -197,8 +201,8 @@ class BridgeTowerRuntime:
             rows, image_rows = text_index[start:stop], image_index[start:stop]
             length = int(texts.lengths[rows].max())  # trim padding shared by the whole batch
             needed, gather = np.unique(image_rows, return_inverse=True)  # only the images this batch uses
-            feeds = {"text_bridge": np.ascontiguousarray(texts.bridge[:, rows, :length]),
-                     "image_bridge": np.ascontiguousarray(images.bridge[:, needed]),
+            feeds = {"text_bridge": np.ascontiguousarray(texts.bridge[rows, :, :length]),
+                     "image_bridge": np.ascontiguousarray(images.bridge[needed]),
                      "attention_mask": np.ascontiguousarray(texts.attention_mask[rows, :length]),
                      "image_index": gather.astype(np.int64).reshape(-1)}
             out = self.backend.run("cross_modal", feeds, outputs)
@@ -206,7 +210,9 @@ class BridgeTowerRuntime:
                 results[name].append(out[name])
         return results
 
-    def _itm(self, texts: TextFeatures, images: ImageFeatures, text_index, image_index, batch_size, progress):
+    def match_probabilities(self, texts: TextFeatures, images: ImageFeatures, text_index, image_index,
+                            batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """ITM match probability of each pair (texts[text_index[k]], images[image_index[k]]) → (len(text_index),)."""
         logits = self.cross_modal(texts, images, np.asarray(text_index), np.asarray(image_index), ["itm_logits"],
                                   batch_size, progress)["itm_logits"]
         return softmax(np.concatenate(logits))[:, 1]
@@ -223,7 +229,7 @@ class BridgeTowerRuntime:
         text_features = self.encode_texts(texts)
         image_features = self.encode_image(image)
         count = len(texts)
-        return self._itm(text_features, image_features, np.arange(count), np.zeros(count, np.int64), batch_size, False)
+        return self.match_probabilities(text_features, image_features, np.arange(count), np.zeros(count, np.int64), batch_size, False)
 
     def _itm_scores_on_device(self, image, texts: list[str], batch_size: int) -> np.ndarray:
         """CUDA: the image bridge stays on the GPU and feeds every batch of texts (IOBinding, no host round trip
@@ -252,7 +258,7 @@ class BridgeTowerRuntime:
             raise BtRuntimeError(f"itm_pairs: images has {len(images)} items but texts has {len(texts)}; "
                                  "they must pair one to one (use itm_matrix for every combination)")
         index = np.arange(len(texts))
-        return self._itm(self.encode_texts(texts), self.encode_images(images), index, index, batch_size, False)
+        return self.match_probabilities(self.encode_texts(texts), self.encode_images(images), index, index, batch_size, False)
 
     def itm_matrix(self, images: list, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Match probability of every image with every text → (n_images, n_texts); each tower once per input."""
@@ -260,7 +266,7 @@ class BridgeTowerRuntime:
         image_features = self.encode_images(images, progress=progress)
         text_features = self.encode_texts(texts)
         image_index, text_index = np.divmod(np.arange(len(images) * len(texts)), len(texts))
-        scores = self._itm(text_features, image_features, text_index, image_index, batch_size, progress)
+        scores = self.match_probabilities(text_features, image_features, text_index, image_index, batch_size, progress)
         return scores.reshape(len(images), len(texts))
 
     def fill_mask(self, image, text: str, top_k: int = 5) -> FillMaskResult:
@@ -321,22 +327,22 @@ class BridgeTowerRuntime:
         for start, stop in _batches(len(images), batch_size, progress, "gallery"):
             chunk = self.encode_images(list(images[start:stop]), batch_size, name="images")
             if not use_itc:  # ITM over every image, chunk by chunk
-                scores = self._itm(text_features, chunk, np.zeros(stop - start, np.int64), np.arange(stop - start),
+                scores = self.match_probabilities(text_features, chunk, np.zeros(stop - start, np.int64), np.arange(stop - start),
                                    batch_size, False)
                 shortlist += [(float(s), start + i, None) for i, s in enumerate(scores)]
                 continue
             similarities = chunk.embeds @ text_features.embeds[0]  # (b,) cosine: both L2-normalized
             for offset, similarity in enumerate(similarities):
                 # a copy, not a view: a view would keep the whole chunk's bridges alive
-                item = (float(similarity), start + offset, chunk.bridge[:, offset].copy() if rerank else None)
+                item = (float(similarity), start + offset, chunk.bridge[offset].copy() if rerank else None)
                 (heapq.heappush if len(shortlist) < keep else heapq.heappushpop)(shortlist, item)
         if not use_itc:
             hits = [RetrievalHit(score, index, None, score) for score, index, _ in shortlist]
         elif not rerank:
             hits = [RetrievalHit(score, index, score, None) for score, index, _ in shortlist]
         else:
-            candidates = ImageFeatures(np.stack([bridge for _, _, bridge in shortlist], axis=1))
-            itm = self._itm(text_features, candidates, np.zeros(len(shortlist), np.int64), np.arange(len(shortlist)),
+            candidates = ImageFeatures(np.stack([bridge for _, _, bridge in shortlist]))
+            itm = self.match_probabilities(text_features, candidates, np.zeros(len(shortlist), np.int64), np.arange(len(shortlist)),
                             batch_size, False)
             hits = [RetrievalHit(float(p), index, similarity, float(p))
                     for p, (similarity, index, _) in zip(itm, shortlist)]

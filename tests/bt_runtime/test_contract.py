@@ -73,11 +73,13 @@ def test_bad_fields_are_named(export_copy, edit, message):
         BridgeTowerRuntime.load(export_copy)
 
 
-def test_version_1_exports_are_refused_with_the_way_forward(export_copy):
+@pytest.mark.parametrize("version, says", [(1, "schema_version 1.*re-export the checkpoint"),
+                                           (2, "schema_version 2.*batch first.*re-export the checkpoint")])
+def test_older_exports_are_refused_with_the_way_forward(export_copy, version, says):
     data = _data(export_copy)
-    data["schema_version"] = 1
+    data["schema_version"] = version
     _write(export_copy, data)
-    with pytest.raises(ManifestError, match="schema_version 1.*re-export the checkpoint"):
+    with pytest.raises(ManifestError, match=says):
         load(export_copy)
 
 
@@ -100,7 +102,7 @@ def test_symlinked_graph_escaping_the_export_is_refused(export_copy, tmp_path):
 
 
 def test_non_utf8_manifest_is_a_manifest_error(export_copy):
-    (export_copy / "manifest.json").write_bytes(b'{"schema_version": 2, "created": "\xff\xfe"}')
+    (export_copy / "manifest.json").write_bytes(b'{"schema_version": 3, "created": "\xff\xfe"}')
     with pytest.raises(ManifestError, match="not UTF-8"):
         load(export_copy)
 

@@ -1,0 +1,218 @@
+"""Load test for bt-serve on loopback: the same `itm` requests one at a time, then from N concurrent clients, each
+phase bounded by time and count; p50/p99 latency, throughput, the batch sizes the server actually formed (Triton's
+statistics endpoint, diffed around each phase), and every answer compared with bt_runtime called directly on the
+same pair. Torch-free; starts the server itself (a subprocess of `--server-python`, which needs nvidia-pytriton).
+
+    python -m benchmarks.serve_load EXPORT --concurrency 8 --seconds 20 --server-python .venv-serve/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bt_serve import client as c
+
+from .machine import cpu_info
+
+SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "images"
+CAPTIONS = ["two cats sleeping on a pink blanket", "a remote control on a couch", "a football player scoring a goal",
+            "a bird flying over the snow", "a plate of food on a wooden table", "a red bus in a city street",
+            "a dog catching a frisbee in a park", "a sailboat on a calm lake at sunset"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class Phase:
+    name: str
+    clients: int
+    latencies_ms: list[float] = field(default_factory=list)
+    answers: list[tuple[int, float]] = field(default_factory=list)  # (pair index, probability)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    batches: dict[int, int] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        sizes = sum(size * count for size, count in self.batches.items())
+        runs = sum(self.batches.values())
+        return {"phase": self.name, "clients": self.clients, "requests": len(self.answers),
+                "errors": len(self.errors), "throughput_rps": len(self.answers) / self.wall_s if self.wall_s else 0,
+                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                "batches": {str(k): v for k, v in sorted(self.batches.items())},
+                "mean_batch": sizes / runs if runs else 0.0}
+
+
+def pairs(export_dir: Path, count: int) -> list[tuple[bytes, str]]:
+    """Real photos from ../shared/assets when present (else the export's golden image), each with a caption."""
+    images = sorted(p for p in SHARED_IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+        if SHARED_IMAGES.is_dir() else []
+    if not images:
+        from bt_runtime.contract import read_manifest
+
+        manifest = read_manifest(export_dir)
+        images = [manifest.path(manifest.golden.image.file)]
+    encoded = [p.read_bytes() for p in images]
+    return [(encoded[k % len(encoded)], CAPTIONS[k % len(CAPTIONS)]) for k in range(count)]
+
+
+def run_phase(phase: Phase, work: list[tuple[bytes, str]], host: str, port: int, seconds: float,
+              max_requests: int, protocol: str) -> None:
+    lock, counter = threading.Lock(), iter(range(max_requests))
+    deadline = time.monotonic() + seconds
+
+    def worker():
+        module, client = c.connect(protocol, host, port)
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    k = next(counter, None)
+                if k is None:
+                    return
+                index = k % len(work)
+                start = time.perf_counter()
+                try:
+                    probability, error = c.itm(module, client, *work[index])
+                except Exception as err:  # a lost request: counted, never hidden
+                    with lock:
+                        phase.errors.append(str(err)[:200])
+                    continue
+                elapsed = (time.perf_counter() - start) * 1e3
+                with lock:
+                    if error:
+                        phase.errors.append(error)
+                    else:
+                        phase.latencies_ms.append(elapsed)
+                        phase.answers.append((index, probability))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(phase.clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    phase.wall_s = time.perf_counter() - start
+
+
+def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def load_test(export_dir: Path, concurrency: int, seconds: float, server_python: str, max_requests: int = 100000,
+              protocol: str = "grpc", max_batch: int = 16, queue_delay_us: int = 2000, threads: int = 0,
+              precision: str = "fp32", log=print) -> dict:
+    from bt_runtime import BridgeTowerRuntime
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    host = "127.0.0.1"
+    work = pairs(export_dir, 16)
+    with tempfile.TemporaryDirectory() as tmp:
+        server_log = Path(tmp) / "server.log"
+        command = [server_python, "-m", "bt_serve.cli", str(export_dir), "--address", host,
+                   "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+                   "--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us), "--threads", str(threads),
+                   "--precision", precision, "--log-file", str(server_log)]
+        with open(Path(tmp) / "stdout", "w") as out:
+            server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            c.wait_ready(host, http_port, ["itm"], timeout_s=600, process=server)
+            port = http_port if protocol == "http" else grpc_port
+            phases = [Phase("one request at a time", 1), Phase(f"{concurrency} concurrent clients", concurrency)]
+            for phase in phases:
+                log(f"{phase.name}: {seconds:.0f} s")
+                before = c.batch_statistics(host, http_port, "itm")
+                run_phase(phase, work, host, port, seconds, max_requests, protocol)
+                phase.batches = _diff(c.batch_statistics(host, http_port, "itm"), before)
+        finally:
+            server.terminate()  # SIGTERM: bt-serve stops Triton cleanly
+            try:
+                shutdown_rc = server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                shutdown_rc = "killed after 60 s"
+    with BridgeTowerRuntime.load(export_dir, precision=precision) as runtime:
+        direct = runtime.itm_pairs([image for image, _ in work], [text for _, text in work])
+    worst = max((abs(p - direct[i]) for phase in phases for i, p in phase.answers), default=float("nan"))
+    summaries = [p.summary() for p in phases]
+    return {"export": str(export_dir), "cpu": cpu_info(), "protocol": protocol, "seconds": seconds,
+            "max_batch": max_batch, "queue_delay_us": queue_delay_us, "threads": threads, "precision": precision,
+            "server_python": server_python, "phases": summaries,
+            "throughput_ratio": (summaries[1]["throughput_rps"] / summaries[0]["throughput_rps"]
+                                 if summaries[0]["throughput_rps"] else float("nan")),
+            "max_abs_diff_vs_direct": float(worst), "lost": sum(len(p.errors) for p in phases),
+            "errors": [e for p in phases for e in p.errors][:5], "server_shutdown_rc": shutdown_rc}
+
+
+def markdown(report: dict) -> str:
+    cpu = report["cpu"]
+    lines = [f"# bt-serve load test: {Path(report['export']).name}",
+             "",
+             f"CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, ISA flags: "
+             f"{', '.join(cpu['flags']) or 'none of ' + 'avx2/avx512'}. Loopback, {report['protocol']}, "
+             f"{report['seconds']:.0f} s per phase, max batch {report['max_batch']}, queue delay "
+             f"{report['queue_delay_us']} µs, {report['precision']}, server Python {report['server_python']}.",
+             "",
+             "| phase | requests | lost | throughput (req/s) | p50 (ms) | p99 (ms) | batches formed (size: count) | "
+             "mean batch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in report["phases"]:
+        batches = ", ".join(f"{k}: {v}" for k, v in p["batches"].items())
+        lines.append(f"| {p['phase']} | {p['requests']} | {p['errors']} | {p['throughput_rps']:.2f} | "
+                     f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {batches} | {p['mean_batch']:.2f} |")
+    lines += ["", f"Throughput, concurrent / sequential: **{report['throughput_ratio']:.2f}×**. "
+              f"Max |Δ probability| vs bt_runtime called directly: {report['max_abs_diff_vs_direct']:.1e}. "
+              f"Requests lost: {report['lost']}. Server exit status after SIGTERM: {report['server_shutdown_rc']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export", type=Path)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--max-requests", type=int, default=100000, help="per phase")
+    parser.add_argument("--server-python", default=sys.executable)
+    parser.add_argument("--protocol", choices=c.PROTOCOLS, default="grpc")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    report = load_test(args.export, args.concurrency, args.seconds, args.server_python, args.max_requests,
+                       args.protocol, args.max_batch, args.queue_delay_us, args.threads, args.precision,
+                       log=lambda m: print(m, file=sys.stderr))
+    text = markdown(report)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0 if report["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""bt-serve: BridgeTower exports on NVIDIA Triton Inference Server (PyTriton)."""

@@ -1,0 +1,95 @@
+"""`bt-serve EXPORT_DIR`: serve an export's tasks on Triton (PyTriton). Imports PyTriton only when serving."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Serve a bt-toolkit export on NVIDIA Triton (PyTriton): itm, rerank, "
+                                             "embed_image/embed_text (ITC), fill_mask (MLM); dynamic batching.")
+
+
+def _port(value: int, name: str) -> int:
+    if not 0 < value < 65536:
+        raise typer.BadParameter(f"{value}; valid: 1-65535", param_hint=name)
+    return value
+
+
+@app.command()
+def main(export_dir: Path = typer.Argument(..., help="Export directory written by bt-export."),
+         http_port: int = typer.Option(8000, "--http-port"),
+         grpc_port: int = typer.Option(8001, "--grpc-port"),
+         metrics_port: int = typer.Option(8002, "--metrics-port"),
+         max_batch: int = typer.Option(16, "--max-batch", help="Largest batch the dynamic batcher forms."),
+         queue_delay_us: int = typer.Option(2000, "--queue-delay-us",
+                                            help="How long the batcher waits to fill a batch."),
+         instances: int = typer.Option(1, "--instances", help="Model instances (share one set of sessions)."),
+         threads: int = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads (0: all cores)."),
+         precision: str = typer.Option("fp32", "--precision", help="Precision variant listed in the manifest."),
+         device: str = typer.Option("cpu", "--device", help="cpu, or cuda[:N] (onnxruntime-gpu)."),
+         address: str = typer.Option("0.0.0.0", "--address", help="Address the HTTP and gRPC servers bind to."),
+         log_file: Path = typer.Option(None, "--log-file", help="Triton's log (default: stdout; --smoke: a "
+                                                                 "temporary file)."),
+         smoke: bool = typer.Option(False, "--smoke", help="Start, round-trip every model over HTTP and gRPC "
+                                                           "against bt_runtime called directly, stop; exit 1 on "
+                                                           "a mismatch.")):
+    """Serve EXPORT_DIR until SIGINT/SIGTERM (Triton's /v2/health/ready says when it is up)."""
+    for value, name in ((http_port, "--http-port"), (grpc_port, "--grpc-port"), (metrics_port, "--metrics-port")):
+        _port(value, name)
+    if len({http_port, grpc_port, metrics_port}) != 3:
+        raise typer.BadParameter("the three ports must differ", param_hint="--http-port/--grpc-port/--metrics-port")
+    for value, name, low in ((max_batch, "--max-batch", 1), (queue_delay_us, "--queue-delay-us", 0),
+                             (instances, "--instances", 1), (threads, "--threads", 0)):
+        if value < low:
+            raise typer.BadParameter(f"{value}; must be ≥ {low}", param_hint=name)
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        typer.echo("bt-serve needs nvidia-pytriton (it pins numpy < 2, so give it its own environment):\n"
+                   "  python3 -m venv .venv-serve && .venv-serve/bin/pip install -e '.[serve]'\n"
+                   "  .venv-serve/bin/bt-serve EXPORT_DIR", err=True)
+        raise typer.Exit(2)
+    from bt_runtime.errors import BtRuntimeError
+
+    from .server import ServeOptions, serve
+
+    options = ServeOptions(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
+                           max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
+                           threads=threads, precision=precision, device=device,
+                           log_file=str(log_file) if log_file else None)
+    if smoke and log_file is None:  # keep stdout for the JSON report
+        import tempfile
+
+        options.log_file = str(Path(tempfile.mkdtemp(prefix="bt-serve-")) / "tritonserver.log")
+    outcome = {}
+
+    def ready(triton, specs):
+        host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+        print(json.dumps({"serving": str(export_dir), "http": f"{host}:{http_port}", "grpc": f"{host}:{grpc_port}",
+                          "metrics": f"{host}:{metrics_port}", "models": [s["name"] for s in specs]}), flush=True)
+        if smoke:
+            from .smoke import round_trip
+
+            outcome.update(round_trip(export_dir, host, http_port, grpc_port, precision))
+            print(json.dumps(outcome), flush=True)  # one line: tritonserver prints to stdout too
+            return True  # stop instead of serving
+        return False
+
+    try:
+        serve(export_dir, options, ready)
+    except BtRuntimeError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if smoke and not outcome.get("passed"):
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    app(prog_name="bt-serve")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

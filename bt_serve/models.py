@@ -1,0 +1,198 @@
+"""The task models bt-serve binds into Triton: plain Python callables over one `BridgeTowerRuntime`, no PyTriton
+import here (so they are testable without a server).
+
+Each callable receives the list of requests Triton's dynamic batcher merged (each a mapping of input name → numpy
+array whose first axis is that request's batch) and returns one dict of outputs per request. Requests are checked
+row by row before anything runs: a request with a bad input (undecodable image, non-UTF-8 text, rows that
+do not pair) must not fail the requests it was merged with. PyTriton 0.7 can only fail a whole merged batch, so:
+- every row bad (the usual case: a lone bad request) → `RequestError`, which the server turns into a Triton error
+  response whose message names the input and row;
+- bad rows merged with good ones → the good rows are answered; each bad row gets NaN outputs and its message in the
+  `error` output (empty for good rows). Clients that batch or run concurrently should read `error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bt_runtime.errors import BtRuntimeError
+
+FILL_MASK_TOP_K = 5
+
+
+class RequestError(ValueError):
+    """A request that cannot be answered; the message names the input and what is valid."""
+
+
+@dataclass
+class Row:
+    request: int  # position in the merged list
+    row: int  # row inside that request
+    values: dict = field(default_factory=dict)  # checked inputs (bytes for images, str for texts)
+    error: str = ""
+
+
+def _column(request, name: str) -> np.ndarray:
+    try:
+        value = request[name]
+    except KeyError:
+        raise RequestError(f"input {name!r} is missing") from None
+    return np.asarray(value)
+
+
+def _as_bytes(value, name: str) -> bytes:
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise RequestError(f"{name}: expected BYTES, got {type(value).__name__}")
+
+
+def _text(value, name: str) -> str:
+    try:  # strict UTF-8: no lone surrogates can come out of it
+        return _as_bytes(value, name).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(f"{name}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _rows(requests, inputs: dict[str, str]) -> list[Row]:
+    """One Row per (request, row) with every input checked: `inputs` maps name → "image" | "text"."""
+    rows = []
+    for r, request in enumerate(requests):
+        try:
+            columns = {name: _column(request, name) for name in inputs}
+            counts = {name: column.shape[0] if column.ndim else 0 for name, column in columns.items()}
+            if len(set(counts.values())) != 1 or 0 in counts.values():
+                raise RequestError("inputs must have the same number of rows (batch axis first, ≥ 1): " +
+                                   ", ".join(f"{n} has {c}" for n, c in counts.items()))
+        except RequestError as err:
+            rows.append(Row(r, 0, error=str(err)))
+            continue
+        for k in range(next(iter(counts.values()))):
+            row = Row(r, k)
+            try:
+                for name, kind in inputs.items():
+                    value = columns[name][k].reshape(-1)
+                    if value.size != 1:
+                        raise RequestError(f"{name}[{k}]: expected one element per row, got {value.size}")
+                    row.values[name] = (_as_bytes(value[0], f"{name}[{k}]") if kind == "image"
+                                        else _text(value[0], f"{name}[{k}]"))
+            except RequestError as err:
+                row.error = str(err)
+            rows.append(row)
+    return rows
+
+
+class TaskModels:
+    """The callables of one export. `runtime` is shared by every model instance (ONNX Runtime sessions are
+    thread-safe); nothing here holds per-request state."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    # ---- helpers ----
+
+    def _pixels(self, rows: list[Row], name: str = "image") -> list[np.ndarray]:
+        """Decode and preprocess each good row's image; a bad image marks its row, never the batch."""
+        pixels = []
+        for row in rows:
+            if row.error:
+                continue
+            try:
+                pixels.append(self.runtime.preprocess.pixel_values(row.values[name], f"{name}[{row.row}]"))
+            except BtRuntimeError as err:
+                row.error = str(err)
+        return pixels
+
+    @staticmethod
+    def _respond(requests, rows: list[Row], values: dict[str, list], shapes: dict[str, tuple], fill: dict):
+        """Per-request output dicts: good rows get `values[name]` in order, bad rows `fill[name]` and their error.
+        Raises RequestError when no row is good (a Triton error response instead of NaNs)."""
+        if all(row.error for row in rows):
+            raise RequestError("; ".join(sorted({row.error for row in rows})))
+        cursors = {name: iter(column) for name, column in values.items()}
+        per_request = [{name: [] for name in (*values, "error")} for _ in requests]
+        for row in rows:
+            out = per_request[row.request]
+            for name in values:
+                out[name].append(fill[name] if row.error else next(cursors[name]))
+            out["error"].append(row.error.encode("utf-8"))
+        return [{name: (np.array(column, dtype=object).reshape(-1, 1) if name == "error" else
+                        np.asarray(column, dtype=np.float32).reshape((-1, *shapes[name])))
+                 for name, column in out.items()} for out in per_request]
+
+    # ---- models ----
+
+    def itm(self, requests) -> list[dict]:
+        """image (BYTES [1]) + text (BYTES [1]) per row → probability (FP32 [1]), error (BYTES [1])."""
+        rows = _rows(requests, {"image": "image", "text": "text"})
+        pixels = self._pixels(rows)
+        good = [row for row in rows if not row.error]
+        probabilities = []
+        if good:
+            images = self.runtime.encode_pixels(np.stack(pixels))
+            texts = self.runtime.encode_texts([row.values["text"] for row in good])
+            index = np.arange(len(good))
+            probabilities = self.runtime.match_probabilities(texts, images, index, index, batch_size=len(good))
+        return self._respond(requests, rows, {"probability": list(probabilities)}, {"probability": (1,)},
+                             {"probability": np.nan})
+
+    def embed_image(self, requests) -> list[dict]:
+        """image (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
+        rows = _rows(requests, {"image": "image"})
+        pixels = self._pixels(rows)
+        embeds = list(self.runtime.encode_pixels(np.stack(pixels)).embeds) if pixels else []
+        size = self.runtime.manifest.config.contrastive_hidden_size
+        return self._respond(requests, rows, {"embedding": embeds}, {"embedding": (size,)},
+                             {"embedding": np.full(size, np.nan, np.float32)})
+
+    def embed_text(self, requests) -> list[dict]:
+        """text (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
+        rows = _rows(requests, {"text": "text"})
+        good = [row for row in rows if not row.error]
+        embeds = list(self.runtime.embed_texts([row.values["text"] for row in good])) if good else []
+        size = self.runtime.manifest.config.contrastive_hidden_size
+        return self._respond(requests, rows, {"embedding": embeds}, {"embedding": (size,)},
+                             {"embedding": np.full(size, np.nan, np.float32)})
+
+    def rerank(self, requests) -> list[dict]:
+        """One image (BYTES [1]) and many texts (BYTES [-1]) per request (no batch axis) → probabilities (FP32
+        [-1]), in the order of `texts`; the vision tower runs once per request."""
+        responses = []
+        for request in requests:
+            image = _column(request, "image").reshape(-1)
+            texts = _column(request, "texts").reshape(-1)
+            if image.size != 1:
+                raise RequestError(f"image: expected exactly one encoded image, got {image.size}")
+            if texts.size == 0:
+                raise RequestError("texts: empty; give at least one text")
+            decoded = [_text(t, f"texts[{k}]") for k, t in enumerate(texts)]
+            try:
+                probabilities = self.runtime.itm_scores(_as_bytes(image[0], "image"), decoded)
+            except BtRuntimeError as err:
+                raise RequestError(str(err)) from None
+            responses.append({"probabilities": probabilities.astype(np.float32)})
+        return responses
+
+    def fill_mask(self, requests) -> list[dict]:
+        """image (BYTES [1]) + text with <mask> (BYTES [1]) per request (no batch axis) → sentence (BYTES [1]),
+        tokens (BYTES [M, K]), token_ids (INT64 [M, K]), probabilities (FP32 [M, K]) for the M masks, top K."""
+        responses = []
+        for request in requests:
+            image = _column(request, "image").reshape(-1)
+            text = _column(request, "text").reshape(-1)
+            if image.size != 1 or text.size != 1:
+                raise RequestError(f"image and text: expected one element each, got {image.size} and {text.size}")
+            try:
+                result = self.runtime.fill_mask(_as_bytes(image[0], "image"), _text(text[0], "text"),
+                                                top_k=FILL_MASK_TOP_K)
+            except BtRuntimeError as err:
+                raise RequestError(str(err)) from None
+            responses.append({
+                "sentence": np.array([result.sentence.encode("utf-8")], dtype=object),
+                "tokens": np.array([[t.encode("utf-8") for t in m.tokens] for m in result.masks], dtype=object),
+                "token_ids": np.array([m.token_ids for m in result.masks], dtype=np.int64),
+                "probabilities": np.array([m.probabilities for m in result.masks], dtype=np.float32)})
+        return responses

@@ -1,0 +1,205 @@
+"""Bind an export's task models into NVIDIA Triton Inference Server through PyTriton (its bundled tritonserver:
+HTTP, gRPC, metrics, health endpoints, dynamic batcher). No server of our own; PyTriton is imported only here.
+
+Model contract (README "Serving"; tests/bt_serve pin it):
+  itm          image BYTES [1] + text BYTES [1] (batch axis first, dynamic batching) → probability FP32 [1],
+               error BYTES [1]
+  rerank       image BYTES [1] + texts BYTES [-1], one request = one image against its texts (no batch axis)
+               → probabilities FP32 [-1]
+  embed_image  image BYTES [1] (dynamic batching) → embedding FP32 [E], error BYTES [1]       (ITC exports)
+  embed_text   text BYTES [1] (dynamic batching) → embedding FP32 [E], error BYTES [1]        (ITC exports)
+  fill_mask    image BYTES [1] + text BYTES [1] (no batch axis) → sentence BYTES [1], tokens BYTES [-1, -1],
+               token_ids INT64 [-1, -1], probabilities FP32 [-1, -1]                          (MLM exports)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .models import TaskModels
+
+
+@dataclass
+class ServeOptions:
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    address: str = "0.0.0.0"
+    max_batch: int = 16
+    queue_delay_us: int = 2000
+    instances: int = 1
+    threads: int = 0  # ONNX Runtime intra-op threads per session; 0: its default (all cores)
+    precision: str = "fp32"
+    device: str = "cpu"
+    exit_timeout_s: int = 10
+    log_file: str | None = None  # Triton's own log; None: its stdout
+
+
+def model_specs(heads: tuple[str, ...], embedding_size: int | None) -> list[dict]:
+    """The models bt-serve exposes for an export with `heads`: name, inputs, outputs, batched."""
+    def t(name, dtype, shape):
+        return {"name": name, "dtype": dtype, "shape": shape}
+
+    specs = []
+    if "itm" in heads:
+        specs.append({"name": "itm", "batched": True,
+                      "inputs": [t("image", bytes, (1,)), t("text", bytes, (1,))],
+                      "outputs": [t("probability", np.float32, (1,)), t("error", bytes, (1,))]})
+        specs.append({"name": "rerank", "batched": False,
+                      "inputs": [t("image", bytes, (1,)), t("texts", bytes, (-1,))],
+                      "outputs": [t("probabilities", np.float32, (-1,))]})
+    if "itc" in heads:
+        specs.append({"name": "embed_image", "batched": True, "inputs": [t("image", bytes, (1,))],
+                      "outputs": [t("embedding", np.float32, (embedding_size,)), t("error", bytes, (1,))]})
+        specs.append({"name": "embed_text", "batched": True, "inputs": [t("text", bytes, (1,))],
+                      "outputs": [t("embedding", np.float32, (embedding_size,)), t("error", bytes, (1,))]})
+    if "mlm" in heads:
+        specs.append({"name": "fill_mask", "batched": False,
+                      "inputs": [t("image", bytes, (1,)), t("text", bytes, (1,))],
+                      "outputs": [t("sentence", bytes, (1,)), t("tokens", bytes, (-1, -1)),
+                                  t("token_ids", np.int64, (-1, -1)), t("probabilities", np.float32, (-1, -1))]})
+    return specs
+
+
+def use_this_pythons_libpython() -> str | None:
+    """PyTriton's Python backend stub links `libpython3.X.so.1.0` by its soname, so it finds the system's
+    (Debian's 3.11.2 here) unless told otherwise; run from another build of the same minor version (pyenv's
+    3.11.7 here), the stub loads that interpreter's standard library into the older libpython and fails
+    (`'_thread.RLock' object has no attribute '_recursion_count'`). Put this interpreter's own shared libpython
+    first on LD_LIBRARY_PATH (inherited by tritonserver and the stub). Returns a warning when it cannot."""
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not (sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and soname and (Path(libdir) / soname).exists()):
+        return (f"this Python ({sys.executable}, {sys.version.split()[0]}) has no shared libpython: PyTriton's stub "
+                "will load the system's libpython, which works only if it is the same build (e.g. run bt-serve "
+                "from a venv made with /usr/bin/python3.X)")
+    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p and p != libdir]
+    os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *paths])
+    return None
+
+
+def _tensors(specs: list[dict]):
+    from pytriton.model_config import Tensor
+
+    return [Tensor(name=s["name"], dtype=s["dtype"], shape=s["shape"]) for s in specs]
+
+
+def _as_triton_error(infer):
+    """Turn RequestError into PyTriton's bad-parameter error (a Triton error response carrying our message);
+    anything else propagates as an internal error of that request batch, never a dead model."""
+    from pytriton.exceptions import PyTritonBadParameterError
+
+    from .models import RequestError
+
+    def wrapped(requests):
+        try:
+            return infer(requests)
+        except RequestError as err:
+            raise PyTritonBadParameterError(str(err)) from None
+
+    return wrapped
+
+
+def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
+    """Load the export, warm every graph, start Triton and block until SIGINT/SIGTERM (then stop cleanly:
+    in-flight requests get up to `exit_timeout_s`). `ready(triton, specs)` is called once serving; when it returns
+    True the server stops instead of blocking."""
+    from bt_runtime import BridgeTowerRuntime
+    from bt_runtime.errors import BtRuntimeError
+
+    warning = use_this_pythons_libpython()
+    if warning:
+        print(f"bt-serve: warning: {warning}", file=sys.stderr)
+    runtime = BridgeTowerRuntime.load(export_dir, precision=options.precision, device=options.device,
+                                      intra_op_threads=options.threads or None)
+    with runtime:
+        specs = model_specs(runtime.heads, runtime.manifest.config.contrastive_hidden_size)
+        if not specs:
+            raise BtRuntimeError(f"{export_dir}: this export has no task head (itm, mlm or itc; it was exported from "
+                                 "a head-less BridgeTowerModel), so there is nothing to serve")
+        models = TaskModels(runtime)
+        warm(runtime)
+        from pytriton.model_config import DynamicBatcher, ModelConfig
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+        config = TritonConfig(http_port=options.http_port, grpc_port=options.grpc_port,
+                              metrics_port=options.metrics_port, http_address=options.address,
+                              grpc_address=options.address, exit_timeout_secs=options.exit_timeout_s,
+                              log_verbose=0, log_file=Path(options.log_file) if options.log_file else None)
+
+        def on_sigterm(signum, frame):
+            raise KeyboardInterrupt  # the same path as Ctrl+C: leave serve(), Triton.__exit__ stops the server
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            # PyTriton protects these endpoints with a random token by default, statistics among them; statistics
+            # stay open (monitoring reads batch sizes and queue times there), loading/unloading models does not
+            security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace",
+                                                                  "logging"])
+            with Triton(config=config, security_config=security) as triton:
+                for spec in specs:
+                    infer = _as_triton_error(getattr(models, spec["name"]))
+                    batching = (ModelConfig(max_batch_size=options.max_batch, batcher=DynamicBatcher(
+                        max_queue_delay_microseconds=options.queue_delay_us)) if spec["batched"] else
+                        ModelConfig(batching=False))
+                    triton.bind(model_name=spec["name"], infer_func=[infer] * options.instances,
+                                inputs=_tensors(spec["inputs"]), outputs=_tensors(spec["outputs"]),
+                                config=batching, strict=True)
+                triton.run()
+                warm_endpoints(options, specs)
+                if ready is not None and ready(triton, specs):
+                    return  # the caller is done (bt-serve --smoke): stop instead of serving
+                triton.serve()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def warm(runtime) -> None:
+    """Create every session and run each graph once before the server reports ready (no slow first request)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (runtime.manifest.config.image_size,) * 2, (128, 128, 128))
+    if "itm" in runtime.heads:
+        runtime.itm_scores(image, ["warm up"])
+    else:
+        runtime.encode_texts(["warm up"])
+        runtime.encode_image(image)
+
+
+def warm_endpoints(options: ServeOptions, specs: list[dict], requests: int = 6, budget_s: float = 60.0) -> None:
+    """A few requests through the server's own HTTP and gRPC endpoints before bt-serve says it is serving: on a
+    fresh server the first HTTP requests took ~2 s each here (tens of ms after), inside Triton/PyTriton, not in
+    the model (timed there: ~40 ms)."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from . import client
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 120, 150)).save(buffer, format="PNG")
+    image = buffer.getvalue()
+    host = "127.0.0.1" if options.address in ("0.0.0.0", "::") else options.address
+    deadline = time.monotonic() + budget_s
+    names = {spec["name"] for spec in specs}
+    for protocol, port in (("http", options.http_port), ("grpc", options.grpc_port)):
+        module, connection = client.connect(protocol, host, port)
+        try:
+            for _ in range(requests):
+                if time.monotonic() > deadline:
+                    return
+                if "itm" in names:
+                    client.itm(module, connection, image, "warm up")
+                if "embed_text" in names:
+                    client.embed_text(module, connection, "warm up")
+        finally:
+            connection.close()
