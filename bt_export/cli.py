@@ -100,15 +100,6 @@ def _report(checkpoint: str, result, parity_table) -> None:
                   f"{result.disk_bytes / 1e6:.1f} MB")
 
 
-def _triple(text: str, option: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        console.print(f"[red]error:[/red] {option} {text!r}: expected min,opt,max (three integers)")
-        raise typer.Exit(2)
-    return values
 
 
 def _tensorrt_steps(output: Path, build: bool, check: bool, precision: str, batch: str, seq: str,
@@ -131,9 +122,12 @@ def _tensorrt_steps(output: Path, build: bool, check: bool, precision: str, batc
             if portable_failures:
                 raise typer.Exit(1)
         if build:
-            from .trt_build import build_engines
+            from bt_runtime.backends.trt_build import build_engines
 
-            section = build_engines(output, precision, _triple(batch, "--trt-batch"), _triple(seq, "--trt-seq"),
+            from bt_runtime.backends.trt_profiles import parse_triple
+
+            section = build_engines(output, precision, parse_triple(batch, "--trt-batch"),
+                                    parse_triple(seq, "--trt-seq"),
                                     workspace_gib, timing_cache, log=lambda m: console.print(f"[dim]{m}[/dim]"))
             console.print(f"built {len(section['engines'])} TensorRT {precision} engines with TensorRT "
                           f"{section['version']} on {section['gpu']}")

@@ -41,6 +41,16 @@ class ExportResult:
         return sum(p.stat().st_size for p in self.output.iterdir() if p.is_file())
 
 
+# Lowest ONNX Runtime that loads and runs a variant, by the highest default-domain opset in its files. Measured with
+# scripts/ort_floor.py on the tiny export, every variant (fp32, fp16, int8) of each attention mode run on the golden
+# inputs (README "Dependencies"):
+#   opset 23 (the default `--attention onnx`, and `ort`): 1.23.0 runs them; 1.22.1, 1.20.1 refuse the opset.
+#   opset 18 (`--attention none --opset 17`, which torch.onnx writes as 18; IR version 10): 1.18.1, 1.19.2, 1.20.1,
+#   1.22.1 run them; 1.17.3 refuses IR version 10.
+# Other opsets were not measured: the manifest then says null.
+MIN_ONNXRUNTIME = {23: "1.23.0", 18: "1.18.1"}
+
+
 def export_graphs(model, specs: dict, samples, refs, directory: Path, opset: int, attention: str,
                   log=lambda message: None) -> None:
     """Trace the three graphs into `directory`, with the eager references' bridges as cross-modal examples."""
@@ -129,12 +139,13 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                                                       record)
                 log(f"{precision} rejected: {_describe(failed)}")
                 continue
+            entries = {name: graph_file_entry(staging, f) for name, f in files.items()}
             variants[precision] = Variant(
                 attention=attention, io_dtype=details.pop("io_dtype"), details=details, parity=record,
                 fused_attention_nodes={name: count_attention(onnx.load(str(staging / f), load_external_data=False))
                                        for name, f in files.items()},
-                files={name: graph_file_entry(staging, f) for name, f in files.items()},
-                validated_isa=isa_class() if precision == "int8" and validate else None)
+                files=entries, validated_isa=isa_class() if precision == "int8" and validate else None,
+                min_onnxruntime=MIN_ONNXRUNTIME.get(max(e.opset for e in entries.values())))
         manifest = build_manifest(loaded, specs, staging, processor, tokenizer_files, variants, rejected)
         (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
         if validate:

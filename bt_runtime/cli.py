@@ -151,3 +151,43 @@ def verify(export_dir: Path = ExportDir, precision: str = Precision):
             raise typer.Exit(1)
         console.print(f"all {len(rows)} golden tensors match")
     _guard(task)
+
+
+@app.command("triton-repo")
+def triton_repo(export_dir: Path = ExportDir, output: Path = typer.Argument(..., help="Model repository to write."),
+                precision: str = Precision,
+                max_batch: int = typer.Option(16, "--max-batch", help="max_batch_size of every model."),
+                queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="Dynamic batcher queue delay."),
+                instances: int = typer.Option(1, "--instances", help="instance_group count per graph model."),
+                gpu: bool = typer.Option(False, "--gpu", help="KIND_GPU instances (default KIND_CPU)."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace a repository bt-run wrote.")):
+    """Write a Triton model repository (ONNX Runtime backend per graph + an `itm` ensemble), every config.pbtxt
+    validated with tritonclient's model-config protobuf."""
+    def task():
+        from .triton_repo import write
+
+        models = write(export_dir, output, precision, max_batch, queue_delay_us, instances,
+                       "KIND_GPU" if gpu else "KIND_CPU", overwrite)
+        _emit({"repository": str(output), "models": models})
+    _guard(task)
+
+
+@app.command("build-engines")
+def build_engines(export_dir: Path = ExportDir,
+                  precision: str = typer.Option("fp16", "--precision", help="fp16, bf16 or fp32."),
+                  batch: str = typer.Option("1,8,32", "--batch", help="Profile min,opt,max batch."),
+                  seq: str = typer.Option("8,40,512", "--seq", help="Profile min,opt,max text length (capped)."),
+                  workspace_gib: float = typer.Option(None, "--workspace-gib", help="Builder workspace limit."),
+                  timing_cache: Path = typer.Option(None, "--timing-cache", help="Timing cache reused across builds.")):
+    """Build TensorRT engines for EXPORT_DIR on this machine's GPU (needs tensorrt, never torch); the manifest's
+    `tensorrt` section records them. `bt-export --trt` is a shortcut to the same builder."""
+    def task():
+        from .backends.trt_build import build_engines as build
+        from .backends.trt_profiles import parse_triple
+
+        ranges = parse_triple(batch, "--batch"), parse_triple(seq, "--seq")
+        section = build(export_dir, precision, *ranges, workspace_gib, timing_cache,
+                        log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+        _emit({"tensorrt": section["version"], "gpu": section["gpu"], "precision": precision,
+               "engines": sorted(section["engines"])})
+    _guard(task)

@@ -93,6 +93,9 @@ class Variant:
     fused_attention_nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     details: dict = field(default_factory=dict)  # precision-specific facts (int8 recipe, fp16 kept-float32 list)
     validated_isa: Union[str, None] = None  # int8: CPU class the parity was measured on (bt_runtime.cpu.isa_class)
+    # Lowest ONNX Runtime release measured to load and run this variant (scripts/ort_floor.py); None: not measured
+    # for the opset this variant was written with
+    min_onnxruntime: Union[str, None] = None
 
 
 @dataclass
@@ -258,7 +261,7 @@ class Manifest:
     cross_modal_broadcast: str
     versions: dict[str, str]
     rejected_variants: dict[str, RejectedVariant] = field(default_factory=dict)
-    tensorrt: dict = field(default_factory=dict)  # precision → engines section (bt_export.trt_build)
+    tensorrt: dict = field(default_factory=dict)  # precision → engines section (bt_runtime.backends.trt_build)
     golden: Union[Golden, None] = None  # golden vectors (bt_runtime.golden), written at export
     wiring: Union[Wiring, None] = None  # written by every bt-export since schema 2's wiring field
     directory: Union[Path, None] = field(default=None, metadata={"json": False})  # where it was loaded from

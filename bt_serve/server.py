@@ -152,7 +152,6 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
                                 inputs=_tensors(spec["inputs"]), outputs=_tensors(spec["outputs"]),
                                 config=batching, strict=True)
                 triton.run()
-                warm_endpoints(options, specs)
                 if ready is not None and ready(triton, specs):
                     return  # the caller is done (bt-serve --smoke): stop instead of serving
                 triton.serve()
@@ -173,33 +172,3 @@ def warm(runtime) -> None:
         runtime.encode_texts(["warm up"])
         runtime.encode_image(image)
 
-
-def warm_endpoints(options: ServeOptions, specs: list[dict], requests: int = 6, budget_s: float = 60.0) -> None:
-    """A few requests through the server's own HTTP and gRPC endpoints before bt-serve says it is serving: on a
-    fresh server the first HTTP requests took ~2 s each here (tens of ms after), inside Triton/PyTriton, not in
-    the model (timed there: ~40 ms)."""
-    import io
-    import time
-
-    from PIL import Image
-
-    from . import client
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (90, 120, 150)).save(buffer, format="PNG")
-    image = buffer.getvalue()
-    host = "127.0.0.1" if options.address in ("0.0.0.0", "::") else options.address
-    deadline = time.monotonic() + budget_s
-    names = {spec["name"] for spec in specs}
-    for protocol, port in (("http", options.http_port), ("grpc", options.grpc_port)):
-        module, connection = client.connect(protocol, host, port)
-        try:
-            for _ in range(requests):
-                if time.monotonic() > deadline:
-                    return
-                if "itm" in names:
-                    client.itm(module, connection, image, "warm up")
-                if "embed_text" in names:
-                    client.embed_text(module, connection, "warm up")
-        finally:
-            connection.close()

@@ -1,6 +1,6 @@
 """TensorRT optimization profiles from the manifest's symbolic axes, and ONNX Runtime TensorRT-EP options.
 
-Pure Python (no TensorRT): the engine builder (bt_export.trt_build), the ONNX Runtime TensorRT execution provider
+Pure Python (no TensorRT): the engine builder (bt_runtime.backends.trt_build), the ONNX Runtime TensorRT execution provider
 route and the tests all use these. A profile gives each dynamic axis a (min, opt, max) range; every input shape in
 the manifest is resolved against it.
 """
@@ -11,6 +11,17 @@ from ..errors import BackendError
 
 # batch 1/8/32, text length 8/40/512 (capped by the model), one image scored against up to `batch` texts
 DEFAULT_PROFILE_AXES = {"batch": (1, 8, 32), "seq": (8, 40, 512), "image_batch": (1, 1, 32)}
+
+
+def parse_triple(text: str, option: str) -> tuple[int, int, int]:
+    """A command-line "min,opt,max" → three integers 1 ≤ min ≤ opt ≤ max; errors name the option."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise BackendError(f"{option} {text!r}: expected min,opt,max (three integers, 1 ≤ min ≤ opt ≤ max)")
+    return values
 
 
 def profile_ranges(batch: tuple[int, int, int] = DEFAULT_PROFILE_AXES["batch"],

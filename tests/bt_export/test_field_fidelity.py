@@ -140,13 +140,18 @@ def test_export_is_not_committed_when_the_runtime_disagrees(tmp_path, monkeypatc
     assert not out.exists()
 
 
-def test_manifest_records_the_opset_actually_written(tmp_path):
+def test_manifest_records_the_opset_actually_written(tmp_path, tiny_export):
+    """The portable recipe (README "Using the export from C++ / Node"): `--attention none --opset 17` is written as
+    opset 18 and records the lowest ONNX Runtime measured to run it; the default export needs 1.23."""
     out = tmp_path / "export"
     export_checkpoint("tiny", out, attention="none", opset=17, validate=False)
-    for graph, entry in read_manifest(out).variants["fp32"].files.items():
+    variant = read_manifest(out).variants["fp32"]
+    for graph, entry in variant.files.items():
         model = onnx.load(str(out / entry.file), load_external_data=False)
         written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         assert entry.opset == written, graph
+    assert {e.opset for e in variant.files.values()} == {18} and variant.min_onnxruntime == "1.18.1"
+    assert read_manifest(tiny_export).variants["fp32"].min_onnxruntime == "1.23.0"
 
 
 @pytest.mark.parametrize("value,name", [(3, "bicubic"), (2, "bilinear"), ("BICUBIC", "bicubic"), ("lanczos", "lanczos")])

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bt_export.errors import BtExportError
+from bt_runtime.errors import BackendError
 from bt_export.export import export_checkpoint
-from bt_export.trt_build import build_plan, write_tensorrt_section
+from bt_runtime.backends.trt_build import build_plan, write_tensorrt_section
 from bt_export.trt_lint import lint_export, lint_model
 from bt_runtime import read_manifest
 
@@ -86,20 +86,20 @@ def test_build_plan_tensorrt_11_is_strongly_typed_on_the_fp16_graph():
     plan = build_plan(_manifest(["fp32", "fp16"]), "fp16", "11.0.0")
     assert plan["cross_modal"]["onnx"] == "cross_modal.fp16.onnx"
     assert plan["cross_modal"]["strongly_typed"] and plan["cross_modal"]["builder_flags"] == []
-    with pytest.raises(BtExportError, match="re-export with --precision fp32,fp16"):
+    with pytest.raises(BackendError, match="re-export with --precision fp32,fp16"):
         build_plan(_manifest(["fp32"]), "fp16", "11.1.0")
-    with pytest.raises(BtExportError, match="needs a bf16 ONNX variant"):
+    with pytest.raises(BackendError, match="needs a bf16 ONNX variant"):
         build_plan(_manifest(["fp32"]), "bf16", "11.1.0")
 
 
 def test_build_plan_refuses_old_tensorrt_unfused_graphs_and_unknown_precision():
-    with pytest.raises(BtExportError, match="too old"):
+    with pytest.raises(BackendError, match="too old"):
         build_plan(_manifest(["fp32"]), "fp16", "8.6.1")
     unfused = _manifest(["fp32"])
     unfused.variants["fp32"].attention = "none"
-    with pytest.raises(BtExportError, match="--attention onnx"):
+    with pytest.raises(BackendError, match="--attention onnx"):
         build_plan(unfused, "fp16", "10.14.0")
-    with pytest.raises(BtExportError, match="--trt-precision 'int4'"):
+    with pytest.raises(BackendError, match="TensorRT precision 'int4'"):
         build_plan(_manifest(["fp32"]), "int4", "10.14.0")
 
 
@@ -130,7 +130,7 @@ def _gpu_with_tensorrt():
 def test_gpu_engines_build_and_match_eager(portable_export, tmp_path, photos_dir):
     from bt_export.eager import EagerBridgeTower
     from bt_export.specs import VARIANT_BOUNDS
-    from bt_export.trt_build import build_engines
+    from bt_runtime.backends.trt_build import build_engines
     from bt_runtime import BridgeTowerRuntime
 
     copy = shutil.copytree(portable_export, tmp_path / "copy")
@@ -146,3 +146,22 @@ def test_gpu_engines_build_and_match_eager(portable_export, tmp_path, photos_dir
     assert runtime.fill_mask(photos[0], "a <mask> on a couch").masks
     assert runtime.embed_images(photos).shape == (len(photos), 32)
     assert runtime.retrieve("two cats", photos, top_k=2)
+
+
+def test_bt_run_build_engines_says_what_it_needs_without_tensorrt(portable_export):
+    """Engines are built where they run: `bt-run build-engines` (no torch). Without TensorRT it fails with the
+    install hint, exit 2, before touching the export."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from bt_runtime.cli import app
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    before = (portable_export / "manifest.json").read_bytes()
+    result = CliRunner().invoke(app, ["build-engines", str(portable_export), "--precision", "fp16"])
+    assert result.exit_code == 2 and "needs TensorRT" in result.output
+    assert (portable_export / "manifest.json").read_bytes() == before
+    bad = CliRunner().invoke(app, ["build-engines", str(portable_export), "--batch", "8,1,32"])
+    assert bad.exit_code == 2 and "--batch" in bad.output

@@ -50,7 +50,7 @@ def test_bound_outputs_stay_ortvalues_and_feed_the_next_graph(tiny_export):
     encoded = runtime.tokenizer(["two cats on a couch", "a goal"])
     image = backend.run_bound("vision_tower", {"pixel_values": pixels}, ["image_bridge"], keep=("image_bridge",))
     assert not isinstance(image["image_bridge"], np.ndarray)  # an OrtValue, not copied out
-    assert tuple(image["image_bridge"].shape()) == (2, 1, runtime.manifest.config.num_image_tokens, 128)
+    assert tuple(image["image_bridge"].shape()) == (1, 2, runtime.manifest.config.num_image_tokens, 128)
     text = backend.run_bound("text_tower", {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
                              ["text_bridge"], keep=("text_bridge",))
     feeds = {"text_bridge": text["text_bridge"], "image_bridge": image["image_bridge"],

@@ -19,9 +19,9 @@ def test_input_shapes_resolve_every_graph_of_an_export(tiny_export):
     ranges = profile_ranges(max_seq=manifest.config.max_text_length)
     cross = input_shapes(manifest.graph_io("cross_modal"), ranges)
     layers, tokens, hidden = 2, manifest.config.num_image_tokens, 128
-    assert cross["text_bridge"] == ((layers, 1, 8, hidden), (layers, 8, 40, hidden), (layers, 32, 128, hidden))
-    assert cross["image_bridge"] == ((layers, 1, tokens, hidden), (layers, 1, tokens, hidden),
-                                     (layers, 32, tokens, hidden))
+    assert cross["text_bridge"] == ((1, layers, 8, hidden), (8, layers, 40, hidden), (32, layers, 128, hidden))
+    assert cross["image_bridge"] == ((1, layers, tokens, hidden), (1, layers, tokens, hidden),
+                                     (32, layers, tokens, hidden))
     assert cross["image_index"] == ((1,), (8,), (32,))
     assert input_shapes(manifest.graph_io("vision_tower"), ranges)["pixel_values"][2] == (32, 3, 96, 96)
     with pytest.raises(BackendError, match="axis 'seq' has no profile range"):

@@ -8,6 +8,9 @@ One optimization profile per engine from the manifest's symbolic axes (bt_runtim
 cache file reused across builds; a workspace limit. Engines and the manifest's `tensorrt` section (TensorRT
 version, GPU name and compute capability, profiles, precision, sha256 of each engine) are written atomically.
 
+Lives in bt_runtime (no torch, no onnx): engines are built on the machine that runs them (`bt-run build-engines
+EXPORT`; `bt-export --trt` is a shortcut to the same function).
+
 Nothing here was run on this project's machines: TensorRT cannot be installed on them. The CPU-side parts
 (profiles, manifest, version checks) are tested; the build itself runs where `tensorrt` imports and a GPU exists.
 """
@@ -17,11 +20,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bt_runtime.backends.tensorrt import gpu_identity
-from bt_runtime.backends.trt_profiles import input_shapes, profile_ranges
-from bt_runtime.contract import MANIFEST_NAME, dump, read_manifest, sha256_file
-
-from .errors import BtExportError
+from ..contract import MANIFEST_NAME, dump, read_manifest, sha256_file
+from ..errors import BackendError
+from .tensorrt import gpu_identity
+from .trt_profiles import input_shapes, profile_ranges
 
 TRT_PRECISIONS = ("fp16", "bf16", "fp32")
 GRAPHS = ("vision_tower", "text_tower", "cross_modal")
@@ -31,23 +33,23 @@ def trt_major(version: str) -> int:
     try:
         return int(version.split(".")[0])
     except ValueError as err:
-        raise BtExportError(f"unrecognized TensorRT version {version!r}") from err
+        raise BackendError(f"unrecognized TensorRT version {version!r}") from err
 
 
 def build_plan(manifest, precision: str, trt_version: str) -> dict[str, dict]:
     """Which ONNX file and which builder settings each engine uses, for this TensorRT version (pure logic)."""
     if precision not in TRT_PRECISIONS:
-        raise BtExportError(f"--trt-precision {precision!r}; valid: {list(TRT_PRECISIONS)}")
+        raise BackendError(f"TensorRT precision {precision!r}; valid: {list(TRT_PRECISIONS)}")
     major = trt_major(trt_version)
     if major < 10:
-        raise BtExportError(f"TensorRT {trt_version} is too old: the graphs use ONNX Attention (TensorRT ≥ 10.14)")
+        raise BackendError(f"TensorRT {trt_version} is too old: the graphs use ONNX Attention (TensorRT ≥ 10.14)")
     variants = manifest.variants
     if "fp32" not in variants or variants["fp32"].attention != "onnx":
-        raise BtExportError("TensorRT engines need the portable graphs: re-export with --attention onnx")
+        raise BackendError("TensorRT engines need the portable graphs: re-export with --attention onnx")
     strongly_typed = major >= 11
     source = precision if strongly_typed and precision != "fp32" else "fp32"
     if source not in variants:
-        raise BtExportError(f"TensorRT {trt_version} builds {precision} from the {source} ONNX variant, which this "
+        raise BackendError(f"TensorRT {trt_version} builds {precision} from the {source} ONNX variant, which this "
                             f"export lacks; re-export with --precision fp32,{source}" if source != "bf16" else
                             f"TensorRT {trt_version} (strongly typed) needs a bf16 ONNX variant, which bt-export "
                             "does not write; use --trt-precision fp16")
@@ -63,7 +65,7 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
     try:
         import tensorrt as trt
     except ImportError as err:
-        raise BtExportError("--trt needs TensorRT (pip install 'bt-toolkit[trt]' on a machine with an NVIDIA GPU); "
+        raise BackendError("building engines needs TensorRT (pip install 'bt-toolkit[trt]' on a machine with an NVIDIA GPU); "
                             "`bt-export --trt-check` runs the compatibility lint without it") from err
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
@@ -72,7 +74,7 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
     try:
         gpu = gpu_identity()
     except ValueError as err:
-        raise BtExportError(str(err)) from err
+        raise BackendError(str(err)) from err
     cache_path = Path(timing_cache) if timing_cache else export_dir / "tensorrt.timing_cache"
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -84,7 +86,7 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(export_dir / step["onnx"])):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise BtExportError(f"TensorRT could not parse {step['onnx']}: {errors}")
+            raise BackendError(f"TensorRT could not parse {step['onnx']}: {errors}")
         config = builder.create_builder_config()
         if workspace_gib:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
@@ -98,7 +100,7 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
         config.set_timing_cache(cache, ignore_mismatch=False)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise BtExportError(f"TensorRT failed to build {step['engine']} (see the TensorRT log above)")
+            raise BackendError(f"TensorRT failed to build {step['engine']} (see the TensorRT log above)")
         partial = export_dir / f".{step['engine']}.partial"
         partial.write_bytes(bytes(serialized))
         os.replace(partial, export_dir / step["engine"])
