@@ -153,7 +153,7 @@ def test_wiring_is_data_that_matches_the_graphs(tiny_export):
     # every cross-modal input is either wired or the broadcast index
     inputs = {t.name for t in manifest.graphs["cross_modal"].inputs}
     assert inputs == {i for g, i in fed if g == "cross_modal"} | {wiring.broadcast.index_input}
-    assert (wiring.broadcast.gathered_input, wiring.broadcast.axis) == ("image_bridge", 1)
+    assert (wiring.broadcast.gathered_input, wiring.broadcast.axis) == ("image_bridge", 0)  # batch first (schema 3)
     assert set(wiring.outputs) == {t.name for io in manifest.graphs.values() for t in io.outputs}
     assert "column 1" in wiring.outputs["itm_logits"]
 
