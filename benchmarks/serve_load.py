@@ -165,6 +165,40 @@ def load_test(export_dir: Path, concurrency: int, seconds: float, server_python:
             "errors": [e for p in phases for e in p.errors][:5], "server_shutdown_rc": shutdown_rc}
 
 
+def batch_ceiling(export_dir: Path, sizes=(1, 4, 8), repeats: int = 3, precision: str = "fp32") -> list[dict]:
+    """What batching can give at all on this machine: bt_runtime in-process (no server), per-pair milliseconds of
+    each stage for batches of independent pairs, best of `repeats`. Throughput with batching can exceed
+    one-at-a-time by at most batch-1 time / best per-pair time."""
+    from bt_runtime import BridgeTowerRuntime
+
+    work = pairs(export_dir, max(sizes))
+    rows = []
+    with BridgeTowerRuntime.load(export_dir, precision=precision) as runtime:
+        runtime.itm_pairs([work[0][0]], [work[0][1]])  # sessions created outside the timing
+        for size in sizes:
+            images, texts = [w[0] for w in work[:size]], [w[1] for w in work[:size]]
+            best: dict[str, float] = {}
+            for _ in range(repeats):
+                times = {}
+                start = time.perf_counter()
+                pixels = np.stack([runtime.preprocess.pixel_values(image) for image in images])
+                times["preprocess"] = time.perf_counter() - start
+                start = time.perf_counter()
+                image_features = runtime.encode_pixels(pixels)
+                times["vision"] = time.perf_counter() - start
+                start = time.perf_counter()
+                text_features = runtime.encode_texts(texts)
+                times["text"] = time.perf_counter() - start
+                index = np.arange(size)
+                start = time.perf_counter()
+                runtime.match_probabilities(text_features, image_features, index, index, batch_size=size)
+                times["cross_modal"] = time.perf_counter() - start
+                best = {k: min(best.get(k, float("inf")), v) for k, v in times.items()}
+            rows.append({"batch": size, **{f"{k}_ms_per_pair": v / size * 1e3 for k, v in best.items()},
+                         "total_ms_per_pair": sum(best.values()) / size * 1e3})
+    return rows
+
+
 def markdown(report: dict) -> str:
     cpu = report["cpu"]
     lines = [f"# bt-serve load test: {Path(report['export']).name}",
@@ -184,6 +218,15 @@ def markdown(report: dict) -> str:
     lines += ["", f"Throughput, concurrent / sequential: **{report['throughput_ratio']:.2f}×**. "
               f"Max |Δ probability| vs bt_runtime called directly: {report['max_abs_diff_vs_direct']:.1e}. "
               f"Requests lost: {report['lost']}. Server exit status after SIGTERM: {report['server_shutdown_rc']}."]
+    if report.get("ceiling"):
+        first = report["ceiling"][0]["total_ms_per_pair"]
+        lines += ["", "What batching can give here at all (bt_runtime in-process, no server; best of 3; ms per pair):",
+                  "", "| batch | preprocess | vision tower | text tower | cross-modal | total | ceiling vs batch 1 |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in report["ceiling"]:
+            lines.append(f"| {row['batch']} | {row['preprocess_ms_per_pair']:.0f} | {row['vision_ms_per_pair']:.0f} | "
+                         f"{row['text_ms_per_pair']:.0f} | {row['cross_modal_ms_per_pair']:.0f} | "
+                         f"{row['total_ms_per_pair']:.0f} | {first / row['total_ms_per_pair']:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,12 +242,15 @@ def main(argv=None) -> int:
     parser.add_argument("--queue-delay-us", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--ceiling", action="store_true", help="also measure per-pair time at batch 1/4/8 in-process")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     report = load_test(args.export, args.concurrency, args.seconds, args.server_python, args.max_requests,
                        args.protocol, args.max_batch, args.queue_delay_us, args.threads, args.precision,
                        log=lambda m: print(m, file=sys.stderr))
+    if args.ceiling:
+        report["ceiling"] = batch_ceiling(args.export, precision=args.precision)
     text = markdown(report)
     print(text)
     if args.json:

@@ -72,7 +72,7 @@ def test_load_batches_concurrent_requests_and_loses_none(serve_python, tiny_expo
 def test_load_on_the_full_size_export(serve_python, base_export, capsys):
     """Reported, not timed: the throughput goal (≥ 1.5× sequential at concurrency 8) is the benchmark's
     (benchmarks/results/serve-*.md); this checks the full-size path serves every request correctly."""
-    report = load_test(base_export, concurrency=8, seconds=20, server_python=serve_python,
+    report = load_test(base_export, concurrency=8, seconds=15, server_python=serve_python,
                        log=lambda message: None)
     from benchmarks.serve_load import markdown
 
