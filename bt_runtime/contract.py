@@ -1,4 +1,4 @@
-"""`manifest.json`, schema version 2: the one typed contract between the exporter and everything that reads an export.
+"""`manifest.json`, schema version 3: the one typed contract between the exporter and everything that reads an export.
 
 The dataclasses below *are* the schema. `load()` reads and validates a manifest once (types, required fields,
 graph names, confined file names, files present) and every error names the field (`variants.int8.files.
@@ -13,6 +13,10 @@ missed their bounds are recorded under `rejected_variants` instead of destroying
 records the CPU instruction-set class it was validated on. Version-1 exports are refused with a clear message
 (re-export them: a manifest cannot be upgraded without the checkpoint, because the new checksums and the
 reference must be measured).
+
+Version 3 (vs 2): the graphs' bridges are batch first — `image_bridge` (batch, C, N, D), `text_bridge` (batch, C,
+seq, D) — so servers can concatenate requests along axis 0 (the broadcast gathers along axis 0); each variant
+records `min_onnxruntime`. Version-2 exports are refused with the way forward (re-export: the graphs change).
 
 File names are bare names inside the export directory: no path separators, no `..`, no leading dot, no symbolic
 links; anything else is refused before a byte of it is read.
