@@ -122,7 +122,7 @@ def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
 
 def load_test(export_dir: Path, concurrency: int, seconds: float, server_python: str, max_requests: int = 100000,
               protocol: str = "grpc", max_batch: int = 16, queue_delay_us: int = 2000, threads: int = 0,
-              precision: str = "fp32", log=print) -> dict:
+              precision: str = "fp32", instances: int = 1, log=print) -> dict:
     from bt_runtime import BridgeTowerRuntime
 
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -133,7 +133,7 @@ def load_test(export_dir: Path, concurrency: int, seconds: float, server_python:
         command = [server_python, "-m", "bt_serve.cli", str(export_dir), "--address", host,
                    "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
                    "--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us), "--threads", str(threads),
-                   "--precision", precision, "--log-file", str(server_log)]
+                   "--precision", precision, "--instances", str(instances), "--log-file", str(server_log)]
         with open(Path(tmp) / "stdout", "w") as out:
             server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -158,6 +158,7 @@ def load_test(export_dir: Path, concurrency: int, seconds: float, server_python:
     summaries = [p.summary() for p in phases]
     return {"export": str(export_dir), "cpu": cpu_info(), "protocol": protocol, "seconds": seconds,
             "max_batch": max_batch, "queue_delay_us": queue_delay_us, "threads": threads, "precision": precision,
+            "instances": instances,
             "server_python": server_python, "phases": summaries,
             "throughput_ratio": (summaries[1]["throughput_rps"] / summaries[0]["throughput_rps"]
                                  if summaries[0]["throughput_rps"] else float("nan")),
@@ -241,13 +242,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--queue-delay-us", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--ceiling", action="store_true", help="also measure per-pair time at batch 1/4/8 in-process")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     report = load_test(args.export, args.concurrency, args.seconds, args.server_python, args.max_requests,
-                       args.protocol, args.max_batch, args.queue_delay_us, args.threads, args.precision,
+                       args.protocol, args.max_batch, args.queue_delay_us, args.threads, args.precision, args.instances,
                        log=lambda m: print(m, file=sys.stderr))
     if args.ceiling:
         report["ceiling"] = batch_ceiling(args.export, precision=args.precision)

@@ -144,11 +144,12 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
                                                                   "logging"])
             with Triton(config=config, security_config=security) as triton:
                 for spec in specs:
-                    infer = _as_triton_error(getattr(models, spec["name"]))
+                    # one callable object per instance: PyTriton binds each to its own proxy and handshake socket
+                    infers = [_as_triton_error(getattr(models, spec["name"])) for _ in range(options.instances)]
                     batching = (ModelConfig(max_batch_size=options.max_batch, batcher=DynamicBatcher(
                         max_queue_delay_microseconds=options.queue_delay_us)) if spec["batched"] else
                         ModelConfig(batching=False))
-                    triton.bind(model_name=spec["name"], infer_func=[infer] * options.instances,
+                    triton.bind(model_name=spec["name"], infer_func=infers,
                                 inputs=_tensors(spec["inputs"]), outputs=_tensors(spec["outputs"]),
                                 config=batching, strict=True)
                 triton.run()

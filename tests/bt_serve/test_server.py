@@ -56,8 +56,9 @@ def test_smoke_round_trips_every_model_over_http_and_grpc(serve_python, tiny_exp
 
 
 def test_load_batches_concurrent_requests_and_loses_none(serve_python, tiny_export):
+    """Two model instances (--instances 2) sharing one set of sessions, eight clients."""
     report = load_test(tiny_export, concurrency=8, seconds=4, server_python=serve_python, max_requests=400,
-                       log=lambda message: None)
+                       instances=2, log=lambda message: None)
     sequential, concurrent = report["phases"]
     assert report["lost"] == 0, report["errors"]
     assert sequential["requests"] > 0 and concurrent["requests"] > 0
