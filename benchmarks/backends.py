@@ -1,11 +1,13 @@
 """What the scenarios time: eager PyTorch (the baseline, through bt_export's loading of the same checkpoint) and
 bt_runtime backends, behind one small interface. Labels: `torch`, `torch:bf16`, `onnxruntime:<precision>[:<provider>]`,
-`tensorrt:<precision>`."""
+`onnxruntime-naive` (the whole model exported the naive way; pair and rerank only), `tensorrt:<precision>`.
+A backend with a `scenarios` attribute runs only those scenarios."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -91,8 +93,75 @@ class RuntimeBackend:
         return list(self.runtime.backend.run(graph, feeds).values())[-1]
 
 
-def make_backend(label: str, export_dir, manifest: Manifest, eager):
+@dataclass
+class NaiveExportBackend:
+    """What a user's twenty-line export gives, as the peer the toolkit must beat (issue 14): the whole
+    BridgeTowerForImageAndTextRetrieval traced by `torch.onnx.export` (TorchScript path, opset 17) into one graph,
+    run by ONNX Runtime with default options, fed by the HF processor. Times `pair` and `rerank` only (it has no
+    towers to reuse); its agreement with eager is reported next to its speed like every backend's."""
+
+    session: object
+    processor: object
+    label: str = "onnxruntime-naive"
+    scenarios: tuple = ("pair", "rerank")
+
+    @classmethod
+    def export(cls, eager, directory) -> "NaiveExportBackend":
+        import copy
+        import warnings
+
+        import onnxruntime as ort
+        import torch
+
+        class Itm(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, pixel_values):
+                return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                  pixel_values=pixel_values).logits
+
+        # a deep copy: exporting through TorchScript once changed the in-memory model's outputs (issue 14)
+        model = Itm(copy.deepcopy(eager.model("itm"))).eval()
+        size = eager.loaded.model.config.vision_config.image_size
+        ids = torch.tensor([[0, 100, 200, 2]], dtype=torch.int64)
+        path = str(Path(directory) / "naive_itm.onnx")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros(1, 3, size, size)), path,
+                              input_names=["input_ids", "attention_mask", "pixel_values"], output_names=["logits"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
+                                            "attention_mask": {0: "batch", 1: "seq"},
+                                            "pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+        # default session options, as the runtime's backends use (threads: ONNX Runtime's default, all cores)
+        return cls(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), eager.processor)
+
+    def itm_pair(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask,
+                                               "pixel_values": pixel_values})[0]
+        return softmax(logits)[:, 1]
+
+    def itm_loop(self, image, texts: list[str]) -> np.ndarray:
+        """The documentation loop on the naive graph: processor + one whole-model run per text."""
+        scores = []
+        for text in texts:
+            encoding = self.processor(images=image, text=text, return_tensors="np")
+            scores.append(self.itm_pair(encoding["pixel_values"].astype(np.float32), encoding["input_ids"],
+                                        encoding["attention_mask"])[0])
+        return np.array(scores)
+
+
+def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None):
     kind, _, rest = label.partition(":")
+    if kind == "onnxruntime-naive":
+        if "itm" not in manifest.heads:
+            raise BackendUnavailable(f"{label}: the naive whole-model export is of the ITM model; this export has "
+                                     "no itm head")
+        if workdir is None:
+            raise BackendUnavailable(f"{label}: needs a working directory for its graph")
+        return NaiveExportBackend.export(eager, workdir)
     if kind == "torch":
         if rest not in ("", "bf16"):
             raise BackendUnavailable(f"{label}: torch precisions here are fp32 (`torch`) and `torch:bf16`")
@@ -123,4 +192,4 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager):
         except ValueError as err:  # no tensorrt package, no GPU, no engines, or engines from another TensorRT/GPU
             raise BackendUnavailable(f"{label}: {err}") from err
     raise BackendUnavailable(f"{label}: unknown backend; valid: torch, torch:bf16, onnxruntime:<precision>[:<provider>],"
-                             " tensorrt:<precision>")
+                             " onnxruntime-naive, tensorrt:<precision>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 from bt_runtime import read_manifest
@@ -17,7 +18,8 @@ def default_backends(manifest) -> list[str]:
     """torch fp32 (the baseline), torch bf16 where the CPU has bf16 instructions, and every variant of the export
     on ONNX Runtime's default provider."""
     bf16 = any(flag in machine.cpu_info()["flags"] for flag in ("avx512_bf16", "amx_bf16"))
-    return ["torch", *(["torch:bf16"] if bf16 else [])] + [f"onnxruntime:{p}" for p in manifest.precisions]
+    naive = ["onnxruntime-naive"] if "itm" in manifest.heads else []  # the peer a user's own export would be
+    return ["torch", *(["torch:bf16"] if bf16 else [])] + [f"onnxruntime:{p}" for p in manifest.precisions] + naive
 
 
 def eager_for(manifest):
@@ -51,9 +53,10 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
         labels = ["torch", *labels]  # the baseline every ratio and agreement check is against
     eager = eager_for(manifest)
     backends, skipped = [], []
+    workdir = tempfile.TemporaryDirectory(prefix="bt-bench-")  # the naive export's graph, removed at the end
     for label in labels:
         try:
-            backends.append(make_backend(label, export_dir, manifest, eager))
+            backends.append(make_backend(label, export_dir, manifest, eager, workdir.name))
         except BackendUnavailable as err:
             skipped.append(str(err))
             log(f"skipped {err}")
@@ -74,8 +77,10 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
     }
     rows = []
     image = gallery[0]
+    every = backends
     for name in chosen:
         log(f"scenario {name}")
+        backends = [b for b in every if name in getattr(b, "scenarios", SCENARIOS)]
         if name == "pair":
             rows += scenarios.pair(backends, runtime, image, settings)
         elif name == "rerank":
@@ -86,6 +91,7 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
             rows += scenarios.retrieve(backends, runtime, gallery, settings)
         elif name == "cold-start":
             rows += scenarios.cold_start(backends, runtime, _saved(image), eager, settings)
+    workdir.cleanup()
     report = build(rows, context)
     report["failing"] = [f"{r['scenario']} {r['backend']}" for r in report["results"]
                          if r["agreement"] and not r["agreement"]["passed"]]

@@ -52,7 +52,8 @@ def report(tiny_export, photos_dir):
 
     settings = Settings(num_texts=3, gallery=3, batch_sizes=(1, 2), runs=2, warmup=1, top_k=2)
     return run_benchmark(tiny_export, ["pair", "rerank", "embed-images", "embed-texts", "retrieve"],
-                         ["torch", "onnxruntime:fp32", "tensorrt:fp16"], settings, [photos_dir], log=lambda m: None)
+                         ["torch", "onnxruntime:fp32", "onnxruntime-naive", "tensorrt:fp16"], settings, [photos_dir],
+                         log=lambda m: None)
 
 
 def test_report_schema_and_agreement(report):
@@ -62,6 +63,8 @@ def test_report_schema_and_agreement(report):
     assert any(s.startswith("tensorrt:fp16: this export has no TensorRT fp16 engines") for s in report["skipped"])
     scenarios = {(r["scenario"], r["backend"]) for r in report["results"]}
     assert ("embed-images", "onnxruntime:fp32") in scenarios and ("retrieve", "torch") in scenarios
+    # the naive whole-model export: timed and checked where it can run (pair, rerank), nowhere else
+    assert {s for s, b in scenarios if b == "onnxruntime-naive"} == {"pair", "rerank"}
     for row in report["results"]:
         assert len(row["samples_s"]) == 2 and row["summary"]["p50_ms"] > 0
         if row["backend"] == "torch":
@@ -110,6 +113,6 @@ def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny
 
     manifest = read_manifest(tiny_export)
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx512_bf16"]})
-    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32"]
+    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32", "onnxruntime-naive"]
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx2"]})
-    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32"]
+    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32", "onnxruntime-naive"]
