@@ -61,6 +61,7 @@ def _rows(requests, inputs: dict[str, str]) -> list[Row]:
     """One Row per (request, row) with every input checked: `inputs` maps name → "image" | "text"."""
     rows = []
     for r, request in enumerate(requests):
+        counts = {}
         try:
             columns = {name: _column(request, name) for name in inputs}
             counts = {name: column.shape[0] if column.ndim else 0 for name, column in columns.items()}
@@ -68,7 +69,8 @@ def _rows(requests, inputs: dict[str, str]) -> list[Row]:
                 raise RequestError("inputs must have the same number of rows (batch axis first, ≥ 1): " +
                                    ", ".join(f"{n} has {c}" for n, c in counts.items()))
         except RequestError as err:
-            rows.append(Row(r, 0, error=str(err)))
+            # as many answer rows as the request's batch (Triton checks it), each carrying the error
+            rows += [Row(r, k, error=str(err)) for k in range(max(counts.values(), default=1) or 1)]
             continue
         for k in range(next(iter(counts.values()))):
             row = Row(r, k)

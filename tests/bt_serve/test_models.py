@@ -72,6 +72,14 @@ def test_a_lone_bad_request_is_an_error_naming_the_input(models, request_, says)
         models.itm([request_])
 
 
+def test_a_request_with_mismatched_rows_answers_every_row_of_its_batch(models, images):
+    responses = models.itm([{"image": col(images[0]), "text": col("a cat")},
+                            {"image": col(images[0], images[1]), "text": col("a cat")}])
+    assert responses[0]["error"][0, 0] == b"" and np.isfinite(responses[0]["probability"]).all()
+    assert responses[1]["probability"].shape == (2, 1) and np.isnan(responses[1]["probability"]).all()
+    assert all(b"same number of rows" in e for e in responses[1]["error"][:, 0])
+
+
 def test_rerank_matches_itm_scores(models, runtime, images):
     texts = ["a cat", "two cats on a couch", "a red bus"]
     [response] = models.rerank([{"image": np.array([images[0]], dtype=object),
