@@ -82,8 +82,9 @@ class RuntimeBackend:
         run = self.runtime.backend.run
         image = run("vision_tower", {"pixel_values": pixel_values})["image_bridge"]
         text = run("text_tower", {"input_ids": input_ids, "attention_mask": attention_mask})["text_bridge"]
-        logits = run("cross_modal", {"text_bridge": text, "image_bridge": image, "attention_mask": attention_mask,
-                                     "image_index": np.zeros(input_ids.shape[0], np.int64)}, ["itm_logits"])
+        logits = run(self.runtime.cross_graph(["itm_logits"]),
+                     {"text_bridge": text, "image_bridge": image, "attention_mask": attention_mask,
+                      "image_index": np.zeros(input_ids.shape[0], np.int64)}, ["itm_logits"])
         return softmax(logits["itm_logits"])[:, 1]
 
     def itm_loop(self, image, texts: list[str]) -> np.ndarray:

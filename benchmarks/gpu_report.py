@@ -88,8 +88,10 @@ def ort_chain(runtime, pixel_values: np.ndarray, input_ids: np.ndarray, attentio
     text = run("text_tower", {"input_ids": input_ids, "attention_mask": attention_mask}, ["text_bridge"],
                keep=("text_bridge",))
     index = np.arange(input_ids.shape[0], dtype=np.int64) if image_index is None else image_index
-    return run("cross_modal", {"text_bridge": text["text_bridge"], "image_bridge": image["image_bridge"],
-                               "attention_mask": attention_mask, "image_index": index}, list(outputs))
+    return run(runtime.cross_graph(list(outputs)), {"text_bridge": text["text_bridge"],
+                                                    "image_bridge": image["image_bridge"],
+                                                    "attention_mask": attention_mask, "image_index": index},
+               list(outputs))
 
 
 def parity(eager: Eager, runtimes: dict, images, texts) -> list[dict]:

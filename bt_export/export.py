@@ -1,4 +1,4 @@
-"""`export_checkpoint`: checkpoint → three validated ONNX graphs per precision + tokenizer + manifest.json,
+"""`export_checkpoint`: checkpoint → validated ONNX graphs (three, + cross_modal_pooled with MLM) per precision + tokenizer + manifest.json,
 written atomically."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .onnx_export import DEFAULT_OPSET, example_inputs, export_graph
 from .parity import ParityRow, check_parity, check_runtime_loads, check_task_parity, eager_references
 from .precision import INT8_EXCLUDED, PRECISIONS, variant_details, variant_file, write_variant
 from .samples import hf_processor, load_images, make_samples
-from .specs import VARIANT_BOUNDS, graph_specs
+from .specs import VARIANT_BOUNDS, computes, graph_specs
 from .staging import check_output_dir, staged_directory
 
 # Measured on this project's CPU machine (full-size base, 1 pair, int8): ONNX Attention 312 ms, com.microsoft
@@ -61,7 +61,7 @@ def export_graphs(model, specs: dict, samples, refs, directory: Path, opset: int
     for spec in specs.values():
         log(f"exporting {spec.file} (attention: {attention})")
         inputs = example_inputs(spec, samples, bridges)
-        if spec.name == "cross_modal":
+        if computes(spec.name) == "cross_modal":
             inputs = (*inputs[:3], inputs[3] % image_rows)
         export_graph(model, spec, inputs, directory, opset, attention)
 

@@ -12,13 +12,13 @@ import onnx
 
 from bt_runtime.contract import (RESAMPLE_NAMES, SCHEMA_VERSION, AxisLink, Broadcast, CenterCrop, Checkpoint,
                                  ConfigSummary, FileRef, GraphFile, GraphIO, Manifest, Preprocessing, Reference,
-                                 Resize, TensorInfo, TokenizerInfo, Wire, Wiring, sha256_file)
+                                 Resize, Substitute, TensorInfo, TokenizerInfo, Wire, Wiring, sha256_file)
 
 from .errors import CheckpointError
 from .model import HF_HEAD_CLASSES
-from .specs import GraphSpec, num_image_tokens
+from .specs import GraphSpec, computes, num_image_tokens
 
-CROSS_MODAL_BROADCAST = ("graph: cross_modal gathers image_bridge[image_index[b]] for pair b, so one vision run "
+CROSS_MODAL_BROADCAST = ("graph: cross_modal (and cross_modal_pooled) gathers image_bridge[image_index[b]] for pair b, so one vision run "
                          "serves many texts (image_bridge batch 1, image_index all zeros) and paired batches use "
                          "image_index = arange(batch)")
 
@@ -37,17 +37,28 @@ OUTPUT_MEANINGS = {
 }
 
 
+POOLED_RULE = ("same inputs as cross_modal; the last cross-modal layer is computed at the class positions only "
+               "(all the poolers read) and the MLM head not at all: the other outputs equal cross_modal's within the "
+               "fp32 tolerances, for less work and memory")
+
+
 def wiring(specs: dict[str, GraphSpec]) -> Wiring:
     outputs = {t.name: OUTPUT_MEANINGS[t.name] for spec in specs.values() for t in spec.outputs}
+    cross_graphs = [name for name in specs if computes(name) == "cross_modal"]
+    substitutes = [Substitute(name, "cross_modal", [o.name for o in specs["cross_modal"].outputs
+                                                    if o.name not in specs[name].output_names], POOLED_RULE)
+                   for name in cross_graphs if name != "cross_modal"]
     return Wiring(
-        wires=[Wire("cross_modal", "text_bridge", "text_tower", "text_bridge", "output"),
-               Wire("cross_modal", "image_bridge", "vision_tower", "image_bridge", "output"),
-               Wire("cross_modal", "attention_mask", "text_tower", "attention_mask", "input")],
-        axes=[AxisLink("cross_modal", "image_batch", "vision_tower", "batch"),
-              AxisLink("cross_modal", "batch", "text_tower", "batch"),
-              AxisLink("cross_modal", "seq", "text_tower", "seq")],
+        wires=[wire for graph in cross_graphs for wire in (
+            Wire(graph, "text_bridge", "text_tower", "text_bridge", "output"),
+            Wire(graph, "image_bridge", "vision_tower", "image_bridge", "output"),
+            Wire(graph, "attention_mask", "text_tower", "attention_mask", "input"))],
+        axes=[link for graph in cross_graphs for link in (
+            AxisLink(graph, "image_batch", "vision_tower", "batch"),
+            AxisLink(graph, "batch", "text_tower", "batch"),
+            AxisLink(graph, "seq", "text_tower", "seq"))],
         broadcast=Broadcast("cross_modal", "image_index", "image_bridge", 0, CROSS_MODAL_BROADCAST),
-        outputs=outputs)
+        outputs=outputs, substitutes=substitutes)
 
 
 def library_versions() -> dict[str, str]:

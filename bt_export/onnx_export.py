@@ -14,13 +14,14 @@ from torch.export import Dim
 
 from .attention import FUSED_ATTENTION_OP, attention_implementation, fused_attention, reference_attention
 from .fused import ATTENTION_MODES, attention_to_multihead, onnx_attention, single_output_attention
-from .specs import BATCH, IMAGE_BATCH, SEQ, GraphSpec
+from .specs import BATCH, IMAGE_BATCH, POOLED_GRAPH, SEQ, GraphSpec
 from .towers import CrossModalStack, TextTower, VisionTower
 
 DEFAULT_OPSET = 23  # first opset with the standard Attention operator, used by the fused variants
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 
-TOWER_MODULES = {"vision_tower": VisionTower, "text_tower": TextTower, "cross_modal": CrossModalStack}
+TOWER_MODULES = {"vision_tower": VisionTower, "text_tower": TextTower, "cross_modal": CrossModalStack,
+                 POOLED_GRAPH: lambda model: CrossModalStack(model, mlm=False)}
 
 
 def example_inputs(spec: GraphSpec, samples, bridges: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

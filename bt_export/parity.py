@@ -15,7 +15,7 @@ import torch
 from bt_runtime.runtime import softmax
 
 from .model import hf_reference
-from .specs import GraphSpec
+from .specs import POOLED_GRAPH, GraphSpec
 from .towers import CrossModalStack, TextTower, VisionTower
 
 # End-to-end rows: (HF class, its output attribute, our output name, the head it needs: None = base model)
@@ -80,13 +80,14 @@ def eager_references(model, samples, specs: dict[str, GraphSpec], heads: tuple[s
             references[head] = hf_reference(model, head)(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
         hf_outputs[(class_name, attribute)] = getattr(references[head], attribute).numpy()
-    return EagerReferences(
-        graph_inputs={"vision_tower": {"pixel_values": pixel_values.numpy()},
-                      "text_tower": {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()},
-                      "cross_modal": cross_inputs},
-        graph_outputs={"vision_tower": vision, "text_tower": text, "cross_modal": cross},
-        hf_outputs=hf_outputs,
-    )
+    graph_inputs = {"vision_tower": {"pixel_values": pixel_values.numpy()},
+                    "text_tower": {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()},
+                    "cross_modal": cross_inputs}
+    graph_outputs = {"vision_tower": vision, "text_tower": text, "cross_modal": cross}
+    if POOLED_GRAPH in specs:  # judged against the full stack's outputs: it must compute the same numbers
+        graph_inputs[POOLED_GRAPH] = cross_inputs
+        graph_outputs[POOLED_GRAPH] = {t.name: cross[t.name] for t in specs[POOLED_GRAPH].outputs}
+    return EagerReferences(graph_inputs, graph_outputs, hf_outputs)
 
 
 def _max_abs_diff(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -110,13 +111,15 @@ def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str])
     return run
 
 
-def _chain(run, refs: EagerReferences) -> dict[str, np.ndarray]:
-    """vision → text → cross-modal on the eager inputs, as a user of the three graphs would."""
+def _chain(run, refs: EagerReferences, specs: dict[str, GraphSpec]) -> dict[str, np.ndarray]:
+    """vision → text → cross-modal on the eager inputs, as bt_runtime runs them: the heads other than MLM from
+    the pooled graph where there is one (its outputs win), mlm_logits from cross_modal."""
     vision = run("vision_tower", refs.graph_inputs["vision_tower"])
     text = run("text_tower", refs.graph_inputs["text_tower"])
     feeds = dict(refs.graph_inputs["cross_modal"], text_bridge=text["text_bridge"],
                  image_bridge=vision["image_bridge"])
-    return {**vision, **text, **run("cross_modal", feeds)}
+    pooled = run(POOLED_GRAPH, feeds) if POOLED_GRAPH in specs else {}
+    return {**vision, **text, **run("cross_modal", feeds), **pooled}
 
 
 def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences,
@@ -128,7 +131,7 @@ def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerRefere
         got = run(name, refs.graph_inputs[name])
         rows += [ParityRow(f"graph:{name}", t.name, _max_abs_diff(got[t.name], refs.graph_outputs[name][t.name]),
                            t.tolerance) for t in spec.outputs]
-    chained = _chain(run, refs)
+    chained = _chain(run, refs, specs)
     tolerances = {t.name: t.tolerance for spec in specs.values() for t in spec.outputs}
     for class_name, attribute, output, _ in HF_OUTPUTS:
         if (class_name, attribute) in refs.hf_outputs:
@@ -140,8 +143,8 @@ def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerRefere
 
 def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences, files: dict[str, str],
                       bounds: dict[str, float]) -> list[ParityRow]:
-    """Reduced precision: the three graphs chained vs fp32 eager transformers, in task terms (bounds from specs)."""
-    chained = _chain(_runner(graph_dir, specs, files), refs)
+    """Reduced precision: the graphs chained vs fp32 eager transformers, in task terms (bounds from specs)."""
+    chained = _chain(_runner(graph_dir, specs, files), refs, specs)
     hf, rows = refs.hf_outputs, []
     if ("BridgeTowerForImageAndTextRetrieval", "logits") in hf:
         ours, theirs = chained["itm_logits"], hf[("BridgeTowerForImageAndTextRetrieval", "logits")]

@@ -28,6 +28,7 @@ from pathlib import Path
 import onnx
 
 from .onnx_export import quiet, save_model
+from .specs import computes
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -70,7 +71,7 @@ def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, .
     model = onnx.load(str(src), load_external_data=False)
     weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
     excluded = [n.name for n in weighted
-                if any(re.search(p, f"{graph}/{module_path(n)}") for p in excluded_patterns)]
+                if any(re.search(p, f"{computes(graph)}/{module_path(n)}") for p in excluded_patterns)]
     if len(excluded) == len(weighted):
         return None
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, quiet():  # quantize_dynamic writes files beside it

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BATCH, SEQ, IMAGE_BATCH = "batch", "seq", "image_batch"
+# Exported beside cross_modal when the checkpoint has an MLM head and ITM or ITC: the same inputs and outputs but
+# mlm_logits, its last layer computed at the class positions only (what the poolers read). Without an MLM head,
+# cross_modal itself is computed that way and no second graph is written.
+POOLED_GRAPH = "cross_modal_pooled"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class GraphSpec:
     @property
     def file(self) -> str:
         return f"{self.name}.onnx"
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
 
     def output(self, name: str) -> TensorSpec:
         return next(o for o in self.outputs if o.name == name)
@@ -62,7 +70,7 @@ def num_image_tokens(config) -> int:
 
 
 def graph_specs(config, heads: tuple[str, ...]) -> dict[str, GraphSpec]:
-    """The three graphs for `config` with `heads` (subset of itm, mlm, itc)."""
+    """The graphs for `config` with `heads` (subset of itm, mlm, itc): the three, and POOLED_GRAPH where it applies."""
     layers, hidden = config.num_hidden_layers, config.hidden_size
     size, tokens = config.vision_config.image_size, num_image_tokens(config)
     itc = "itc" in heads
@@ -97,4 +105,14 @@ def graph_specs(config, heads: tuple[str, ...]) -> dict[str, GraphSpec]:
                 TensorSpec("image_index", "int64", (BATCH,))),
         outputs=(out("pooler_output", (BATCH, 2 * hidden)), *head_outputs),
     )
-    return {g.name: g for g in (vision, text, cross)}
+    graphs = [vision, text, cross]
+    if "mlm" in heads and ("itm" in heads or "itc" in heads):
+        # the head-specific graph ITM/ITC run: everything but mlm_logits, the last layer at the class positions
+        graphs.append(GraphSpec(POOLED_GRAPH, inputs=cross.inputs,
+                                outputs=tuple(o for o in cross.outputs if o.name != "mlm_logits")))
+    return {g.name: g for g in graphs}
+
+
+def computes(graph: str) -> str:
+    """The graph whose computation (and module paths) `graph` shares: cross_modal for its pooled form."""
+    return "cross_modal" if graph == POOLED_GRAPH else graph

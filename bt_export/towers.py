@@ -56,9 +56,12 @@ def text_layer(layer: nn.Module, x: torch.Tensor, key_bias: torch.Tensor) -> tor
 
 
 def cross_layer(layer: nn.Module, x: torch.Tensor, other: torch.Tensor, self_bias: torch.Tensor | None,
-                cross_bias: torch.Tensor | None) -> torch.Tensor:
-    """BridgeTowerBertCrossLayer: self-attention, attention over the other modality, feed-forward."""
-    x = bert_attention(layer.attention, x, x, self_bias)
+                cross_bias: torch.Tensor | None, first_only: bool = False) -> torch.Tensor:
+    """BridgeTowerBertCrossLayer: self-attention, attention over the other modality, feed-forward.
+
+    first_only: compute position 0 only (queries from x[:, :1]; keys and values still from every position of x and
+    `other`), which is all the poolers read: the same numbers at position 0 for a fraction of the work."""
+    x = bert_attention(layer.attention, x[:, :1] if first_only else x, x, self_bias)
     x = bert_attention(layer.crossattention, x, other, cross_bias)
     return feed_forward(layer, x)
 
@@ -134,9 +137,13 @@ class TextTower(nn.Module):
 class CrossModalStack(nn.Module):
     """text_bridge (B, C, S, D), image_bridge (I, C, N, D), attention_mask (B, S), image_index (B,) →
     pooler_output (B, 2D) and the heads the checkpoint has. Pair b uses image `image_index[b]`, so one image is
-    scored against B texts with image_bridge of batch 1 and image_index all zeros (the graph gathers)."""
+    scored against B texts with image_bridge of batch 1 and image_index all zeros (the graph gathers).
 
-    def __init__(self, model: nn.Module):
+    Only the MLM head reads more than the class positions of the last cross-modal layer: without it (`mlm=False`,
+    or a checkpoint that has none) that layer runs at position 0 only and mlm_logits is not computed — the
+    head-specific graph `cross_modal_pooled` that ITM and ITC use (bt_export.specs)."""
+
+    def __init__(self, model: nn.Module, mlm: bool = True):
         super().__init__()
         bt = model.bridgetower
         self.text_layernorm, self.image_layernorm = bt.cross_modal_text_layernorm, bt.cross_modal_image_layernorm
@@ -144,7 +151,7 @@ class CrossModalStack(nn.Module):
         self.text_links, self.image_links = bt.cross_modal_text_link_tower, bt.cross_modal_image_link_tower
         self.text_pooler, self.image_pooler = bt.cross_modal_text_pooler, bt.cross_modal_image_pooler
         self.itm_score = getattr(model, "itm_score", None)
-        self.mlm_score = getattr(model, "mlm_score", None)
+        self.mlm_score = getattr(model, "mlm_score", None) if mlm else None
         self.itc_cross_modal_head = getattr(model, "itc_cross_modal_head", None)
 
     def forward(self, text_bridge: torch.Tensor, image_bridge: torch.Tensor, attention_mask: torch.Tensor,
@@ -153,13 +160,18 @@ class CrossModalStack(nn.Module):
         text_bias = key_padding_bias(attention_mask, text_bridge.dtype)  # (B, S)
         text = self.text_layernorm(text_bridge[:, 0])
         image = self.image_layernorm(image_bridge[:, 0])
-        text_out = cross_layer(self.text_layers[0], text, image, text_bias, None)
-        image_out = cross_layer(self.image_layers[0], image, text, None, text_bias)
-        for k in range(1, text_bridge.shape[1]):
+        layers = text_bridge.shape[1]
+        # the last layer's image side is read at position 0 only (image pooler), its text side too without MLM
+        text_out = cross_layer(self.text_layers[0], text, image, text_bias, None,
+                               first_only=layers == 1 and self.mlm_score is None)
+        image_out = cross_layer(self.image_layers[0], image, text, None, text_bias, first_only=layers == 1)
+        for k in range(1, layers):
             text = self.text_links[k - 1](text_bridge[:, k], text_out, None)
             image = self.image_links[k - 1](image_bridge[:, k], image_out, None)
-            text_out = cross_layer(self.text_layers[k], text, image, text_bias, None)
-            image_out = cross_layer(self.image_layers[k], image, text, None, text_bias)
+            last = k == layers - 1
+            text_out = cross_layer(self.text_layers[k], text, image, text_bias, None,
+                                   first_only=last and self.mlm_score is None)
+            image_out = cross_layer(self.image_layers[k], image, text, None, text_bias, first_only=last)
         pooler_output = torch.cat([self.text_pooler(text_out), self.image_pooler(image_out)], dim=-1)  # (B, 2D)
         outputs = [pooler_output]
         if self.itm_score is not None:

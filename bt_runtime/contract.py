@@ -16,7 +16,9 @@ reference must be measured).
 
 Version 3 (vs 2): the graphs' bridges are batch first — `image_bridge` (batch, C, N, D), `text_bridge` (batch, C,
 seq, D) — so servers can concatenate requests along axis 0 (the broadcast gathers along axis 0); each variant
-records `min_onnxruntime`. Version-2 exports are refused with the way forward (re-export: the graphs change).
+records `min_onnxruntime`. Version-2 exports are refused with the way forward (re-export: the graphs change) An
+export with an MLM head and ITM or ITC adds the head-specific graph `cross_modal_pooled` (`wiring.substitutes` says
+what it replaces and what it leaves out).
 
 File names are bare names inside the export directory: no path separators, no `..`, no leading dot, no symbolic
 links; anything else is refused before a byte of it is read.
@@ -39,7 +41,10 @@ from .errors import ManifestError
 SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
-GRAPH_NAMES = ("vision_tower", "text_tower", "cross_modal")
+GRAPH_NAMES = ("vision_tower", "text_tower", "cross_modal")  # in every export
+# Head-specific graphs, in exports where they apply (see Wiring.substitutes): cross_modal_pooled, written beside a
+# cross_modal that has mlm_logits, computes the other heads without the MLM head and the last layer's other positions
+OPTIONAL_GRAPH_NAMES = ("cross_modal_pooled",)
 HEAD_NAMES = ("itm", "mlm", "itc")
 RESAMPLE_NAMES = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")  # index = PIL's integer code
 ALPHA_RULES = ("composite_on_white", "drop_alpha")
@@ -212,12 +217,28 @@ class Broadcast:
 
 
 @dataclass
+class Substitute:
+    """`graph` takes the inputs of `replaces` and gives the same numbers for its outputs, all but `omits`, for less
+    work: run it instead whenever none of `omits` is needed."""
+    graph: str
+    replaces: str
+    omits: list[str]
+    rule: str
+
+
+@dataclass
 class Wiring:
-    """How the three graphs connect and what their outputs mean, as data (for readers in any language)."""
+    """How the graphs connect and what their outputs mean, as data (for readers in any language)."""
     wires: list[Wire]
     axes: list[AxisLink]
     broadcast: Broadcast
     outputs: dict[str, str]  # output name → meaning (label order, normalization, layout)
+    substitutes: list[Substitute] = field(default_factory=list)
+
+    def substitute_for(self, graph: str, outputs: list[str]) -> str:
+        """The cheapest listed graph that gives `outputs` in place of `graph` (else `graph` itself)."""
+        return next((s.graph for s in self.substitutes
+                     if s.replaces == graph and not set(outputs) & set(s.omits)), graph)
 
 
 @dataclass
@@ -420,7 +441,7 @@ def json_schema() -> dict:
     """The JSON Schema of manifest.json, derived from the dataclasses above."""
     schema = _schema(Manifest)
     schema["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
-    schema["properties"]["graphs"]["propertyNames"] = {"enum": list(GRAPH_NAMES)}
+    schema["properties"]["graphs"]["propertyNames"] = {"enum": list(GRAPH_NAMES + OPTIONAL_GRAPH_NAMES)}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "bt-toolkit export manifest",
             **schema}
 
@@ -436,7 +457,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def verify_sha256(path: Path, expected: str, remedy: str) -> None:
-    """Refuse a file whose content no longer matches the sha256 the manifest recorded; `remedy` says what to do."""
+    """Refuse a file whose content no longer matches the sha256 the manifest recorded; `remedy` says what to do.
+    A file verified before and unchanged since (same inode, size, mtime and ctime) is not hashed again
+    (bt_runtime.digests says exactly what that trusts; BT_DIGEST_CACHE=off hashes every time)."""
+    from . import digests
+
+    if digests.known(path, expected):
+        return
+    before = digests.stat_token(path)
     try:
         actual = sha256_file(path)
     except OSError as err:
@@ -444,6 +472,7 @@ def verify_sha256(path: Path, expected: str, remedy: str) -> None:
     if actual != expected:
         raise ManifestError(f"{str(path)!r} does not match the sha256 recorded in {MANIFEST_NAME}: the file was "
                             f"modified, replaced or truncated. {remedy}")
+    digests.remember(path, actual, before)
 
 
 def confined_path(directory: Path, name, where: str) -> Path:
@@ -483,8 +512,11 @@ def _check_meaning(m: Manifest) -> None:
     def fail(message):
         raise ManifestError(f"manifest.{message}")
 
-    if sorted(m.graphs) != sorted(GRAPH_NAMES):
-        fail(f"graphs: has {sorted(m.graphs)}; expected exactly {list(GRAPH_NAMES)}")
+    missing = [g for g in GRAPH_NAMES if g not in m.graphs]
+    unknown = [g for g in m.graphs if g not in GRAPH_NAMES + OPTIONAL_GRAPH_NAMES]
+    if missing or unknown:
+        fail(f"graphs: has {sorted(m.graphs)}; expected {list(GRAPH_NAMES)}, and optionally "
+             f"{list(OPTIONAL_GRAPH_NAMES)}")
     for graph, io in m.graphs.items():
         for kind, tensors in (("inputs", io.inputs), ("outputs", io.outputs)):
             for i, t in enumerate(tensors):
@@ -495,8 +527,8 @@ def _check_meaning(m: Manifest) -> None:
     if not m.variants:
         fail("variants: empty; an export has at least its fp32 graphs")
     for precision, variant in m.variants.items():
-        if sorted(variant.files) != sorted(GRAPH_NAMES):
-            fail(f"variants.{precision}.files: has {sorted(variant.files)}; expected {list(GRAPH_NAMES)}")
+        if sorted(variant.files) != sorted(m.graphs):
+            fail(f"variants.{precision}.files: has {sorted(variant.files)}; expected the graphs {sorted(m.graphs)}")
     unknown = [h for h in m.checkpoint.heads if h not in HEAD_NAMES]
     if unknown:
         fail(f"checkpoint.heads: unknown head(s) {unknown}; valid: {list(HEAD_NAMES)}")
@@ -521,6 +553,13 @@ def _check_meaning(m: Manifest) -> None:
             for graph, name, kind in ends:
                 if graph not in m.graphs or name not in [t.name for t in getattr(m.graphs[graph], kind)]:
                     fail(f"wiring.wires[{i}]: {graph}.{name} is not one of that graph's {kind}")
+        for i, sub in enumerate(m.wiring.substitutes):
+            if sub.graph not in m.graphs or sub.replaces not in m.graphs:
+                fail(f"wiring.substitutes[{i}]: {sub.graph} → {sub.replaces}: both must be graphs of this export")
+            given = set(m.graphs[sub.graph].output_names)
+            if given | set(sub.omits) != set(m.graphs[sub.replaces].output_names):
+                fail(f"wiring.substitutes[{i}]: {sub.graph}'s outputs and omits {sorted(sub.omits)} must make up "
+                     f"{sub.replaces}'s outputs")
     t = m.tokenizer
     if t.max_length < 3:
         fail(f"tokenizer.max_length: {t.max_length}; must be ≥ 3")

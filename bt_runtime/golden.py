@@ -105,4 +105,23 @@ def verify(runtime) -> list[VerifyRow]:
             continue
         diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
         rows.append(VerifyRow(entry.name, float(diff.max(initial=0.0)), entry.tolerance))
+    return rows + _verify_substitutes(runtime, actual, {entry.name: entry for entry in golden.tensors})
+
+
+def _verify_substitutes(runtime, actual: dict[str, np.ndarray], entries: dict) -> list[VerifyRow]:
+    """Head-specific graphs (wiring.substitutes) against the golden outputs of the graph they replace, on the
+    same bridges: one row per output, named `<graph>:<output>`."""
+    wiring, rows = runtime.manifest.wiring, []
+    for sub in wiring.substitutes if wiring is not None else []:
+        if sub.replaces != "cross_modal":
+            continue
+        count = actual["input_ids"].shape[0]
+        out = runtime.backend.run(sub.graph, {"text_bridge": actual["text_bridge"],
+                                              "image_bridge": actual["image_bridge"],
+                                              "attention_mask": actual["attention_mask"],
+                                              "image_index": np.zeros(count, np.int64)})
+        for name, got in out.items():
+            if name in entries:
+                diff = np.abs(got.astype(np.float64) - read(runtime.manifest, entries[name]).astype(np.float64))
+                rows.append(VerifyRow(f"{sub.graph}:{name}", float(diff.max(initial=0.0)), entries[name].tolerance))
     return rows

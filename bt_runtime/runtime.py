@@ -1,7 +1,8 @@
 """BridgeTowerRuntime: image-text matching, fill-mask, contrastive embeddings and retrieval on an export.
 
 Each image goes through the vision tower once and each text through the text tower once; only the cross-modal
-graph runs per (image, text) pair, in batches, with the image rows it needs gathered inside the graph.
+graph runs per (image, text) pair, in batches, with the image rows it needs gathered inside the graph — its
+head-specific form (cross_modal_pooled) where the export has one and the task does not need mlm_logits.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class BridgeTowerRuntime:
              providers: list[str] | None = None, intra_op_threads: int | None = None,
              graph_optimization_level: str = "all", verify_checksums: bool = True,
              exif_transpose: bool | None = None, tensorrt_profiles: dict | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "cpu") -> "BridgeTowerRuntime":
+             max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "cpu",
+             allow_spinning: bool = False) -> "BridgeTowerRuntime":
         """Open an export directory. Sessions/engines are created lazily, on the first call that needs each graph.
 
         backend "onnxruntime" (providers may include "TensorrtExecutionProvider": profile shapes and an engine cache
@@ -107,13 +109,15 @@ class BridgeTowerRuntime:
         device="cuda[:N]" runs on ONNX Runtime's CUDA provider, falling back to CPU with a warning without it)
         or "tensorrt" (engines built by `bt-export --trt`; precision names the engines' precision).
         Every file read is checked against the manifest's sha256 (verify_checksums=False opts out); images above
-        max_pixels are refused. Use as a context manager, or call close(), to release the sessions."""
+        max_pixels are refused. ONNX Runtime's intra-op threads do not busy-wait between runs unless
+        allow_spinning=True (spinning threads of one graph's session slow the next graph's on few cores).
+        Use as a context manager, or call close(), to release the sessions."""
         manifest = read_manifest(export_dir)
         if backend == "onnxruntime":
             from .backends.onnxruntime import OnnxRuntimeBackend
 
             engine = OnnxRuntimeBackend(manifest, precision, providers, intra_op_threads, graph_optimization_level,
-                                        verify_checksums, tensorrt_profiles, device)
+                                        verify_checksums, tensorrt_profiles, device, allow_spinning)
         elif backend == "tensorrt":
             from .backends.tensorrt import TensorRTBackend
 
@@ -191,12 +195,20 @@ class BridgeTowerRuntime:
 
     # ---- cross-modal: once per pair ----
 
+    def cross_graph(self, outputs: list[str]) -> str:
+        """The graph that gives `outputs` for the least work: a head-specific substitute of cross_modal (manifest
+        `wiring.substitutes`, e.g. cross_modal_pooled without mlm_logits) where the backend has it."""
+        wiring = self.manifest.wiring
+        graph = wiring.substitute_for("cross_modal", outputs) if wiring is not None else "cross_modal"
+        return graph if graph in getattr(self.backend, "graphs", ("cross_modal",)) else "cross_modal"
+
     def cross_modal(self, texts: TextFeatures, images: ImageFeatures, text_index: np.ndarray,
                     image_index: np.ndarray, outputs: list[str], batch_size: int = 32,
                     progress: bool = False) -> dict[str, list[np.ndarray]]:
         """Run pairs (texts[text_index[k]], images[image_index[k]]) in batches; per-batch outputs, in order."""
         _check_positive(batch_size, "batch_size")
         results: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+        graph = self.cross_graph(outputs)
         for start, stop in _batches(len(text_index), batch_size, progress, "cross-modal"):
             rows, image_rows = text_index[start:stop], image_index[start:stop]
             length = int(texts.lengths[rows].max())  # trim padding shared by the whole batch
@@ -205,7 +217,7 @@ class BridgeTowerRuntime:
                      "image_bridge": np.ascontiguousarray(images.bridge[needed]),
                      "attention_mask": np.ascontiguousarray(texts.attention_mask[rows, :length]),
                      "image_index": gather.astype(np.int64).reshape(-1)}
-            out = self.backend.run("cross_modal", feeds, outputs)
+            out = self.backend.run(graph, feeds, outputs)
             for name in outputs:
                 results[name].append(out[name])
         return results
@@ -242,7 +254,7 @@ class BridgeTowerRuntime:
             encoded = self.tokenizer(texts[start:stop])
             text_bridge = run("text_tower", {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
                               ["text_bridge"], keep=("text_bridge",))
-            logits = run("cross_modal", {"text_bridge": text_bridge["text_bridge"],
+            logits = run(self.cross_graph(["itm_logits"]), {"text_bridge": text_bridge["text_bridge"],
                                          "image_bridge": image_bridge["image_bridge"],
                                          "attention_mask": encoded.attention_mask,
                                          "image_index": np.zeros(stop - start, np.int64)}, ["itm_logits"])

@@ -1,11 +1,11 @@
 """A Triton model repository from an export, for users who run the Triton container themselves
 (`bt-run triton-repo EXPORT DIR`): one ONNX Runtime backend model per graph, and an ensemble `itm` wiring
-vision_tower → text_tower → cross_modal as the manifest's `wiring` says.
+vision_tower → text_tower → cross_modal_pooled (cross_modal in exports without it) as the manifest's `wiring` says.
 
 Layout and what it needs:
 - Every tensor is batch first (manifest schema 3), so each graph model declares `max_batch_size` and Triton's
   dynamic batcher merges requests. Dims below are per request, without the batch axis.
-- `cross_modal` in the repository is the export's graph with `image_index` replaced by `arange(batch)` inside the
+- `cross_modal` (and `cross_modal_pooled`) in the repository is the export's graph with `image_index` replaced by `arange(batch)` inside the
   graph (one image per text, paired): a per-request `image_index` cannot survive Triton's batching (request k's
   index 0 would point at request 0's image). The export's own graph keeps the broadcast input for bt_runtime.
 - The ensemble takes preprocessed tensors (`pixel_values` [3, S, S] FP32, `input_ids` / `attention_mask` [-1]
@@ -35,7 +35,6 @@ from .errors import BtRuntimeError
 
 MARKER = "bt-triton-repo.json"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
-GRAPHS = ("vision_tower", "text_tower", "cross_modal")
 
 
 def _dims(tensor: TensorInfo, where: str) -> list[int]:
@@ -65,10 +64,12 @@ def graph_config(name: str, backend: str, inputs: list[TensorInfo], outputs: lis
 
 def ensemble_config(manifest: Manifest, max_batch: int, outputs: list[str], suffix: str = "") -> str:
     """`itm{suffix}`: pixel_values, input_ids, attention_mask → the cross-modal `outputs`, steps wired from the
-    manifest's wiring (each cross-modal input from the graph output or shared input it names)."""
-    io = {g: manifest.graph_io(g) for g in GRAPHS}
+    manifest's wiring (each cross-modal input from the graph output or shared input it names); the cross-modal
+    step is the cheapest graph that gives `outputs` (cross_modal_pooled where the export has it)."""
+    cross = manifest.wiring.substitute_for("cross_modal", outputs)
+    io = {g: manifest.graph_io(g) for g in ("vision_tower", "text_tower", cross)}
     inputs = io["vision_tower"].inputs + io["text_tower"].inputs
-    out_tensors = [t for t in io["cross_modal"].outputs if t.name in outputs]
+    out_tensors = [t for t in io[cross].outputs if t.name in outputs]
     steps = []
 
     def step(graph, input_map, output_map):
@@ -82,15 +83,15 @@ def ensemble_config(manifest: Manifest, max_batch: int, outputs: list[str], suff
     step("text_tower", {t.name: t.name for t in io["text_tower"].inputs}, {"text_bridge": "text_bridge"})
     cross_inputs = {}
     for wire in manifest.wiring.wires:
-        if wire.graph == "cross_modal":
+        if wire.graph == cross:
             cross_inputs[wire.input] = wire.source  # graph outputs and shared inputs have ensemble-wide names
-    step("cross_modal", cross_inputs, {name: name for name in outputs})
+    step(cross, cross_inputs, {name: name for name in outputs})
     return (f'name: "itm{suffix}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
             + _tensor_block("input", inputs, "itm") + _tensor_block("output", out_tensors, "itm")
             + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
 
 
-def paired_cross_modal(source: Path, destination: Path, manifest: Manifest) -> None:
+def paired_cross_modal(source: Path, destination: Path, manifest: Manifest, graph_name: str = "cross_modal") -> None:
     """Copy the cross-modal graph with the broadcast input replaced by arange(batch of attention_mask)."""
     try:
         import onnx
@@ -104,7 +105,7 @@ def paired_cross_modal(source: Path, destination: Path, manifest: Manifest) -> N
     kept = [i for i in graph.input if i.name != broadcast.index_input]
     if len(kept) == len(graph.input):
         raise BtRuntimeError(f"{source.name} has no input {broadcast.index_input!r} to replace")
-    paired_with = next(w.input for w in manifest.wiring.wires if w.graph == "cross_modal" and w.source_kind == "input")
+    paired_with = next(w.input for w in manifest.wiring.wires if w.graph == graph_name and w.source_kind == "input")
     names = {suffix: f"bt_paired_{suffix}" for suffix in ("shape", "batch", "zero", "one")}
     nodes = [
         helper.make_node("Shape", [paired_with], [names["shape"]], start=0, end=1),
@@ -180,18 +181,19 @@ def write(export_dir: str | Path, output: str | Path, precision: str = "fp32", m
 def _write_into(root: Path, manifest: Manifest, precision: str, max_batch: int, queue_delay_us: int,
                 instances: int, kind: str) -> list[str]:
     models = []
-    for graph in GRAPHS:
+    index_input = manifest.wiring.broadcast.index_input
+    for graph in manifest.graphs:
         io = manifest.graph_io(graph)
         version = root / graph / "1"
         version.mkdir(parents=True)
         entry = manifest.graph_file(graph, precision)
         inputs = io.inputs
-        if graph == "cross_modal":
-            paired_cross_modal(manifest.path(entry.file), version / "model.onnx", manifest)
+        if index_input in [t.name for t in io.inputs]:  # cross_modal and its head-specific form
+            paired_cross_modal(manifest.path(entry.file), version / "model.onnx", manifest, graph)
             for data in entry.external_data:
                 shutil.copyfile(manifest.path(data.file), version / data.file)
             model_file = "model.onnx"
-            inputs = [t for t in io.inputs if t.name != manifest.wiring.broadcast.index_input]
+            inputs = [t for t in io.inputs if t.name != index_input]
         else:
             model_file = _copy_graph(manifest, entry, version)
         (root / graph / "config.pbtxt").write_text(graph_config(graph, "onnxruntime", inputs, io.outputs, max_batch,

@@ -11,6 +11,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = REPO_ROOT.parent / "shared" / "assets"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory):
+    """The verified-digest cache of this test session, never the user's (bt_runtime.digests); subprocesses the
+    tests start inherit it."""
+    import os
+
+    path = tmp_path_factory.mktemp("digests") / "verified-digests.json"
+    previous = os.environ.get("BT_DIGEST_CACHE")
+    os.environ["BT_DIGEST_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("BT_DIGEST_CACHE", None)
+    else:
+        os.environ["BT_DIGEST_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path:
     if not SHARED_ASSETS.is_dir():

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ..errors import BackendError, first_line
-from ..contract import GRAPH_NAMES, Manifest, verify_sha256
+from ..contract import Manifest, verify_sha256
 from ..cpu import isa_class
 from .feeds import check_feeds, check_outputs
 
@@ -50,7 +50,8 @@ class OnnxRuntimeBackend:
 
     def __init__(self, manifest: Manifest, precision: str = "fp32", providers: list[str] | None = None,
                  intra_op_threads: int | None = None, graph_optimization_level: str = "all",
-                 verify_checksums: bool = True, tensorrt_profiles: dict | None = None, device: str = "cpu"):
+                 verify_checksums: bool = True, tensorrt_profiles: dict | None = None, device: str = "cpu",
+                 allow_spinning: bool = False):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -79,10 +80,11 @@ class OnnxRuntimeBackend:
             _warn_isa_once(precision, variant.validated_isa, isa_class(), manifest.directory)
         self.manifest, self.precision, self.providers = manifest, precision, providers
         self.intra_op_threads, self.graph_optimization_level = intra_op_threads, graph_optimization_level
-        self.verify_checksums = verify_checksums
+        self.verify_checksums, self.allow_spinning = verify_checksums, allow_spinning
         self.tensorrt_profiles = tensorrt_profiles or {}
+        self.graphs = tuple(manifest.graphs)
         self._sessions: dict = {}
-        self._locks = {graph: threading.Lock() for graph in GRAPH_NAMES}  # one session per graph, even under threads
+        self._locks = {graph: threading.Lock() for graph in self.graphs}  # one session per graph, even under threads
 
     def _providers_for(self, graph: str) -> list:
         """Providers as given; TensorrtExecutionProvider gets this graph's profile shapes and an engine cache."""
@@ -98,8 +100,8 @@ class OnnxRuntimeBackend:
         return [(p, options) if p == "TensorrtExecutionProvider" else p for p in self.providers]
 
     def session(self, graph: str):
-        if graph not in GRAPH_NAMES:
-            raise BackendError(f"graph {graph!r}; valid: {list(GRAPH_NAMES)}")
+        if graph not in self.graphs:
+            raise BackendError(f"graph {graph!r}; valid: {list(self.graphs)}")
         if graph in self._sessions:
             return self._sessions[graph]
         with self._locks[graph]:
@@ -122,6 +124,11 @@ class OnnxRuntimeBackend:
                                                    OPTIMIZATION_LEVELS[self.graph_optimization_level])
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
+        if not self.allow_spinning:
+            # Busy-waiting intra-op threads hold the cores after each run: the next graph's threads (its own
+            # session, its own pool) then start on busy cores. Measured on 2 cores, full-size pair: 35–50 ms of
+            # 380–430 (README "Performance"). allow_spinning=True restores ONNX Runtime's default.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ManifestError
-from ..contract import GRAPH_NAMES, Manifest, verify_sha256
+from ..contract import Manifest, verify_sha256
 from .feeds import check_feeds, check_outputs
 from .trt_profiles import check_shape_in_profile, input_shapes
 
@@ -158,10 +158,11 @@ class TensorRTBackend:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.memory = CudaMemory(trt)
         self._runners: dict[str, EngineRunner] = {}
+        self.graphs = tuple(g for g in manifest.graphs if g in self.section["engines"])
 
     def _runner(self, graph: str) -> EngineRunner:
-        if graph not in GRAPH_NAMES:
-            raise BackendError(f"graph {graph!r}; valid: {list(GRAPH_NAMES)}")
+        if graph not in self.graphs:
+            raise BackendError(f"graph {graph!r}; valid: {list(self.graphs)} (the graphs with engines)")
         if graph not in self._runners:
             entry = self.section["engines"][graph]
             path = self.manifest.path(entry["file"])

@@ -26,7 +26,6 @@ from .tensorrt import gpu_identity
 from .trt_profiles import input_shapes, profile_ranges
 
 TRT_PRECISIONS = ("fp16", "bf16", "fp32")
-GRAPHS = ("vision_tower", "text_tower", "cross_modal")
 
 
 def trt_major(version: str) -> int:
@@ -55,7 +54,7 @@ def build_plan(manifest, precision: str, trt_version: str) -> dict[str, dict]:
                             "does not write; use --trt-precision fp16")
     flags = [] if strongly_typed or precision == "fp32" else [precision.upper()]
     return {graph: {"onnx": variants[source].files[graph].file, "strongly_typed": strongly_typed,
-                    "builder_flags": flags, "engine": f"{graph}.{precision}.engine"} for graph in GRAPHS}
+                    "builder_flags": flags, "engine": f"{graph}.{precision}.engine"} for graph in manifest.graphs}
 
 
 def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[int, int, int] = (1, 8, 32),

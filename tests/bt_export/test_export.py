@@ -23,8 +23,8 @@ def test_tiny_export_layout_and_manifest(tiny_export):
     golden = {manifest.golden.image.file, *(t.file for t in manifest.golden.tensors)}
     assert all(name.startswith("golden.") for name in golden)
     assert set(p.name for p in tiny_export.iterdir()) == {
-        "vision_tower.onnx", "text_tower.onnx", "cross_modal.onnx", "tokenizer.json", "tokenizer_config.json",
-        "manifest.json"} | golden
+        "vision_tower.onnx", "text_tower.onnx", "cross_modal.onnx", "cross_modal_pooled.onnx", "tokenizer.json",
+        "tokenizer_config.json", "manifest.json"} | golden
     assert manifest.checkpoint.heads == ["itm", "mlm", "itc"]
     assert manifest.checkpoint.head_classes == ["BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval",
                                                 "BridgeTowerForMaskedLM", "BridgeTowerForContrastiveLearning"]
@@ -65,7 +65,7 @@ def test_parity_covers_every_graph_and_every_head(tiny_export):
     assert ("e2e:BridgeTowerForContrastiveLearning.cross_embeds", "cross_embeds") in checks
     assert ("e2e:BridgeTowerModel.pooler_output", "pooler_output") in checks
     assert {c for c, _ in checks if c.startswith("graph:")} == {
-        "graph:vision_tower", "graph:text_tower", "graph:cross_modal"}
+        "graph:vision_tower", "graph:text_tower", "graph:cross_modal", "graph:cross_modal_pooled"}
     runtime_rows = [r for r in rows if r["check"].startswith("runtime:")]
     assert [(r["check"], r["metric"], r["passed"]) for r in runtime_rows] == [
         ("runtime:itm_scores", "itm_probability_abs", True)]  # bt_runtime scored a pair before the commit

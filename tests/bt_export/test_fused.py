@@ -13,7 +13,8 @@ from bt_export.specs import VARIANT_BOUNDS
 from bt_runtime import BridgeTowerRuntime, ManifestError, read_manifest
 from bt_runtime.cpu import isa_class
 
-TINY_ATTENTIONS = {"vision_tower": 3, "text_tower": 3, "cross_modal": 2 * 4}  # per tower layer; 4 per cross layer
+# one per tower layer; 4 per cross layer (the pooled graph's last layer too: its queries are the class positions)
+TINY_ATTENTIONS = {"vision_tower": 3, "text_tower": 3, "cross_modal": 2 * 4, "cross_modal_pooled": 2 * 4}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_onnx_attention_is_the_default_with_single_output_nodes(tiny_export):
         assert all(len(n.output) == 1 for n in nodes)  # TensorRT parses single-output Attention only
         masked = [n for n in nodes if len(n.input) == 4]
         # text padding masks: text self-attention, and image→text cross-attention; never on image keys
-        assert len(masked) == {"vision_tower": 0, "text_tower": 3, "cross_modal": 4}[graph]
+        assert len(masked) == {"vision_tower": 0, "text_tower": 3, "cross_modal": 4, "cross_modal_pooled": 4}[graph]
 
 
 def test_ort_mode_uses_multihead_attention_and_none_mode_is_unfused(exports):
@@ -95,7 +96,8 @@ def test_precision_variants_are_written_side_by_side_and_pass(all_precisions):
     # measured default: vision tower quantized; text tower and cross-modal stack share their fp32 files
     assert int8.details["excluded_patterns"] == list(INT8_EXCLUDED)
     assert {g: e.file for g, e in int8.files.items()} == {
-        "vision_tower": "vision_tower.int8.onnx", "text_tower": "text_tower.onnx", "cross_modal": "cross_modal.onnx"}
+        "vision_tower": "vision_tower.int8.onnx", "text_tower": "text_tower.onnx", "cross_modal": "cross_modal.onnx",
+        "cross_modal_pooled": "cross_modal_pooled.onnx"}  # `^cross_modal/` keeps the pooled form float32 too
     # 3 layers × (in_proj, out_proj, c_fc, c_proj) + 2 bridge transforms + the ITC image head
     assert int8.details["graphs"]["vision_tower"] == {"quantized_nodes": 15, "excluded_nodes": 0}
 
@@ -141,4 +143,4 @@ def test_everything_quantized_on_request_and_a_broken_variant_is_rejected_not_fa
     monkeypatch.setattr(precision_module, "write_int8", real)
     result = export_checkpoint("tiny", tmp_path / "u", precisions=("int8",), int8_excluded=(), validate=False)
     assert {e.file for e in result.manifest.variants["int8"].files.values()} == {
-        "vision_tower.int8.onnx", "text_tower.int8.onnx", "cross_modal.int8.onnx"}
+        "vision_tower.int8.onnx", "text_tower.int8.onnx", "cross_modal.int8.onnx", "cross_modal_pooled.int8.onnx"}

@@ -54,8 +54,14 @@ def test_split_forward_equals_hf_classes(overrides):
     torch.testing.assert_close(pooler, hf_reference(model, None)(**kwargs).pooler_output, atol=1e-5, rtol=0)
     torch.testing.assert_close(itm, hf_reference(model, "itm")(**kwargs).logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(mlm, hf_reference(model, "mlm")(**kwargs).logits, atol=1e-5, rtol=0)
+    # the head-specific stack (last layer at the class positions, no MLM head) gives the same pooled outputs
+    pooled = CrossModalStack(model, mlm=False)(text_bridge, image_bridge, mask, torch.arange(3))
+    assert len(pooled) == 2 + len(cross)  # pooler_output, itm_logits [, cross_embeds]: no mlm_logits
+    torch.testing.assert_close(pooled[0], pooler, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled[1], itm, atol=1e-5, rtol=0)
     if not itc:
         return
+    torch.testing.assert_close(pooled[2], cross[0], atol=1e-5, rtol=0)
     text_embeds, image_embeds, cross = text[1], vision[1], cross[0]
     contrastive = hf_reference(model, "itc")(**kwargs)
     torch.testing.assert_close(text_embeds, contrastive.text_embeds, atol=1e-5, rtol=0)

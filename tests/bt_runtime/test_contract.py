@@ -60,7 +60,10 @@ def test_dump_and_load_round_trip(tiny_export, tmp_path):
     (lambda d: d["preprocessing"].update(alpha="purple"), r"preprocessing\.alpha: 'purple'"),
     (lambda d: d["preprocessing"].update(std=[0.2, 0.0, 0.2]), r"std non-zero"),
     (lambda d: d.update(graphs=[]), r"manifest\.graphs: expected an object, got an array"),
-    (lambda d: d["graphs"].pop("text_tower"), r"graphs: has \['cross_modal', 'vision_tower'\]"),
+    (lambda d: d["graphs"].pop("text_tower"), r"graphs: has \['cross_modal', 'cross_modal_pooled', 'vision_tower'\]"),
+    (lambda d: d["graphs"].update(extra=d["graphs"]["cross_modal"]), r"graphs: has .*'extra'.*optionally"),
+    (lambda d: d["variants"]["fp32"]["files"].pop("cross_modal_pooled"), r"variants\.fp32\.files: has"),
+    (lambda d: d["wiring"]["substitutes"][0].update(omits=[]), r"wiring\.substitutes\[0\]: .*must make up"),
     (lambda d: d["checkpoint"].update(heads=["itm", "vqa"]), r"unknown head\(s\) \['vqa'\]"),
     (lambda d: d["tokenizer"].update(extra=1), r"manifest\.tokenizer: unknown field\(s\) \['extra'\]"),
     (lambda d: d.update(variants={}), r"variants: empty"),
@@ -156,6 +159,13 @@ def test_wiring_is_data_that_matches_the_graphs(tiny_export):
     assert (wiring.broadcast.gathered_input, wiring.broadcast.axis) == ("image_bridge", 0)  # batch first (schema 3)
     assert set(wiring.outputs) == {t.name for io in manifest.graphs.values() for t in io.outputs}
     assert "column 1" in wiring.outputs["itm_logits"]
+    # the head-specific graph: wired like cross_modal, and said to replace it for everything but mlm_logits
+    assert {i for g, i in fed if g == "cross_modal_pooled"} == {i for g, i in fed if g == "cross_modal"}
+    [substitute] = wiring.substitutes
+    assert (substitute.graph, substitute.replaces, substitute.omits) == ("cross_modal_pooled", "cross_modal",
+                                                                         ["mlm_logits"])
+    assert wiring.substitute_for("cross_modal", ["itm_logits", "pooler_output"]) == "cross_modal_pooled"
+    assert wiring.substitute_for("cross_modal", ["itm_logits", "mlm_logits"]) == "cross_modal"
 
 
 def test_wiring_naming_an_unknown_tensor_is_refused(export_copy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bt_runtime import BridgeTowerRuntime
+from bt_runtime import BridgeTowerRuntime, read_manifest
 from bt_runtime.errors import BtRuntimeError, ImageInputError, TaskUnavailableError, TextInputError
 
 pytest.importorskip("torch")
@@ -50,7 +50,7 @@ def test_itm_matrix_and_pairs_agree_with_itm_scores(runtime, photos):
 
 
 def test_itm_matrix_runs_each_tower_once_per_input(runtime, photos, monkeypatch):
-    calls = {"vision_tower": 0, "text_tower": 0, "cross_modal": 0}
+    calls = dict.fromkeys(runtime.backend.graphs, 0)
     real_run = runtime.backend.run
 
     def counting(graph, feeds, outputs=None):
@@ -59,8 +59,9 @@ def test_itm_matrix_runs_each_tower_once_per_input(runtime, photos, monkeypatch)
 
     monkeypatch.setattr(runtime.backend, "run", counting)
     runtime.itm_matrix(photos, CAPTIONS, batch_size=5)
-    assert calls == {"vision_tower": len(photos), "text_tower": len(CAPTIONS),
-                     "cross_modal": len(photos) * len(CAPTIONS)}
+    # ITM runs the head-specific graph (no MLM head, the last layer at the class positions), never cross_modal
+    assert calls == {"vision_tower": len(photos), "text_tower": len(CAPTIONS), "cross_modal": 0,
+                     "cross_modal_pooled": len(photos) * len(CAPTIONS)}
 
 
 def test_fill_mask_top1_matches_hf(runtime, eager, photos):
@@ -159,3 +160,35 @@ def test_tasks_without_their_head_say_so(itm_only_export, photos):
     hits = runtime.retrieve("a cat", photos, top_k=2)  # no ITC: ITM over every image
     scores = runtime.itm_matrix(photos, ["a cat"])[:, 0]
     assert [h.index for h in hits] == list(np.argsort(-scores)[:2])
+
+
+def test_an_itm_only_export_has_one_cross_modal_graph_computed_for_the_poolers(itm_only_export):
+    """Without an MLM head nothing reads the last layer beyond the class positions: cross_modal itself is the
+    head-specific form (its parity with transformers is checked at export) and no second graph is written."""
+    manifest = read_manifest(itm_only_export)
+    assert sorted(manifest.graphs) == ["cross_modal", "text_tower", "vision_tower"]
+    assert manifest.wiring.substitutes == []
+    assert manifest.variants["fp32"].parity.passed
+    assert not list(itm_only_export.glob("cross_modal_pooled*"))
+
+
+def test_itm_opens_the_pooled_graph_and_fill_mask_the_full_one(tiny_export, photos):
+    with BridgeTowerRuntime.load(tiny_export) as runtime:
+        runtime.itm_scores(photos[0], ["a cat"])
+        assert sorted(runtime.backend._sessions) == ["cross_modal_pooled", "text_tower", "vision_tower"]
+        runtime.fill_mask(photos[0], "a <mask> on a couch")
+        assert "cross_modal" in runtime.backend._sessions
+        assert runtime.cross_graph(["mlm_logits"]) == "cross_modal"
+        assert runtime.cross_graph(["pooler_output", "itm_logits"]) == "cross_modal_pooled"
+
+
+@pytest.mark.parametrize("allow_spinning", [False, True])
+def test_intra_op_threads_spin_only_when_asked(tiny_export, allow_spinning):
+    """Spinning threads of one graph's session hold the cores the next graph needs: off unless asked."""
+    with BridgeTowerRuntime.load(tiny_export, allow_spinning=allow_spinning) as runtime:
+        options = runtime.backend.session("text_tower").get_session_options()
+        if allow_spinning:  # ONNX Runtime's default: no entry
+            with pytest.raises(Exception, match="allow_spinning"):
+                options.get_session_config_entry("session.intra_op.allow_spinning")
+        else:
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

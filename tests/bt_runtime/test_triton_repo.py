@@ -20,7 +20,7 @@ pytest.importorskip("tritonclient.grpc")
 @pytest.fixture(scope="module")
 def repo(tiny_export, tmp_path_factory):
     out = tmp_path_factory.mktemp("triton") / "repo"
-    assert write(tiny_export, out) == ["vision_tower", "text_tower", "cross_modal", "itm"]
+    assert write(tiny_export, out) == ["vision_tower", "text_tower", "cross_modal", "cross_modal_pooled", "itm"]
     return out
 
 
@@ -31,12 +31,15 @@ def _golden(tiny_export):
 
 def test_every_config_parses_and_the_ensemble_is_wired(repo):
     configs = validate(repo)
-    assert set(configs) == {"vision_tower", "text_tower", "cross_modal", "itm"}
-    assert configs["cross_modal"].max_batch_size == 16 and configs["cross_modal"].backend == "onnxruntime"
-    assert [i.name for i in configs["cross_modal"].input] == ["text_bridge", "image_bridge", "attention_mask"]
+    assert set(configs) == {"vision_tower", "text_tower", "cross_modal", "cross_modal_pooled", "itm"}
+    for name in ("cross_modal", "cross_modal_pooled"):
+        assert configs[name].max_batch_size == 16 and configs[name].backend == "onnxruntime"
+        assert [i.name for i in configs[name].input] == ["text_bridge", "image_bridge", "attention_mask"]
+    assert "mlm_logits" not in [o.name for o in configs["cross_modal_pooled"].output]
     assert configs["itm"].platform == "ensemble"
+    # ITM through the head-specific graph: no MLM head, the last layer at the class positions
     assert [s.model_name for s in configs["itm"].ensemble_scheduling.step] == ["vision_tower", "text_tower",
-                                                                              "cross_modal"]
+                                                                              "cross_modal_pooled"]
 
 
 def test_the_ensemble_reproduces_the_golden_logits(repo, tiny_export):
