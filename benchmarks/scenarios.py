@@ -196,7 +196,7 @@ RUNTIME_CHILD = """
 import json, sys, time
 started = time.perf_counter()
 from bt_runtime import BridgeTowerRuntime
-rt = BridgeTowerRuntime.load(sys.argv[1], precision=sys.argv[2])
+rt = BridgeTowerRuntime.load(sys.argv[1], precision=sys.argv[2], prepack_weights=sys.argv[4] == "prepack")
 score = float(rt.itm_scores(sys.argv[3], ["two cats on a couch"])[0])
 print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": PEAK_RSS, "score": score}))
 """
@@ -227,9 +227,9 @@ def _child(code: str, args: list[str], env: dict | None = None) -> dict:
 
 def cold_start(backends, runtime, image_path: str, eager, settings: Settings) -> list[Row]:
     """A fresh process from start to first score, and its peak RSS: runtime vs import torch + from_pretrained.
-    Each runtime backend twice: with its files' digests verified before (bt_runtime.digests: a restart of a service,
-    the common case) and hashing every file (`… (hash every file)`: the first load of an export, or
-    BT_DIGEST_CACHE=off)."""
+    Each runtime backend three times: with its files' digests verified before (bt_runtime.digests: a restart of a
+    service, the common case), hashing every file (`… (hash every file)`: the first load of an export, or
+    BT_DIGEST_CACHE=off), and without ONNX Runtime's prepacked weight copies (`… (prepack_weights=False)`)."""
     from transformers import BridgeTowerForImageAndTextRetrieval, BridgeTowerProcessor
 
     from bt_export.model import hf_reference
@@ -241,12 +241,13 @@ def cold_start(backends, runtime, image_path: str, eager, settings: Settings) ->
         cache = {"BT_DIGEST_CACHE": str(Path(checkpoint) / "verified-digests.json")}
         full = {"BT_DIGEST_CACHE": "off"}
         labels = [label for b in backends for label in (
-            [b.label] if isinstance(b, TorchBackend) else [b.label, f"{b.label} (hash every file)"])]
+            [b.label] if isinstance(b, TorchBackend) else
+            [b.label, f"{b.label} (hash every file)", f"{b.label} (prepack_weights=False)"])]
         runs = {label: [] for label in labels}
         for backend in backends:  # fill the digest cache (not timed)
             if not isinstance(backend, TorchBackend):
                 _child(RUNTIME_CHILD, [str(runtime.manifest.directory), backend.runtime.backend.precision,
-                                       str(image_path)], cache)
+                                       str(image_path), "prepack"], cache)
         for _ in range(settings.runs):  # processes alternate, like the in-process scenarios
             for backend in backends:
                 if isinstance(backend, TorchBackend):
@@ -254,8 +255,10 @@ def cold_start(backends, runtime, image_path: str, eager, settings: Settings) ->
                         runs[backend.label].append(_child(EAGER_CHILD, [checkpoint, str(image_path)]))
                 else:
                     args = [str(runtime.manifest.directory), backend.runtime.backend.precision, str(image_path)]
-                    runs[backend.label].append(_child(RUNTIME_CHILD, args, cache))
-                    runs[f"{backend.label} (hash every file)"].append(_child(RUNTIME_CHILD, args, full))
+                    runs[backend.label].append(_child(RUNTIME_CHILD, args + ["prepack"], cache))
+                    runs[f"{backend.label} (hash every file)"].append(_child(RUNTIME_CHILD, args + ["prepack"], full))
+                    runs[f"{backend.label} (prepack_weights=False)"].append(
+                        _child(RUNTIME_CHILD, args + ["no-prepack"], cache))
     rows = []
     reference = np.median([r["score"] for r in runs["torch"]]) if runs.get("torch") else None
     for label, results in runs.items():

@@ -101,7 +101,7 @@ class BridgeTowerRuntime:
              graph_optimization_level: str = "all", verify_checksums: bool = True,
              exif_transpose: bool | None = None, tensorrt_profiles: dict | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "cpu",
-             allow_spinning: bool = False) -> "BridgeTowerRuntime":
+             allow_spinning: bool = False, prepack_weights: bool = True) -> "BridgeTowerRuntime":
         """Open an export directory. Sessions/engines are created lazily, on the first call that needs each graph.
 
         backend "onnxruntime" (providers may include "TensorrtExecutionProvider": profile shapes and an engine cache
@@ -110,14 +110,17 @@ class BridgeTowerRuntime:
         or "tensorrt" (engines built by `bt-export --trt`; precision names the engines' precision).
         Every file read is checked against the manifest's sha256 (verify_checksums=False opts out); images above
         max_pixels are refused. ONNX Runtime's intra-op threads do not busy-wait between runs unless
-        allow_spinning=True (spinning threads of one graph's session slow the next graph's on few cores).
+        allow_spinning=True (spinning threads of one graph's session slow the next graph's on few cores);
+        prepack_weights=False keeps one copy of each weight instead of ONNX Runtime's extra prepacked one (less
+        memory, slightly slower).
         Use as a context manager, or call close(), to release the sessions."""
         manifest = read_manifest(export_dir)
         if backend == "onnxruntime":
             from .backends.onnxruntime import OnnxRuntimeBackend
 
             engine = OnnxRuntimeBackend(manifest, precision, providers, intra_op_threads, graph_optimization_level,
-                                        verify_checksums, tensorrt_profiles, device, allow_spinning)
+                                        verify_checksums, tensorrt_profiles, device, allow_spinning,
+                                        prepack_weights)
         elif backend == "tensorrt":
             from .backends.tensorrt import TensorRTBackend
 

@@ -116,3 +116,17 @@ def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny
     assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32", "onnxruntime-naive"]
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx2"]})
     assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32", "onnxruntime-naive"]
+
+
+def test_cold_start_rows_per_way_of_loading(tiny_export, photos_dir):
+    """Fresh processes to the first score: eager, and the runtime with cached digests, hashing every file, and
+    without prepacked weights; each with its peak RSS and its score checked against eager's."""
+    from benchmarks.bench import run_benchmark
+
+    report = run_benchmark(tiny_export, ["cold-start"], ["torch", "onnxruntime:fp32"],
+                           Settings(runs=1, warmup=0), [photos_dir], log=lambda m: None)
+    rows = {r["backend"]: r for r in report["results"]}
+    assert set(rows) == {"torch", "onnxruntime:fp32", "onnxruntime:fp32 (hash every file)",
+                         "onnxruntime:fp32 (prepack_weights=False)"}
+    for row in rows.values():
+        assert row["extra"]["peak_rss_mb"] > 0 and row["agreement"]["passed"], row

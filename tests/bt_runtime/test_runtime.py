@@ -192,3 +192,11 @@ def test_intra_op_threads_spin_only_when_asked(tiny_export, allow_spinning):
                 options.get_session_config_entry("session.intra_op.allow_spinning")
         else:
             assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_prepack_weights_false_keeps_one_copy_of_each_weight(tiny_export, photos):
+    with BridgeTowerRuntime.load(tiny_export, prepack_weights=False) as lean, BridgeTowerRuntime.load(tiny_export) as rt:
+        options = lean.backend.session("vision_tower").get_session_options()
+        assert options.get_session_config_entry("session.disable_prepacking") == "1"
+        np.testing.assert_allclose(lean.itm_scores(photos[0], ["a cat"]), rt.itm_scores(photos[0], ["a cat"]),
+                                   atol=1e-6)
