@@ -39,6 +39,9 @@ def export(
     int8_exclude: list[str] = typer.Option(None, "--int8-exclude",
                                            help="Regex over '<graph>/<module path>' kept float32 in int8 (repeat; "
                                                 f"replaces {INT8_EXCLUDED_HELP})."),
+    int8_search: bool = typer.Option(False, "--int8-search",
+                                      help="Choose the int8 blocks by measurement on the parity pairs: each "
+                                           "block's sensitivity, then the largest set within every int8 bound."),
     trt: bool = typer.Option(False, "--trt", help="Build TensorRT engines (needs tensorrt + an NVIDIA GPU)."),
     trt_check: bool = typer.Option(False, "--trt-check", help="TensorRT compatibility lint, no TensorRT needed."),
     trt_only: bool = typer.Option(False, "--trt-only", help="Skip exporting: --trt/--trt-check an existing --output."),
@@ -65,7 +68,7 @@ def export(
                                    parity_images=parity_images, opset=opset, attention=attention,
                                    precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
                                    int8_excluded=tuple(int8_exclude) if int8_exclude else INT8_EXCLUDED,
-                                   log=lambda message: console.print(f"[dim]{message}[/dim]"))
+                                   int8_search=int8_search, log=lambda message: console.print(f"[dim]{message}[/dim]"))
     except ParityError as err:
         for name, rows in err.args[1].items():
             console.print(parity_table(rows, f"{name} parity against eager PyTorch"))

@@ -80,18 +80,24 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                       validate: bool = True, parity_images: list[str | Path] | None = None,
                       opset: int = DEFAULT_OPSET, attention: str = DEFAULT_ATTENTION,
                       precisions: tuple[str, ...] = ("fp32",), int8_excluded: tuple[str, ...] = INT8_EXCLUDED,
-                      log=lambda message: None) -> ExportResult:
+                      int8_search: bool = False, log=lambda message: None) -> ExportResult:
     """Export `checkpoint` into `output`.
 
     fp32 failing a bound raises ParityError and nothing is written. A reduced precision failing its bounds is left
     out, recorded under the manifest's `rejected_variants`, and VariantsRejected is raised after the export (fp32
     and the passing variants) has been committed. The last step before the commit loads the staged directory
-    with bt_runtime and scores one pair against eager transformers."""
+    with bt_runtime and scores one pair against eager transformers. int8_search: choose the int8 blocks by
+    measurement on the parity pairs (bt_export.int8_search) instead of `int8_excluded`."""
     started = time.perf_counter()
     output = Path(output)
     precisions = _check_choices(attention, tuple(precisions))
     if attention != "none" and opset < 23:
         raise BtExportError(f"--attention {attention} needs --opset ≥ 23 (ONNX Attention), got {opset}")
+    if int8_search and "int8" not in precisions:
+        raise BtExportError("--int8-search chooses the blocks of the int8 variant: add int8 to --precision")
+    if int8_search and not validate:
+        raise BtExportError("--int8-search measures every candidate against eager PyTorch: it cannot run with "
+                            "--no-validate")
     check_output_dir(output, overwrite)  # fail before spending a minute on loading
     images, image_names = load_images([Path(p) for p in parity_images]) if parity_images else (None, None)
     log(f"loading {checkpoint}{' (random init)' if random_init else ''}")
@@ -108,7 +114,17 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
         variants, rejected, parity = {}, {}, {}
         for precision in precisions:
             files = {name: variant_file(spec.file, precision) for name, spec in specs.items()}
+            searched = None
+            if precision == "int8" and int8_search:
+                from .int8_search import search
+
+                log(f"int8 search over the blocks of every graph on {len(samples.texts)} calibration pairs")
+                int8_excluded, searched = search(staging, specs, refs, VARIANT_BOUNDS["int8"], log)
             details = variant_details(precision, int8_excluded)
+            if searched is not None:
+                details["search"] = {"calibration_pairs": len(samples.texts), "isa": isa_class(),
+                                     "chosen": [r.block for r in searched if r.chosen],
+                                     "blocks": [r.to_json() for r in searched]}
             if precision != "fp32":
                 log(f"writing {precision} variants")
                 for name, spec in specs.items():

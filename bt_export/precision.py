@@ -63,6 +63,19 @@ def module_path(node: onnx.NodeProto) -> str:
     return ".".join(s for s in ast.literal_eval(scopes)[:-1] if s)
 
 
+def attributed_paths(nodes: list[onnx.NodeProto]) -> list[str]:
+    """module_path of each node; a node traced outside any submodule (the vision blocks' packed in_proj, called
+    as F.linear) takes the path of the next node that has one — the block it belongs to."""
+    paths = [module_path(n) for n in nodes]
+    following = ""
+    for index in range(len(paths) - 1, -1, -1):
+        if paths[index]:
+            following = paths[index]
+        else:
+            paths[index] = following
+    return paths
+
+
 def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, ...] = INT8_EXCLUDED,
                reduce_range: bool = False, per_channel: bool = True, weight_type: str = "uint8") -> dict | None:
     """Quantize `src` into `dst`; None (nothing written) when every MatMul/Gemm of `graph` is excluded."""
@@ -70,8 +83,9 @@ def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, .
 
     model = onnx.load(str(src), load_external_data=False)
     weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node))))
     excluded = [n.name for n in weighted
-                if any(re.search(p, f"{computes(graph)}/{module_path(n)}") for p in excluded_patterns)]
+                if any(re.search(p, f"{computes(graph)}/{paths[n.name]}") for p in excluded_patterns)]
     if len(excluded) == len(weighted):
         return None
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, quiet():  # quantize_dynamic writes files beside it

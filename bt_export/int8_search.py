@@ -1,0 +1,127 @@
+"""Accuracy-aware int8 (`bt-export --precision int8 --int8-search`): which blocks to quantize, measured on the
+calibration pairs of this export (the user's checkpoint, `--parity-images` and captions, else the defaults).
+
+Blocks are the checkpoint's own units, read from the graphs: each tower layer (`vision_tower/blocks.3`,
+`text_tower/layers.7`), each cross-modal layer per side (`cross_modal/image_layers.2`), the bridge transforms, the
+poolers, each head, and the MLM head split into its transform and its decoder (`cross_modal/mlm_score.decoder`,
+the vocabulary projection, judged on its own). The head-specific cross_modal_pooled graph follows cross_modal.
+
+1. Sensitivity: each block quantized alone (everything else float32), the export's int8 task bounds measured on the
+   chained graphs against fp32 eager transformers; its damage = the largest metric deviation over its allowance
+   (|Δp| / bound, (1 − agreement) / (1 − bound), …: ≥ 1 fails).
+2. Greedy: blocks in order of increasing damage join the set one by one; a block whose addition breaks a bound
+   is left out (float32), and the search goes on with the next. Every accepted set was measured, so the chosen set
+   keeps every bound on these pairs (bt-export then checks the written variant again, as for any precision).
+
+Cost: two quantize-and-evaluate rounds per block (tiny: seconds; the full-size base: tens of minutes). The chosen
+blocks, the sensitivity table and the calibration size go into the manifest (`variants.int8.details.search`).
+Activation quantization stays dynamic (per call): static calibrated activations were not measured here.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .parity import ParityRow, check_task_parity
+from .precision import attributed_paths, write_int8
+from .specs import computes
+
+
+@dataclass
+class BlockResult:
+    block: str  # "<graph>/<module path prefix>"
+    damage: float  # max over metrics of deviation / allowance, alone; ≥ 1 fails
+    passed_alone: bool
+    chosen: bool = False
+    rows: list | None = None
+
+    def to_json(self) -> dict:
+        return {"block": self.block, "damage_alone": round(self.damage, 6), "passed_alone": self.passed_alone,
+                "chosen": self.chosen}
+
+
+def block_key(path: str) -> str:
+    """'blocks.3.attn.out_proj' → 'blocks.3'; 'mlm_score.mlm_score.decoder' → 'mlm_score.decoder'."""
+    parts = path.split(".")
+    if parts[0] == "mlm_score":
+        return "mlm_score.decoder" if "decoder" in parts else "mlm_score.transform"
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else parts[0]
+
+
+def find_blocks(directory: Path, files: dict[str, str]) -> list[str]:
+    """Every block with a MatMul/Gemm weight in the graphs, in graph order, as '<graph family>/<key>'."""
+    blocks = []
+    for graph, file in files.items():
+        model = onnx.load(str(directory / file), load_external_data=False)
+        nodes = list(model.graph.node)
+        for node, path in zip(nodes, attributed_paths(nodes)):
+            if node.op_type in ("MatMul", "Gemm") and path:
+                block = f"{computes(graph)}/{block_key(path)}"
+                if block not in blocks:
+                    blocks.append(block)
+    return blocks
+
+
+def exclusions(blocks: list[str], quantized: set[str]) -> tuple[str, ...]:
+    """int8_excluded patterns that keep every block but `quantized` float32."""
+    return tuple(f"^{re.escape(b)}(\\.|$)" for b in blocks if b not in quantized)
+
+
+def damage(rows: list[ParityRow]) -> float:
+    worst = 0.0
+    for row in rows:
+        if row.metric.endswith(("agreement", "cosine_min")):
+            allowance, deviation = 1.0 - row.bound, 1.0 - row.value
+        else:
+            allowance, deviation = row.bound, row.value
+        if allowance > 0:
+            worst = max(worst, deviation / allowance)
+        elif deviation > 0:  # a bound that allows nothing
+            worst = float("inf")
+    return worst
+
+
+def evaluate(directory: Path, specs: dict, refs, bounds: dict, blocks: list[str], quantized: set[str],
+             work: Path) -> list[ParityRow]:
+    """Write the int8 graphs for `quantized` into `work` and measure the task bounds on the chained graphs."""
+    patterns = exclusions(blocks, quantized)
+    files = {}
+    for name, spec in specs.items():
+        if not any(b.startswith(f"{computes(name)}/") for b in quantized):
+            files[name] = str((directory / spec.file).resolve())
+            continue
+        target = work / f"search.{name}.int8.onnx"
+        written = write_int8(directory / spec.file, target, name, patterns)
+        files[name] = str(target) if written is not None else str((directory / spec.file).resolve())
+    return check_task_parity(directory, specs, refs, files, bounds)
+
+
+def search(directory: Path, specs: dict, refs, bounds: dict, log=lambda message: None):
+    """(patterns keeping the unchosen blocks float32, [BlockResult…] in sensitivity order)."""
+    blocks = find_blocks(directory, {name: spec.file for name, spec in specs.items()
+                                     if computes(name) == name})  # a pooled graph has the blocks of cross_modal
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".int8-search-") as tmp:
+        work = Path(tmp)
+        results = []
+        for index, block in enumerate(blocks):
+            rows = evaluate(directory, specs, refs, bounds, blocks, {block}, work)
+            results.append(BlockResult(block, damage(rows), all(r.passed for r in rows), rows=rows))
+            log(f"int8 search: sensitivity {index + 1}/{len(blocks)} {block}: damage {results[-1].damage:.3g}")
+        results.sort(key=lambda r: r.damage)
+        chosen: set[str] = set()
+        for result in results:
+            if not result.passed_alone:
+                continue
+            rows = evaluate(directory, specs, refs, bounds, blocks, chosen | {result.block}, work)
+            if all(r.passed for r in rows):
+                chosen.add(result.block)
+                result.chosen = True
+            log(f"int8 search: {'+' if result.chosen else '-'} {result.block} ({len(chosen)} chosen)")
+        shutil.rmtree(work, ignore_errors=True)
+    return exclusions(blocks, chosen), results
