@@ -151,6 +151,7 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                 for name, file in files.items():
                     if file != specs[name].file:
                         (staging / file).unlink(missing_ok=True)
+                        (staging / f"{file}.data").unlink(missing_ok=True)  # its weights (onnx_export.save_model)
                 rejected[precision] = RejectedVariant(f"missed its bounds on {isa_class()}: {_describe(failed)}",
                                                       record)
                 log(f"{precision} rejected: {_describe(failed)}")

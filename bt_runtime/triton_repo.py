@@ -118,8 +118,8 @@ def paired_cross_modal(source: Path, destination: Path, manifest: Manifest, grap
     graph.input.extend(kept)
     for node in reversed(nodes):
         graph.node.insert(0, node)
-    onnx.checker.check_model(model)
     onnx.save(model, str(destination))
+    onnx.checker.check_model(str(destination))  # by path: its external data (copied beside it first) is found
 
 
 def _copy_graph(manifest: Manifest, entry, directory: Path) -> str:
@@ -189,9 +189,9 @@ def _write_into(root: Path, manifest: Manifest, precision: str, max_batch: int, 
         entry = manifest.graph_file(graph, precision)
         inputs = io.inputs
         if index_input in [t.name for t in io.inputs]:  # cross_modal and its head-specific form
-            paired_cross_modal(manifest.path(entry.file), version / "model.onnx", manifest, graph)
             for data in entry.external_data:
                 shutil.copyfile(manifest.path(data.file), version / data.file)
+            paired_cross_modal(manifest.path(entry.file), version / "model.onnx", manifest, graph)
             model_file = "model.onnx"
             inputs = [t for t in io.inputs if t.name != index_input]
         else:

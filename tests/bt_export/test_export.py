@@ -22,9 +22,9 @@ def test_tiny_export_layout_and_manifest(tiny_export):
     manifest = read_manifest(tiny_export)
     golden = {manifest.golden.image.file, *(t.file for t in manifest.golden.tensors)}
     assert all(name.startswith("golden.") for name in golden)
-    assert set(p.name for p in tiny_export.iterdir()) == {
-        "vision_tower.onnx", "text_tower.onnx", "cross_modal.onnx", "cross_modal_pooled.onnx", "tokenizer.json",
-        "tokenizer_config.json", "manifest.json"} | golden
+    graphs = {f"{g}.onnx" for g in ("vision_tower", "text_tower", "cross_modal", "cross_modal_pooled")}
+    assert set(p.name for p in tiny_export.iterdir()) == graphs | {f"{g}.data" for g in graphs} | {
+        "tokenizer.json", "tokenizer_config.json", "manifest.json"} | golden
     assert manifest.checkpoint.heads == ["itm", "mlm", "itc"]
     assert manifest.checkpoint.head_classes == ["BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval",
                                                 "BridgeTowerForMaskedLM", "BridgeTowerForContrastiveLearning"]
@@ -32,7 +32,11 @@ def test_tiny_export_layout_and_manifest(tiny_export):
     assert fp32.parity.passed is True
     for graph, entry in fp32.files.items():
         assert entry.sha256 == sha256_file(tiny_export / entry.file), graph
-        assert entry.opset == 23 and entry.external_data == [] and not entry.contrib_ops
+        assert entry.opset == 23 and not entry.contrib_ops
+        # weights beside the graph (ONNX Runtime maps them), hashed like the graph
+        [data] = entry.external_data
+        assert data.file == f"{entry.file}.data" and data.sha256 == sha256_file(tiny_export / data.file)
+        assert (tiny_export / data.file).stat().st_mode & 0o777 == (tiny_export / entry.file).stat().st_mode & 0o777
     # every other file the runtime reads is listed and hashed too
     assert {ref.file for ref in manifest.files} == {"tokenizer.json", "tokenizer_config.json"}
     for ref in manifest.files:
