@@ -13,6 +13,8 @@ from bt_export.specs import VARIANT_BOUNDS
 from bt_runtime import BridgeTowerRuntime, ManifestError, read_manifest
 from bt_runtime.cpu import isa_class
 
+from .graph_edits import flip_itm_head
+
 # one per tower layer; 4 per cross layer (the pooled graph's last layer too: its queries are the class positions)
 TINY_ATTENTIONS = {"vision_tower": 3, "text_tower": 3, "cross_modal": 2 * 4, "cross_modal_pooled": 2 * 4}
 
@@ -122,12 +124,7 @@ def test_everything_quantized_on_request_and_a_broken_variant_is_rejected_not_fa
 
     def broken(src, dst, graph, excluded_patterns):
         details = real(src, dst, graph, excluded_patterns)
-        model = onnx.load(str(dst))
-        for tensor in model.graph.initializer:
-            if "itm_score" in tensor.name and tensor.data_type == onnx.TensorProto.FLOAT:
-                array = onnx.numpy_helper.to_array(tensor).copy()
-                tensor.CopyFrom(onnx.numpy_helper.from_array(array * -50.0, tensor.name))
-        onnx.save(model, str(dst))
+        flip_itm_head(dst)
         return details
 
     monkeypatch.setattr(precision_module, "write_int8", broken)

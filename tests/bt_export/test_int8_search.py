@@ -14,6 +14,8 @@ from bt_export.int8_search import block_key, damage, exclusions
 from bt_export.parity import ParityRow
 from bt_export.specs import VARIANT_BOUNDS
 
+from .graph_edits import flip_itm_head
+
 HARMFUL = "cross_modal/itm_score"
 
 
@@ -53,12 +55,7 @@ def searched(tmp_path_factory, photos_dir):
         details = real(src, dst, graph, excluded_patterns, *args, **kwargs)
         if details is not None and not any(re.search(p, f"{HARMFUL}.itm_score.fc") for p in excluded_patterns) \
                 and graph.startswith("cross_modal"):
-            model = onnx.load(str(dst))
-            for tensor in model.graph.initializer:
-                if "itm_score" in tensor.name and tensor.data_type == onnx.TensorProto.FLOAT:
-                    array = onnx.numpy_helper.to_array(tensor).copy()
-                    tensor.CopyFrom(onnx.numpy_helper.from_array(array * -50.0, tensor.name))
-            onnx.save(model, str(dst))
+            flip_itm_head(dst)
         return details
 
     patch = pytest.MonkeyPatch()
