@@ -1,5 +1,5 @@
-"""`export_checkpoint`: checkpoint → validated ONNX graphs (three, + cross_modal_pooled with MLM) per precision + tokenizer + manifest.json,
-written atomically."""
+"""`export_checkpoint`: checkpoint → validated ONNX graphs (the three, + cross_modal_pooled with an MLM head) per
+precision + tokenizer + manifest.json, written atomically."""
 
 from __future__ import annotations
 

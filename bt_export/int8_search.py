@@ -21,7 +21,6 @@ Activation quantization stays dynamic (per call): static calibrated activations 
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ class BlockResult:
     damage: float  # max over metrics of deviation / allowance, alone; ≥ 1 fails
     passed_alone: bool
     chosen: bool = False
-    rows: list | None = None
 
     def to_json(self) -> dict:
         return {"block": self.block, "damage_alone": round(self.damage, 6), "passed_alone": self.passed_alone,
@@ -111,7 +109,7 @@ def search(directory: Path, specs: dict, refs, bounds: dict, log=lambda message:
         results = []
         for index, block in enumerate(blocks):
             rows = evaluate(directory, specs, refs, bounds, blocks, {block}, work)
-            results.append(BlockResult(block, damage(rows), all(r.passed for r in rows), rows=rows))
+            results.append(BlockResult(block, damage(rows), all(r.passed for r in rows)))
             log(f"int8 search: sensitivity {index + 1}/{len(blocks)} {block}: damage {results[-1].damage:.3g}")
         results.sort(key=lambda r: r.damage)
         chosen: set[str] = set()
@@ -123,5 +121,4 @@ def search(directory: Path, specs: dict, refs, bounds: dict, log=lambda message:
                 chosen.add(result.block)
                 result.chosen = True
             log(f"int8 search: {'+' if result.chosen else '-'} {result.block} ({len(chosen)} chosen)")
-        shutil.rmtree(work, ignore_errors=True)
     return exclusions(blocks, chosen), results

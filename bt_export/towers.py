@@ -160,14 +160,12 @@ class CrossModalStack(nn.Module):
         text_bias = key_padding_bias(attention_mask, text_bridge.dtype)  # (B, S)
         text = self.text_layernorm(text_bridge[:, 0])
         image = self.image_layernorm(image_bridge[:, 0])
-        layers = text_bridge.shape[1]
-        # the last layer's image side is read at position 0 only (image pooler), its text side too without MLM
-        text_out = cross_layer(self.text_layers[0], text, image, text_bias, None,
-                               first_only=layers == 1 and self.mlm_score is None)
-        image_out = cross_layer(self.image_layers[0], image, text, None, text_bias, first_only=layers == 1)
-        for k in range(1, layers):
-            text = self.text_links[k - 1](text_bridge[:, k], text_out, None)
-            image = self.image_links[k - 1](image_bridge[:, k], image_out, None)
+        layers, text_out, image_out = text_bridge.shape[1], None, None
+        for k in range(layers):
+            if k:  # layer k reads bridge k linked with layer k - 1's output
+                text = self.text_links[k - 1](text_bridge[:, k], text_out, None)
+                image = self.image_links[k - 1](image_bridge[:, k], image_out, None)
+            # the last layer's image side is read at position 0 only (image pooler), its text side too without MLM
             last = k == layers - 1
             text_out = cross_layer(self.text_layers[k], text, image, text_bias, None,
                                    first_only=last and self.mlm_score is None)

@@ -16,7 +16,7 @@ reference must be measured).
 
 Version 3 (vs 2): the graphs' bridges are batch first — `image_bridge` (batch, C, N, D), `text_bridge` (batch, C,
 seq, D) — so servers can concatenate requests along axis 0 (the broadcast gathers along axis 0); each variant
-records `min_onnxruntime`. Version-2 exports are refused with the way forward (re-export: the graphs change) An
+records `min_onnxruntime`. Version-2 exports are refused with the way forward (re-export: the graphs change). An
 export with an MLM head and ITM or ITC adds the head-specific graph `cross_modal_pooled` (`wiring.substitutes` says
 what it replaces and what it leaves out).
 
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from . import digests
 from .errors import ManifestError
 
 SCHEMA_VERSION = 3
@@ -460,8 +461,6 @@ def verify_sha256(path: Path, expected: str, remedy: str) -> None:
     """Refuse a file whose content no longer matches the sha256 the manifest recorded; `remedy` says what to do.
     A file verified before and unchanged since (same inode, size, mtime and ctime) is not hashed again
     (bt_runtime.digests says exactly what that trusts; BT_DIGEST_CACHE=off hashes every time)."""
-    from . import digests
-
     if digests.known(path, expected):
         return
     before = digests.stat_token(path)

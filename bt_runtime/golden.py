@@ -46,9 +46,7 @@ def compute(runtime, image, texts: list[str]) -> dict[str, np.ndarray]:
     tensors = dict(steps, input_ids=encoded.input_ids, attention_mask=encoded.attention_mask)
     vision = run("vision_tower", {"pixel_values": steps["pixel_values"][None]})
     text = run("text_tower", {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask})
-    count = len(texts)
-    cross = run("cross_modal", {"text_bridge": text["text_bridge"], "image_bridge": vision["image_bridge"],
-                                "attention_mask": encoded.attention_mask, "image_index": np.zeros(count, np.int64)})
+    cross = run("cross_modal", _cross_feeds(text["text_bridge"], vision["image_bridge"], encoded.attention_mask))
     tensors.update(vision)
     tensors.update(text)
     mlm = cross.pop("mlm_logits", None)  # (T, S, V): too large to ship; its task output below is
@@ -60,6 +58,12 @@ def compute(runtime, image, texts: list[str]) -> dict[str, np.ndarray]:
         if masked.any():
             tensors["fill_mask_top5"] = np.argsort(-mlm[masked], axis=-1, kind="stable")[:, :5].astype(np.int64)
     return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+
+
+def _cross_feeds(text_bridge: np.ndarray, image_bridge: np.ndarray, attention_mask: np.ndarray) -> dict:
+    """Every text against the one golden image (image_index all zeros)."""
+    return {"text_bridge": text_bridge, "image_bridge": image_bridge, "attention_mask": attention_mask,
+            "image_index": np.zeros(text_bridge.shape[0], np.int64)}
 
 
 def write(directory: Path, image_file: Path, texts: list[str], tensors: dict[str, np.ndarray],
@@ -115,11 +119,8 @@ def _verify_substitutes(runtime, actual: dict[str, np.ndarray], entries: dict) -
     for sub in wiring.substitutes if wiring is not None else []:
         if sub.replaces != "cross_modal":
             continue
-        count = actual["input_ids"].shape[0]
-        out = runtime.backend.run(sub.graph, {"text_bridge": actual["text_bridge"],
-                                              "image_bridge": actual["image_bridge"],
-                                              "attention_mask": actual["attention_mask"],
-                                              "image_index": np.zeros(count, np.int64)})
+        out = runtime.backend.run(sub.graph, _cross_feeds(actual["text_bridge"], actual["image_bridge"],
+                                                          actual["attention_mask"]))
         for name, got in out.items():
             if name in entries:
                 diff = np.abs(got.astype(np.float64) - read(runtime.manifest, entries[name]).astype(np.float64))

@@ -125,9 +125,13 @@ def paired_cross_modal(source: Path, destination: Path, manifest: Manifest, grap
 def _copy_graph(manifest: Manifest, entry, directory: Path) -> str:
     """The graph file and its external data into `directory` (names kept: the graph refers to them)."""
     shutil.copyfile(manifest.path(entry.file), directory / entry.file)
+    _copy_external_data(manifest, entry, directory)
+    return entry.file
+
+
+def _copy_external_data(manifest: Manifest, entry, directory: Path) -> None:
     for data in entry.external_data:
         shutil.copyfile(manifest.path(data.file), directory / data.file)
-    return entry.file
 
 
 def _check_destination(output: Path, overwrite: bool) -> Path:
@@ -189,8 +193,7 @@ def _write_into(root: Path, manifest: Manifest, precision: str, max_batch: int, 
         entry = manifest.graph_file(graph, precision)
         inputs = io.inputs
         if index_input in [t.name for t in io.inputs]:  # cross_modal and its head-specific form
-            for data in entry.external_data:
-                shutil.copyfile(manifest.path(data.file), version / data.file)
+            _copy_external_data(manifest, entry, version)  # beside it first: the edited graph is checked by path
             paired_cross_modal(manifest.path(entry.file), version / "model.onnx", manifest, graph)
             model_file = "model.onnx"
             inputs = [t for t in io.inputs if t.name != index_input]
