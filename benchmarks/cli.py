@@ -24,6 +24,11 @@ def bench(
                                       "(+ torch:bf16 on BF16 CPUs) + every variant of the export."),
     num_texts: int = typer.Option(16, "--num-texts", help="Texts in `rerank`."),
     gallery: int = typer.Option(8, "--gallery", help="Images in `retrieve`."),
+    top_k: int = typer.Option(5, "--top-k", help="Hits per query in `retrieve` (recall@top_k vs brute force)."),
+    rerank: int = typer.Option(None, "--rerank", help="ITM shortlist in two-stage `retrieve` (default 2 × top-k)."),
+    brute_force_sample: int = typer.Option(16, "--brute-force-sample",
+                                           help="Images eager brute force is timed on in `retrieve`, scaled to "
+                                                "the gallery."),
     text_length: int = typer.Option(40, "--text-length", help="Tokens per text in pair/embed-texts."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Batch sizes for embed-*."),
     runs: int = typer.Option(3, "--runs"),
@@ -45,8 +50,16 @@ def bench(
         import torch
 
         torch.set_num_threads(threads)
+    for name, value in (("--gallery", gallery), ("--top-k", top_k), ("--brute-force-sample", brute_force_sample)):
+        if value < 1:
+            console.print(f"[red]error:[/red] {name} must be ≥ 1, got {value}")
+            raise typer.Exit(2)
+    if top_k > gallery or (rerank is not None and not top_k <= rerank <= gallery):
+        console.print(f"[red]error:[/red] need --top-k ≤ --rerank ≤ --gallery, got {top_k}, {rerank}, {gallery}")
+        raise typer.Exit(2)
     settings = Settings(text_length=text_length, num_texts=num_texts, gallery=gallery, runs=runs, warmup=warmup,
-                        batch_sizes=tuple(int(b) for b in batch_sizes.split(",")))
+                        batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), top_k=top_k, rerank=rerank,
+                        brute_force_sample=brute_force_sample)
     chosen = list(scenario) if scenario else list(SCENARIOS)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:

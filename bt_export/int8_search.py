@@ -13,18 +13,23 @@ the vocabulary projection, judged on its own). The head-specific cross_modal_poo
    is left out (float32), and the search goes on with the next. Every accepted set was measured, so the chosen set
    keeps every bound on these pairs (bt-export then checks the written variant again, as for any precision).
 
-Cost: two quantize-and-evaluate rounds per block (tiny: seconds; the full-size base: tens of minutes). The chosen
+Cost: two quantize-and-evaluate rounds per block (tiny: seconds; the full-size base: tens of minutes). Between
+rounds the Evaluator reuses what did not change: the outputs of a graph given the same file and the same inputs (so
+a cross-modal candidate does not re-run the towers), and the int8 file of the graphs whose part of the set is the
+one already chosen (so a candidate only re-quantizes its own graph). The chosen
 blocks, the sensitivity table and the calibration size go into the manifest (`variants.int8.details.search`).
 Activation quantization stays dynamic (per call): static calibrated activations were not measured here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .parity import ParityRow, check_task_parity
@@ -85,19 +90,82 @@ def damage(rows: list[ParityRow]) -> float:
     return worst
 
 
-def evaluate(directory: Path, specs: dict, refs, bounds: dict, blocks: list[str], quantized: set[str],
-             work: Path) -> list[ParityRow]:
-    """Write the int8 graphs for `quantized` into `work` and measure the task bounds on the chained graphs."""
-    patterns = exclusions(blocks, quantized)
-    files = {}
-    for name, spec in specs.items():
-        if not any(b.startswith(f"{computes(name)}/") for b in quantized):
-            files[name] = str((directory / spec.file).resolve())
-            continue
-        target = work / f"search.{name}.int8.onnx"
-        written = write_int8(directory / spec.file, target, name, patterns)
-        files[name] = str(target) if written is not None else str((directory / spec.file).resolve())
-    return check_task_parity(directory, specs, refs, files, bounds)
+def _feeds_digest(feeds: dict) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(feeds):
+        array = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+KEPT_OUTPUTS_PER_FILE = 2  # the chosen set's inputs and the latest candidate's
+
+
+class Evaluator:
+    """Measures the task bounds of candidate sets of int8 blocks, one quantize-and-evaluate round each, without
+    redoing work that a round shares with earlier ones (see the module's "Cost")."""
+
+    def __init__(self, directory: Path, specs: dict, refs, bounds: dict, blocks: list[str], work: Path):
+        self.directory, self.specs, self.refs, self.bounds, self.blocks, self.work = \
+            directory, specs, refs, bounds, blocks, work
+        self.written: dict[str, dict[frozenset, str]] = {}  # graph → its quantized blocks → int8 file
+        self.sessions: dict[str, object] = {}  # file → ONNX Runtime session
+        self.outputs: dict[tuple[str, str], dict] = {}  # (file, digest of the feeds) → outputs
+        self.rounds = 0
+
+    def evaluate(self, quantized: set[str], chosen: set[str] = frozenset()) -> list[ParityRow]:
+        """The int8 task rows with the blocks in `quantized` int8; `chosen` (a subset) names the set that later
+        rounds build on, whose files are kept."""
+        self.rounds += 1
+        files = {name: self._file(name, spec, quantized, chosen) for name, spec in self.specs.items()}
+        return check_task_parity(self.directory, self.specs, self.refs, files, self.bounds,
+                                 run=lambda name, feeds: self._run(name, files[name], feeds))
+
+    def _part(self, name: str, blocks) -> frozenset:
+        return frozenset(b for b in blocks if b.startswith(f"{computes(name)}/"))
+
+    def _file(self, name: str, spec, quantized: set[str], chosen: set[str]) -> str:
+        fp32 = str((self.directory / spec.file).resolve())
+        part = self._part(name, quantized)
+        if not part:
+            return fp32
+        cached = self.written.setdefault(name, {})
+        if part not in cached:
+            target = self.work / f"search.{name}.{self.rounds}.int8.onnx"
+            written = write_int8(self.directory / spec.file, target, name, exclusions(self.blocks, part))
+            cached[part] = str(target) if written is not None else fp32
+        keep = {part, self._part(name, chosen)}
+        for stale in [key for key in cached if key not in keep]:
+            self._forget(cached.pop(stale), fp32)
+        return cached[part]
+
+    def _forget(self, file: str, fp32: str) -> None:
+        if file == fp32:
+            return
+        self.sessions.pop(file, None)
+        for key in [k for k in self.outputs if k[0] == file]:
+            del self.outputs[key]
+        Path(file).unlink(missing_ok=True)
+        Path(f"{file}.data").unlink(missing_ok=True)
+
+    def _run(self, name: str, file: str, feeds: dict) -> dict:
+        key = (file, _feeds_digest(feeds))
+        if key in self.outputs:
+            self.outputs[key] = self.outputs.pop(key)  # most recently used last
+        else:
+            same_file = [k for k in self.outputs if k[0] == file]
+            for stale in same_file[:-(KEPT_OUTPUTS_PER_FILE - 1) or None]:  # bounded: mlm_logits are large
+                del self.outputs[stale]
+            if file not in self.sessions:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.log_severity_level = 3
+                self.sessions[file] = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+            names = [t.name for t in self.specs[name].outputs]
+            self.outputs[key] = dict(zip(names, self.sessions[file].run(names, feeds)))
+        return self.outputs[key]
 
 
 def search(directory: Path, specs: dict, refs, bounds: dict, log=lambda message: None):
@@ -106,9 +174,9 @@ def search(directory: Path, specs: dict, refs, bounds: dict, log=lambda message:
                                      if computes(name) == name})  # a pooled graph has the blocks of cross_modal
     with tempfile.TemporaryDirectory(dir=directory, prefix=".int8-search-") as tmp:
         work = Path(tmp)
-        results = []
+        evaluator, results = Evaluator(directory, specs, refs, bounds, blocks, work), []
         for index, block in enumerate(blocks):
-            rows = evaluate(directory, specs, refs, bounds, blocks, {block}, work)
+            rows = evaluator.evaluate({block})
             results.append(BlockResult(block, damage(rows), all(r.passed for r in rows)))
             log(f"int8 search: sensitivity {index + 1}/{len(blocks)} {block}: damage {results[-1].damage:.3g}")
         results.sort(key=lambda r: r.damage)
@@ -116,7 +184,7 @@ def search(directory: Path, specs: dict, refs, bounds: dict, log=lambda message:
         for result in results:
             if not result.passed_alone:
                 continue
-            rows = evaluate(directory, specs, refs, bounds, blocks, chosen | {result.block}, work)
+            rows = evaluator.evaluate(chosen | {result.block}, chosen)
             if all(r.passed for r in rows):
                 chosen.add(result.block)
                 result.chosen = True

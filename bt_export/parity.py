@@ -142,9 +142,10 @@ def check_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerRefere
 
 
 def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerReferences, files: dict[str, str],
-                      bounds: dict[str, float]) -> list[ParityRow]:
-    """Reduced precision: the graphs chained vs fp32 eager transformers, in task terms (bounds from specs)."""
-    chained = _chain(_runner(graph_dir, specs, files), refs, specs)
+                      bounds: dict[str, float], run=None) -> list[ParityRow]:
+    """Reduced precision: the graphs chained vs fp32 eager transformers, in task terms (bounds from specs).
+    `run(name, feeds)` replaces the default runner over `files` (the int8 search passes one that reuses work)."""
+    chained = _chain(run or _runner(graph_dir, specs, files), refs, specs)
     hf, rows = refs.hf_outputs, []
     if ("BridgeTowerForImageAndTextRetrieval", "logits") in hf:
         ours, theirs = chained["itm_logits"], hf[("BridgeTowerForImageAndTextRetrieval", "logits")]

@@ -121,15 +121,43 @@ def embed(export_dir: Path = ExportDir, image: list[Path] = typer.Option(None, "
 
 @app.command()
 def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--query"),
-             images: list[Path] = typer.Option(..., "--images", help="Image files or directories."),
+             images: list[Path] = typer.Option(None, "--images", help="Image files or directories."),
+             index: Path = typer.Option(None, "--index", help="Gallery index from `bt-run index` (replaces --images)."),
              top_k: int = typer.Option(10, "--top-k"), rerank: int = typer.Option(50, "--rerank"),
              precision: str = Precision):
-    """Rank --images for the text --query (ITC shortlist, ITM rerank; ITM only without ITC heads)."""
+    """Rank --images (or the gallery of --index) for the text --query: ITC shortlist, ITM rerank; ITM only without
+    ITC heads. With --index only the shortlisted images are read."""
     def task():
-        gallery = _gallery(images)
-        hits = _load(export_dir, precision).retrieve(query, gallery, top_k=top_k, rerank=rerank, progress=True)
+        from . import gallery_index
+
+        if bool(images) == bool(index):
+            raise BtRuntimeError("retrieve: give either --images or --index (a gallery indexed by `bt-run index`)")
+        runtime = _load(export_dir, precision)
+        if index:
+            embeddings, gallery = gallery_index.read(index, runtime)
+            hits = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank, index=embeddings)
+        else:
+            gallery = _gallery(images)
+            hits = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank, progress=True)
         _emit([{"image": str(gallery[h.index]), "score": h.score, "itc": h.itc_score, "itm": h.itm_score}
                for h in hits])
+    _guard(task)
+
+
+@app.command("index")
+def index_gallery(export_dir: Path = ExportDir,
+                  images: list[Path] = typer.Option(..., "--images", help="Image files or directories."),
+                  output: Path = typer.Option(..., "--output", "-o", help="Index file to write (.npz)."),
+                  overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index file."),
+                  precision: str = Precision):
+    """Embed every image of --images once (contrastive checkpoints) into an index for `retrieve --index`."""
+    def task():
+        from . import gallery_index
+
+        gallery = _gallery(images)
+        runtime = _load(export_dir, precision)
+        gallery_index.write(output, runtime, gallery, runtime.embed_images(gallery, progress=True), overwrite)
+        console.print(f"indexed {len(gallery)} images into {output}")
     _guard(task)
 
 

@@ -65,6 +65,11 @@ class RetrievalHit:
     itm_score: float | None = field(default=None, compare=False)
 
 
+def _best(hits: list[RetrievalHit], top_k: int) -> list[RetrievalHit]:
+    """Best first; equal scores: the higher image index first (as the shortlist's heap keeps them)."""
+    return sorted(hits, key=lambda hit: (hit.score, hit.index), reverse=True)[:top_k]
+
+
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
     return shifted / shifted.sum(axis=axis, keepdims=True)
@@ -334,22 +339,31 @@ class BridgeTowerRuntime:
         return self.encode_texts(texts, batch_size).embeds
 
     def retrieve(self, query: str, images: list, top_k: int = 10, rerank: int = 50, batch_size: int = 16,
-                 progress: bool = False) -> list[RetrievalHit]:
+                 progress: bool = False, index: np.ndarray | None = None) -> list[RetrievalHit]:
         """Best images for a text query, best first.
 
         With ITC heads: cosine similarity shortlists max(rerank, top_k) images, ITM reranks them (rerank=0: ITC
         ranking only).
         Without: ITM over every image. Every image goes through the vision tower exactly once; only the
         shortlisted images' bridges are kept while the gallery streams through.
+        index: `embed_images(images)`, computed once and kept (an ITC index of the gallery). The shortlist then
+        comes from it and only the shortlisted images go through the vision tower (ITM needs their bridges), so a
+        query costs one text, one matrix-vector product and `rerank` pairs whatever the gallery's size.
+        Equal scores rank the higher image index first, with or without an index.
         """
         if "itc" not in self.heads or rerank:
             self._require("itm", "retrieve")
+        if index is not None:
+            self._require("itc", "retrieve with an index")
         check_texts([query], "query")
         _check_list(images, "images")
         _check_positive(top_k, "top_k")
         if not isinstance(rerank, int) or rerank < 0:
             raise BtRuntimeError(f"rerank must be an integer ≥ 0, got {rerank!r}")
         text_features = self.encode_texts([query], name="query")
+        if index is not None:
+            index = self._check_index(index, len(images), text_features.embeds.shape[1])
+            return self._retrieve_indexed(text_features, images, index, top_k, rerank, batch_size)
         use_itc = "itc" in self.heads
         keep = max(rerank, top_k) if use_itc else len(images)
         shortlist: list[tuple[float, int, np.ndarray]] = []  # min-heap of (itc score, image index, bridge)
@@ -375,4 +389,31 @@ class BridgeTowerRuntime:
                             batch_size, False)
             hits = [RetrievalHit(float(p), index, similarity, float(p))
                     for p, (similarity, index, _) in zip(itm, shortlist)]
-        return sorted(hits, reverse=True)[:top_k]
+        return _best(hits, top_k)
+
+    def _check_index(self, index, count: int, dims: int) -> np.ndarray:
+        array = index if isinstance(index, np.ndarray) else None
+        if array is None or array.ndim != 2 or array.shape != (count, dims) or array.dtype.kind != "f":
+            got = (f"{type(index).__name__}" if array is None else f"{array.dtype} array of shape {array.shape}")
+            raise BtRuntimeError(f"index must be the images' embed_images(): a float array of shape ({count}, "
+                                 f"{dims}) (one row per image), got {got}")
+        if not np.isfinite(array).all():
+            raise BtRuntimeError("index has non-finite values; rebuild it with embed_images(images)")
+        return array.astype(np.float32, copy=False)
+
+    def _retrieve_indexed(self, text_features: TextFeatures, images: list, index: np.ndarray, top_k: int,
+                          rerank: int, batch_size: int) -> list[RetrievalHit]:
+        similarities = index @ text_features.embeds[0]
+        keep = min(max(rerank, top_k), len(images))
+        order = np.lexsort((np.arange(len(images)), similarities))[::-1][:keep]  # by (similarity, index), best first
+        if not rerank:
+            return _best([RetrievalHit(float(similarities[i]), int(i), float(similarities[i]), None)
+                          for i in order], top_k)
+        bridges = [self.encode_pixels(np.stack([self.preprocess.pixel_values(images[i], f"images[{i}]")
+                                                for i in order[start:start + batch_size]])).bridge
+                   for start in range(0, keep, batch_size)]  # errors name the image's place in the gallery
+        candidates = ImageFeatures(np.concatenate(bridges))
+        itm = self.match_probabilities(text_features, candidates, np.zeros(keep, np.int64), np.arange(keep),
+                                       batch_size, False)
+        hits = [RetrievalHit(float(p), int(i), float(similarities[i]), float(p)) for p, i in zip(itm, order)]
+        return _best(hits, top_k)

@@ -66,12 +66,19 @@ def test_report_schema_and_agreement(report):
     # the naive whole-model export: timed and checked where it can run (pair, rerank), nowhere else
     assert {s for s, b in scenarios if b == "onnxruntime-naive"} == {"pair", "rerank"}
     for row in report["results"]:
+        if row["scenario"] == "retrieve-index":  # the one-time ITC index of the gallery: no eager peer
+            assert len(row["samples_s"]) == 1 and row["work"] == 3 and row["speedup_vs_torch"] is None
+            continue
         assert len(row["samples_s"]) == 2 and row["summary"]["p50_ms"] > 0
         if row["backend"] == "torch":
             assert row["speedup_vs_torch"] == pytest.approx(1.0)
         else:
             assert row["agreement"]["passed"], row
-            assert row["speedup_vs_torch"] > 0 and row["gflops_per_s"] > 0
+            assert row["speedup_vs_torch"] > 0
+            if (row["scenario"], row["params"].get("two_stage")) == ("retrieve", True):
+                assert row["gflops_per_s"] is None  # its work depends on the shortlist, not on the gallery
+            else:
+                assert row["gflops_per_s"] > 0
     assert report["failing"] == []
     json.dumps(report)  # serializable as written by --json
     table = markdown(report)
@@ -105,6 +112,11 @@ def test_cli_rejects_unknown_scenario(tiny_export):
 
     result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "warp-speed", "--runs", "1"])
     assert result.exit_code == 2 and "valid" in result.output
+    for args, says in ((["--gallery", "3", "--top-k", "5"], "--top-k ≤ --rerank ≤ --gallery"),
+                       (["--rerank", "2", "--top-k", "3"], "--top-k ≤ --rerank"),
+                       (["--brute-force-sample", "0"], "--brute-force-sample must be ≥ 1")):
+        result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "retrieve", *args])
+        assert result.exit_code == 2 and says in result.output, result.output
 
 
 def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny_export, monkeypatch):
@@ -130,3 +142,32 @@ def test_cold_start_rows_per_way_of_loading(tiny_export, photos_dir):
                          "onnxruntime:fp32 (prepack_weights=False)"}
     for row in rows.values():
         assert row["extra"]["peak_rss_mb"] > 0 and row["agreement"]["passed"], row
+
+
+def test_retrieve_scales_a_timed_eager_sample_and_ranks_against_the_whole_gallery(tiny_export, photos_dir):
+    """A gallery larger than the brute-force sample: eager is timed on the sample and scaled; recall is measured
+    against the fp32 runtime's ITM over every image (checked against eager on the sample). A shortlist as large as
+    the gallery is brute force itself: recall 1."""
+    from benchmarks.bench import run_benchmark
+
+    settings = Settings(gallery=12, brute_force_sample=3, top_k=4, rerank=12, runs=1, warmup=0)
+    report = run_benchmark(tiny_export, ["retrieve"], ["torch", "onnxruntime:fp32"], settings, [photos_dir],
+                           log=lambda m: None)
+    rows = {(r["scenario"], r["backend"]): r for r in report["results"]}
+    eager, ours = rows[("retrieve", "torch")], rows[("retrieve", "onnxruntime:fp32")]
+    assert eager["extra"] == {"brute_force_timed_on": 3, "scaled_by": 4.0} and eager["work"] == 12
+    assert "runtime over all 12 images" in ours["extra"]["brute_force_ranking"]
+    assert ours["agreement"]["recall_at_k_vs_brute_force"] == 1.0 and ours["agreement"]["passed"]
+    assert ours["params"] == {"gallery": 12, "top_k": 4, "rerank": 12, "two_stage": True}
+    assert rows[("retrieve-index", "onnxruntime:fp32")]["work"] == 12
+    json.dumps(report)  # as --json writes it
+
+
+def test_distinct_gallery_has_no_two_equal_images(photos_dir):
+    from PIL import Image
+
+    from benchmarks.scenarios import distinct_gallery
+
+    photos = [Image.open(p).convert("RGB").resize((64, 48)) for p in sorted(photos_dir.iterdir())]
+    gallery = distinct_gallery(photos, 300)
+    assert len(gallery) == 300 and len({(im.size, im.tobytes()) for im in gallery}) == 300

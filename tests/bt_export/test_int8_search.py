@@ -104,3 +104,53 @@ def test_search_needs_int8_and_validation(tmp_path, kwargs, says):
     with pytest.raises(BtExportError, match=says):
         export_checkpoint("tiny", tmp_path / "x", int8_search=True, **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_evaluator_reuses_unchanged_work_and_measures_what_a_fresh_check_measures(searched, tmp_path, photos_dir):
+    """A cross-modal candidate re-runs neither tower; a set that grows by a block of one graph re-quantizes only
+    that graph; and the rows equal check_task_parity on freshly written files with fresh sessions."""
+    from bt_export import int8_search
+    from bt_export.checkpoints import load_checkpoint
+    from bt_export.parity import check_task_parity, eager_references
+    from bt_export.samples import hf_processor, load_images, make_samples
+    from bt_export.specs import graph_specs
+
+    loaded = load_checkpoint("tiny")
+    specs = graph_specs(loaded.config, loaded.heads)
+    images, names = load_images([photos_dir])
+    samples = make_samples(hf_processor(loaded.image_processor, searched.output), images, names, grid=True)
+    refs = eager_references(loaded.model, samples, specs, loaded.heads)
+    directory, bounds = searched.output, VARIANT_BOUNDS["int8"]
+    blocks = int8_search.find_blocks(directory, {n: s.file for n, s in specs.items() if n != "cross_modal_pooled"})
+    evaluator = int8_search.Evaluator(directory, specs, refs, bounds, blocks, tmp_path)
+    runs, writes = [], []
+    real_run, real_write = evaluator._run, int8_search.write_int8
+    evaluator._run = lambda name, file, feeds: runs.append((name, file)) or real_run(name, file, feeds)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(int8_search, "write_int8", lambda src, dst, graph, *a: writes.append(graph) or real_write(
+        src, dst, graph, *a))
+    try:
+        vision = {"vision_tower/blocks.0"}
+        first = evaluator.evaluate(vision, vision)
+        sessions_before = len(evaluator.sessions)
+        grown = vision | {"cross_modal/text_layers.0"}
+        second = evaluator.evaluate(grown)
+    finally:
+        patch.undo()
+    assert writes == ["vision_tower", "cross_modal", "cross_modal_pooled"]  # vision written once, kept
+    assert len(evaluator.sessions) == sessions_before + 2  # only the two new cross-modal files
+    # every call misses the cache once per (file, feeds): 4 graphs per round, and the towers only in the first
+    assert [name for name, _ in runs].count("vision_tower") == 2 and len(runs) == 8
+    assert len(evaluator.outputs) == 4 + 2
+
+    fresh = {}
+    for name, spec in specs.items():
+        part = {b for b in grown if b.startswith(f"{int8_search.computes(name)}/")}
+        fresh[name] = spec.file
+        if part:
+            target = tmp_path / f"fresh.{name}.int8.onnx"
+            real_write(directory / spec.file, target, name, int8_search.exclusions(blocks, part))
+            fresh[name] = str(target)
+    expected = check_task_parity(directory, specs, refs, fresh, bounds)
+    assert [(r.metric, r.value) for r in second] == [(r.metric, r.value) for r in expected]
+    assert [r.metric for r in first] == [r.metric for r in expected]

@@ -42,3 +42,43 @@ def test_cli_environment_settings(tiny_export, photos_dir, monkeypatch):
     monkeypatch.setenv("BT_DEVICE", "tpu")
     result = invoke(*command)
     assert result.exit_code == 2 and "valid: cpu, cuda, cuda:N" in result.output
+
+
+def test_index_then_retrieve_reads_only_the_index_and_the_shortlist(tiny_export, photos_dir, tmp_path):
+    index = tmp_path / "gallery.npz"
+    result = invoke("index", tiny_export, "--images", photos_dir, "-o", index)
+    assert result.exit_code == 0, result.output
+    streamed = invoke("retrieve", tiny_export, "--query", "two cats", "--images", photos_dir, "--top-k", 3,
+                      "--rerank", 0)
+    indexed = invoke("retrieve", tiny_export, "--query", "two cats", "--index", index, "--top-k", 3, "--rerank", 0)
+    assert indexed.exit_code == 0, indexed.output
+    assert [h["image"] for h in json.loads(indexed.stdout)] == [h["image"] for h in json.loads(streamed.stdout)]
+    reranked = invoke("retrieve", tiny_export, "--query", "two cats", "--index", index, "--top-k", 2)
+    assert reranked.exit_code == 0 and all(h["itm"] is not None for h in json.loads(reranked.stdout))
+    again = invoke("index", tiny_export, "--images", photos_dir, "-o", index)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert invoke("index", tiny_export, "--images", photos_dir, "-o", index, "--overwrite").exit_code == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.npz"]  # no staged leftovers
+
+
+def test_index_refusals_name_the_file(tiny_export, photos_dir, tmp_path):
+    import numpy as np
+
+    both = invoke("retrieve", tiny_export, "--query", "q", "--images", photos_dir, "--index", tmp_path / "x.npz")
+    assert both.exit_code == 2 and "either --images or --index" in both.output
+    assert "must end in .npz" in invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x").output
+    (tmp_path / "dir.npz").mkdir()
+    result = invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "dir.npz", "--overwrite")
+    assert result.exit_code == 2 and "is not a file" in result.output
+    missing = invoke("retrieve", tiny_export, "--query", "q", "--index", tmp_path / "none.npz")
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    junk = invoke("retrieve", tiny_export, "--query", "q", "--index", tmp_path / "junk.npz")
+    assert junk.exit_code == 2 and "not an index" in junk.output and "Traceback" not in junk.output
+    index = tmp_path / "gallery.npz"
+    assert invoke("index", tiny_export, "--images", photos_dir, "-o", index).exit_code == 0
+    with np.load(index) as data:
+        fields = dict(data)
+    np.savez(tmp_path / "other.npz", **{**fields, "vision_sha256": np.array("0" * 64)})
+    other = invoke("retrieve", tiny_export, "--query", "q", "--index", tmp_path / "other.npz")
+    assert other.exit_code == 2 and "another vision tower" in other.output

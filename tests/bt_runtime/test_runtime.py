@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,50 @@ def test_retrieve_ranks_like_brute_force_eager_itm(runtime, eager, photos):
     assert {h.index for h in shortlist} <= {h.index for h in by_itc}
     assert all(h.itm_score is None for h in by_itc) and [h.score for h in by_itc] == sorted(
         [h.score for h in by_itc], reverse=True)
+
+
+def test_retrieve_with_an_index_ranks_as_streaming_and_encodes_only_the_shortlist(runtime, photos):
+    """An ITC index computed once gives the hits of the streaming two-stage path; per query only the shortlisted
+    images reach the vision tower (rerank=0: none); equal similarities rank the higher image index first."""
+    from PIL import Image
+
+    originals = [Image.open(p) for p in photos]
+    gallery = originals + [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in originals]
+    index = runtime.embed_images(gallery)
+    query = "two cats chilling on a couch"
+    seen = []
+    real = runtime.encode_pixels
+    runtime.encode_pixels = lambda pixels: seen.append(len(pixels)) or real(pixels)
+    try:
+        for top_k, rerank in ((3, 5), (10, 10), (4, 0)):
+            seen.clear()
+            indexed = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank, index=index, batch_size=16)
+            assert seen == ([min(max(rerank, top_k), len(gallery))] if rerank else [])
+            streamed = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank)
+            assert [h.index for h in indexed] == [h.index for h in streamed]
+            np.testing.assert_allclose([h.score for h in indexed], [h.score for h in streamed], atol=1e-5)
+        missing = [Path("/nonexistent.png")] * len(gallery)  # rerank=0 never opens an image
+        assert [h.index for h in runtime.retrieve(query, missing, top_k=3, rerank=0, index=index)] == \
+            [h.index for h in indexed[:3]]
+    finally:
+        runtime.encode_pixels = real
+    tied = np.repeat(index[:1], len(gallery), axis=0)
+    assert [h.index for h in runtime.retrieve(query, missing, top_k=3, rerank=0, index=tied)] == [7, 6, 5]
+    with pytest.raises(ImageInputError, match=r"images\[7\]"):  # named by its place in the gallery
+        runtime.retrieve(query, missing, top_k=3, rerank=3, index=tied)
+
+
+@pytest.mark.parametrize("index,says", [
+    (lambda e: e[:-1], r"index must be .* shape \(3, 32\) .* got float32 array of shape \(2, 32\)"),
+    (lambda e: e[:, :8], r"shape \(3, 32\)"),
+    (lambda e: e.tolist(), "got list"),
+    (lambda e: e.astype(np.int64), "got int64 array"),
+    (lambda e: np.where(e > 0, np.nan, e), "non-finite"),
+])
+def test_retrieve_refuses_an_index_that_is_not_the_gallerys(runtime, photos, index, says):
+    gallery = [str(p) for p in photos[:3]]
+    with pytest.raises(BtRuntimeError, match=says):
+        runtime.retrieve("a cat", gallery, index=index(runtime.embed_images(gallery)))
 
 
 @pytest.mark.parametrize("call,error,message", [
