@@ -45,6 +45,12 @@ def bench(
     from .bench import run_benchmark
     from .report import markdown, write
 
+    if plot_path:  # before minutes of measuring, not after
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            console.print("[red]error:[/red] --plot needs matplotlib: pip install -e '.[bench]' (or drop --plot)")
+            raise typer.Exit(2)
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch

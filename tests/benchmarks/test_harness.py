@@ -119,6 +119,21 @@ def test_cli_rejects_unknown_scenario(tiny_export):
         assert result.exit_code == 2 and says in result.output, result.output
 
 
+def test_plot_without_matplotlib_fails_before_measuring(tiny_export, tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from benchmarks import bench
+    from benchmarks.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("measured before refusing"))
+    result = CliRunner().invoke(app, [str(tiny_export), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2 and "--plot needs matplotlib" in result.output
+
+
 def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny_export, monkeypatch):
     from benchmarks import bench, machine
     from bt_runtime import read_manifest
