@@ -231,23 +231,25 @@ def _index_galleries(backends, runtime, gallery: list, query: str) -> tuple[list
     for backend in backends:
         if isinstance(backend, TorchBackend):
             continue
-        current, with_itm = backend.runtime, backend.runtime is runtime
-        text = current.encode_texts([query]) if with_itm else None
-        seconds, embeds, scores = 0.0, [], []
-        for start in range(0, len(gallery), 16):  # embed_images' default batch
-            started = time.perf_counter()
-            chunk = current.encode_images(gallery[start:start + 16])
-            seconds += time.perf_counter() - started
-            embeds.append(chunk.embeds)
-            if with_itm:
-                count = len(chunk.bridge)
-                scores.append(current.match_probabilities(text, chunk, np.zeros(count, np.int64), np.arange(count),
-                                                          16, False))
-        indexes[backend.label] = np.concatenate(embeds)
-        itm_all = np.concatenate(scores) if with_itm else itm_all
-        case = Case(backend.label, lambda: None, len(gallery), [seconds])
+        with_itm = backend.runtime is runtime
+        chunks = list(_gallery_chunks(backend.runtime, gallery, query if with_itm else None))
+        indexes[backend.label] = np.concatenate([embeds for _, embeds, _ in chunks])
+        itm_all = np.concatenate([itm for _, _, itm in chunks]) if with_itm else itm_all
+        case = Case(backend.label, lambda: None, len(gallery), [sum(seconds for seconds, _, _ in chunks)])
         rows += _rows("retrieve-index", [case], "images", None, {}, {"gallery": len(gallery)})
     return rows, indexes, itm_all
+
+
+def _gallery_chunks(runtime, gallery: list, query: str | None):
+    """(seconds the vision tower took, embeddings, ITM probabilities with `query` or None) per 16 images
+    (embed_images' default batch): one chunk's bridges alive at a time; only the encoding is timed."""
+    text = runtime.encode_texts([query]) if query is not None else None
+    for start in range(0, len(gallery), 16):
+        started = time.perf_counter()
+        chunk = runtime.encode_images(gallery[start:start + 16])
+        seconds, count = time.perf_counter() - started, len(chunk.bridge)
+        yield seconds, chunk.embeds, None if text is None else runtime.match_probabilities(
+            text, chunk, np.zeros(count, np.int64), np.arange(count), 16, False)
 
 
 def _brute_force(runtime, gallery: list, query: str, eager_sample: np.ndarray,
@@ -257,12 +259,7 @@ def _brute_force(runtime, gallery: list, query: str, eager_sample: np.ndarray,
     if len(eager_sample) == len(gallery):
         return eager_sample, "eager"
     if itm_all is None:
-        text, scores = runtime.encode_texts([query]), []
-        for start in range(0, len(gallery), 16):  # the bridges of one chunk at a time
-            chunk = runtime.encode_images(gallery[start:start + 16])
-            scores.append(runtime.match_probabilities(text, chunk, np.zeros(len(chunk.bridge), np.int64),
-                                                      np.arange(len(chunk.bridge)), 16, False))
-        itm_all = np.concatenate(scores)
+        itm_all = np.concatenate([itm for _, _, itm in _gallery_chunks(runtime, gallery, query)])
     diff = float(np.abs(itm_all[:len(eager_sample)] - eager_sample).max())
     bound = agreement_bounds(f"onnxruntime:{runtime.backend.precision}")["itm_probability_abs"]
     if runtime.backend.precision != "fp32" or diff > bound:

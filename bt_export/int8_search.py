@@ -13,7 +13,7 @@ the vocabulary projection, judged on its own). The head-specific cross_modal_poo
    is left out (float32), and the search goes on with the next. Every accepted set was measured, so the chosen set
    keeps every bound on these pairs (bt-export then checks the written variant again, as for any precision).
 
-Cost: two quantize-and-evaluate rounds per block (tiny: seconds; the full-size base: tens of minutes). Between
+Cost: two quantize-and-evaluate rounds per block (tiny: seconds; the full-size base: 10–15 min on 2 cores). Between
 rounds the Evaluator reuses what did not change: the outputs of a graph given the same file and the same inputs (so
 a cross-modal candidate does not re-run the towers), and the int8 file of the graphs whose part of the set is the
 one already chosen (so a candidate only re-quantizes its own graph). The chosen

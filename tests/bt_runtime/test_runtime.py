@@ -206,6 +206,8 @@ def test_tasks_without_their_head_say_so(itm_only_export, photos):
     hits = runtime.retrieve("a cat", photos, top_k=2)  # no ITC: ITM over every image
     scores = runtime.itm_matrix(photos, ["a cat"])[:, 0]
     assert [h.index for h in hits] == list(np.argsort(-scores)[:2])
+    with pytest.raises(TaskUnavailableError, match="retrieve with an index: this export has no contrastive"):
+        runtime.retrieve("a cat", photos, index=np.zeros((len(photos), 32), np.float32))
 
 
 def test_an_itm_only_export_has_one_cross_modal_graph_computed_for_the_poolers(itm_only_export):
