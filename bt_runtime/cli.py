@@ -154,6 +154,7 @@ def index_gallery(export_dir: Path = ExportDir,
     def task():
         from . import gallery_index
 
+        gallery_index.check_output(output, overwrite)
         gallery = _gallery(images)
         runtime = _load(export_dir, precision)
         gallery_index.write(output, runtime, gallery, runtime.embed_images(gallery, progress=True), overwrite)

@@ -1,7 +1,7 @@
 """An ITC index of an image gallery on disk (`bt-run index`, `bt-run retrieve --index`): the contrastive
 embeddings of every image, computed once, so that a query only embeds its text and reranks its shortlist.
 
-The file is an .npz (NumPy, no pickle): `embeddings` (N, E) float32, `images` (N,) the image paths as given, and
+The file is an .npz (NumPy, no pickle): `embeddings` (N, E) float32, `images` (N,) the absolute image paths, and
 `vision_sha256` + `precision`: the vision tower file the embeddings came from. An index read with another export or
 precision is refused (its similarities would rank with another model's embeddings). The images themselves are not
 hashed: an image changed on disk after indexing keeps its old embedding; re-index after changing the gallery.
@@ -24,8 +24,8 @@ def vision_sha256(runtime) -> str:
     return runtime.manifest.variants[runtime.backend.precision].files["vision_tower"].sha256
 
 
-def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overwrite: bool = False) -> None:
-    """Atomically: a crash leaves either no file or the previous one, never a partial index."""
+def check_output(path: Path, overwrite: bool) -> Path:
+    """Refuse a target before any image is embedded, not after."""
     path = Path(path)
     if path.suffix != ".npz":
         raise BtRuntimeError(f"--output {path}: an index file must end in .npz")
@@ -33,12 +33,19 @@ def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overw
         raise BtRuntimeError(f"--output {path} is not a file; it is never replaced")
     if path.exists() and not overwrite:
         raise BtRuntimeError(f"--output {path} exists; pass --overwrite to replace it")
+    return path
+
+
+def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overwrite: bool = False) -> None:
+    """Atomically: a crash leaves either no file or the previous one, never a partial index. Image paths are
+    stored absolute, so `retrieve --index` finds them from any working directory."""
+    path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez(handle, format=np.array(FORMAT), embeddings=np.asarray(embeddings, np.float32),
-                     images=np.array([str(p) for p in images]), vision_sha256=np.array(vision_sha256(runtime)),
+                     images=np.array([str(Path(p).resolve()) for p in images]), vision_sha256=np.array(vision_sha256(runtime)),
                      precision=np.array(runtime.backend.precision))
             handle.flush()
             os.fsync(handle.fileno())

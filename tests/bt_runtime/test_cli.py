@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from bt_runtime.cli import app
@@ -57,6 +59,10 @@ def test_index_then_retrieve_reads_only_the_index_and_the_shortlist(tiny_export,
     assert reranked.exit_code == 0 and all(h["itm"] is not None for h in json.loads(reranked.stdout))
     again = invoke("index", tiny_export, "--images", photos_dir, "-o", index)
     assert again.exit_code == 2 and "--overwrite" in again.output
+    import numpy as np
+
+    with np.load(index) as data:  # absolute paths: found from any working directory
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in data["images"].tolist())
     assert invoke("index", tiny_export, "--images", photos_dir, "-o", index, "--overwrite").exit_code == 0
     assert [p.name for p in tmp_path.iterdir()] == ["gallery.npz"]  # no staged leftovers
 
@@ -67,6 +73,16 @@ def test_index_refusals_name_the_file(tiny_export, photos_dir, tmp_path):
     both = invoke("retrieve", tiny_export, "--query", "q", "--images", photos_dir, "--index", tmp_path / "x.npz")
     assert both.exit_code == 2 and "either --images or --index" in both.output
     assert "must end in .npz" in invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x").output
+    from bt_runtime import BridgeTowerRuntime
+
+    calls = []
+    patch = pytest.MonkeyPatch()  # a refused target is refused before any image is embedded
+    patch.setattr(BridgeTowerRuntime, "embed_images", lambda *a, **k: calls.append(a))
+    try:
+        assert invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x").exit_code == 2
+    finally:
+        patch.undo()
+    assert calls == []
     (tmp_path / "dir.npz").mkdir()
     result = invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "dir.npz", "--overwrite")
     assert result.exit_code == 2 and "is not a file" in result.output
