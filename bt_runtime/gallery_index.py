@@ -38,15 +38,15 @@ def check_output(path: Path, overwrite: bool) -> Path:
 
 def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overwrite: bool = False) -> None:
     """Atomically: a crash leaves either no file or the previous one, never a partial index. Image paths are
-    stored absolute, so `retrieve --index` finds them from any working directory."""
+    stored absolute (symbolic links kept as given), so `retrieve --index` finds them from any working directory."""
     path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez(handle, format=np.array(FORMAT), embeddings=np.asarray(embeddings, np.float32),
-                     images=np.array([str(Path(p).resolve()) for p in images]), vision_sha256=np.array(vision_sha256(runtime)),
-                     precision=np.array(runtime.backend.precision))
+                     images=np.array([os.path.abspath(p) for p in images]),
+                     vision_sha256=np.array(vision_sha256(runtime)), precision=np.array(runtime.backend.precision))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staged, path)
