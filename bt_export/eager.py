@@ -23,6 +23,11 @@ class EagerBridgeTower:
             self._models[head] = hf_reference(self.loaded.model, head)
         return self._models[head]
 
+    def save_pretrained(self, directory, head: str) -> None:
+        """The checkpoint of `head`'s HF class and its processor, written by transformers' own save_pretrained."""
+        self.model(head).save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
     @torch.no_grad()
     def itm_probability(self, image, text: str) -> float:
         """The HF documentation's loop body: one processor + model call per text."""

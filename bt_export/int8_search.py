@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .parity import ParityRow, check_task_parity
+from .parity import ParityRow, check_task_parity, cpu_session
 from .precision import attributed_paths, write_int8
 from .specs import computes
 
@@ -158,11 +158,7 @@ class Evaluator:
             for stale in same_file[:-(KEPT_OUTPUTS_PER_FILE - 1) or None]:  # bounded: mlm_logits are large
                 del self.outputs[stale]
             if file not in self.sessions:
-                import onnxruntime as ort
-
-                options = ort.SessionOptions()
-                options.log_severity_level = 3
-                self.sessions[file] = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+                self.sessions[file] = cpu_session(file)
             names = [t.name for t in self.specs[name].outputs]
             self.outputs[key] = dict(zip(names, self.sessions[file].run(names, feeds)))
         return self.outputs[key]

@@ -19,8 +19,8 @@ from .model import HF_HEAD_CLASSES
 from .specs import GraphSpec, computes, num_image_tokens
 
 CROSS_MODAL_BROADCAST = ("graph: cross_modal (and cross_modal_pooled) gathers image_bridge[image_index[b]] for "
-                         "pair b, so one vision run serves many texts (image_bridge batch 1, image_index all zeros) and paired batches use "
-                         "image_index = arange(batch)")
+                         "pair b, so one vision run serves many texts (image_bridge batch 1, image_index all zeros) "
+                         "and paired batches use image_index = arange(batch)")
 
 
 OUTPUT_MEANINGS = {

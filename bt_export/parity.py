@@ -96,13 +96,17 @@ def _max_abs_diff(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)), initial=0.0))
 
 
-def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str]):
+def cpu_session(path: str | Path):
+    """An ONNX Runtime CPU session for checking a graph (warnings silenced)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    sessions = {name: ort.InferenceSession(str(graph_dir / files[name]), options, providers=["CPUExecutionProvider"])
-                for name in specs}
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str]):
+    sessions = {name: cpu_session(graph_dir / files[name]) for name in specs}
 
     def run(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [t.name for t in specs[name].outputs]

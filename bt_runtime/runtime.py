@@ -165,13 +165,16 @@ class BridgeTowerRuntime:
     # ---- towers: once per input ----
 
     def encode_images(self, images: list, batch_size: int = 16, progress: bool = False,
-                      name: str = "images") -> ImageFeatures:
+                      name: str = "images", positions=None) -> ImageFeatures:
+        """Features of `images` (of images[i] for i in `positions`, in that order, when given); an error names the
+        image by its place in `images`."""
         _check_list(images, name)
         _check_positive(batch_size, "batch_size")
+        positions = range(len(images)) if positions is None else positions
         chunks = []
-        for start, stop in _batches(len(images), batch_size, progress, "vision tower"):
-            chunks.append(self.encode_pixels(
-                np.stack([self.preprocess.pixel_values(images[i], f"{name}[{i}]") for i in range(start, stop)])))
+        for start, stop in _batches(len(positions), batch_size, progress, "vision tower"):
+            chunks.append(self.encode_pixels(np.stack([self.preprocess.pixel_values(images[i], f"{name}[{i}]")
+                                                       for i in positions[start:stop]])))
         return ImageFeatures(np.concatenate([c.bridge for c in chunks]),
                              np.concatenate([c.embeds for c in chunks]) if chunks[0].embeds is not None else None)
 
@@ -392,14 +395,14 @@ class BridgeTowerRuntime:
         return _best(hits, top_k)
 
     def _check_index(self, index, count: int, dims: int) -> np.ndarray:
-        array = index if isinstance(index, np.ndarray) else None
-        if array is None or array.ndim != 2 or array.shape != (count, dims) or array.dtype.kind != "f":
-            got = (f"{type(index).__name__}" if array is None else f"{array.dtype} array of shape {array.shape}")
+        if not isinstance(index, np.ndarray) or index.shape != (count, dims) or index.dtype.kind != "f":
+            got = (f"{index.dtype} array of shape {index.shape}" if isinstance(index, np.ndarray)
+                   else type(index).__name__)
             raise BtRuntimeError(f"index must be the images' embed_images(): a float array of shape ({count}, "
                                  f"{dims}) (one row per image), got {got}")
-        if not np.isfinite(array).all():
+        if not np.isfinite(index).all():
             raise BtRuntimeError("index has non-finite values; rebuild it with embed_images(images)")
-        return array.astype(np.float32, copy=False)
+        return index.astype(np.float32, copy=False)
 
     def _retrieve_indexed(self, text_features: TextFeatures, images: list, index: np.ndarray, top_k: int,
                           rerank: int, batch_size: int) -> list[RetrievalHit]:
@@ -409,10 +412,7 @@ class BridgeTowerRuntime:
         if not rerank:
             return _best([RetrievalHit(float(similarities[i]), int(i), float(similarities[i]), None)
                           for i in order], top_k)
-        bridges = [self.encode_pixels(np.stack([self.preprocess.pixel_values(images[i], f"images[{i}]")
-                                                for i in order[start:start + batch_size]])).bridge
-                   for start in range(0, keep, batch_size)]  # errors name the image's place in the gallery
-        candidates = ImageFeatures(np.concatenate(bridges))
+        candidates = self.encode_images(images, batch_size, positions=order)
         itm = self.match_probabilities(text_features, candidates, np.zeros(keep, np.int64), np.arange(keep),
                                        batch_size, False)
         hits = [RetrievalHit(float(p), int(i), float(similarities[i]), float(p)) for p, i in zip(itm, order)]

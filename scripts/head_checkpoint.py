@@ -22,14 +22,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True)
     args = parser.parse_args()
 
-    from transformers import BridgeTowerProcessor
-
     from bt_export.eager import EagerBridgeTower
-    from bt_export.model import hf_reference
 
-    eager = EagerBridgeTower(args.alias, args.tokenizer, random_init=True, tokenizer=args.tokenizer)
-    hf_reference(eager.loaded.model, args.head).save_pretrained(args.output)
-    BridgeTowerProcessor(eager.processor.image_processor, eager.processor.tokenizer).save_pretrained(args.output)
+    EagerBridgeTower(args.alias, args.tokenizer, random_init=True, tokenizer=args.tokenizer).save_pretrained(
+        args.output, args.head)
     print(f"wrote {args.output}")
 
 
