@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_runtime import BridgeTowerRuntime
-from bt_runtime.contract import Manifest
+from bt_runtime.manifest import Manifest
 from bt_runtime.runtime import softmax
 
 

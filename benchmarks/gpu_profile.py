@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_runtime.contract import GRAPH_NAMES as GRAPHS
+from bt_runtime.manifest import GRAPH_NAMES as GRAPHS
 
 from .timing import Case, interleave, summarize
 

@@ -68,7 +68,7 @@ def pairs(export_dir: Path, count: int) -> list[tuple[bytes, str]]:
     images = sorted(p for p in SHARED_IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if SHARED_IMAGES.is_dir() else []
     if not images:
-        from bt_runtime.contract import read_manifest
+        from bt_runtime.manifest import read_manifest
 
         manifest = read_manifest(export_dir)
         images = [manifest.path(manifest.golden.image.file)]

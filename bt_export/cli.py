@@ -132,8 +132,8 @@ def _tensorrt_steps(output: Path, build: bool, check: bool, precision: str, batc
             section = build_engines(output, precision, parse_triple(batch, "--trt-batch"),
                                     parse_triple(seq, "--trt-seq"),
                                     workspace_gib, timing_cache, log=lambda m: console.print(f"[dim]{m}[/dim]"))
-            console.print(f"built {len(section['engines'])} TensorRT {precision} engines with TensorRT "
-                          f"{section['version']} on {section['gpu']}")
+            console.print(f"built {len(section.engines)} TensorRT {precision} engines with TensorRT "
+                          f"{section.version} on {section.gpu}")
     except (BtExportError, BtRuntimeError) as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None

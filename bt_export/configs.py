@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-HEAD_NAMES = ("itm", "mlm", "itc")  # ImageAndTextRetrieval, MaskedLM, ContrastiveLearning
+from bt_runtime.manifest import HEAD_NAMES
+
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from bt_runtime.contract import MANIFEST_NAME, Parity, RejectedVariant, Variant, dump
+from bt_runtime.manifest import Parity, RejectedVariant, Variant, checked, write_manifest
 from bt_runtime.cpu import isa_class
 
 from .checkpoints import copy_tokenizer, load_checkpoint
@@ -32,7 +32,7 @@ DEFAULT_ATTENTION = "onnx"
 @dataclass
 class ExportResult:
     output: Path
-    manifest: object  # bt_runtime.contract.Manifest
+    manifest: object  # bt_runtime.manifest.Manifest
     parity: dict[str, list[ParityRow]] = field(default_factory=dict)  # precision → rows
     seconds: float = 0.0
 
@@ -164,13 +164,12 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                 files=entries, validated_isa=isa_class() if precision == "int8" and validate else None,
                 min_onnxruntime=MIN_ONNXRUNTIME.get(max(e.opset for e in entries.values())))
         manifest = build_manifest(loaded, specs, staging, processor, tokenizer_files, variants, rejected)
-        (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
         if validate:
-            log("loading the staged export with bt_runtime (no torch) to score one pair")
-            row, manifest.golden = check_runtime_loads(staging, samples, refs, loaded.heads)
+            log("opening the staged export with bt_runtime (no torch) to score one pair")
+            row, manifest.golden = check_runtime_loads(checked(manifest, staging), samples, refs, loaded.heads)
             parity["fp32"].append(row)
             manifest.variants["fp32"].parity.rows.append(row.to_json())
-            (staging / MANIFEST_NAME).write_text(dump(manifest), encoding="utf-8")
+        write_manifest(staging, manifest)  # once, complete
     result = ExportResult(output, manifest, parity, time.perf_counter() - started)
     if rejected:
         raise VariantsRejected(f"precision variant(s) {sorted(rejected)} missed their bounds and were left out; "

@@ -1,4 +1,4 @@
-"""Build the typed manifest of an export (schema: bt_runtime.contract)."""
+"""Build the typed manifest of an export (schema: bt_runtime.manifest)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from bt_runtime.contract import (RESAMPLE_NAMES, SCHEMA_VERSION, AxisLink, Broadcast, CenterCrop, Checkpoint,
+from bt_runtime.integrity import sha256_file
+from bt_runtime.manifest import (RESAMPLE_NAMES, SCHEMA_VERSION, AxisLink, Broadcast, CenterCrop, Checkpoint,
                                  ConfigSummary, FileRef, GraphFile, GraphIO, Manifest, Preprocessing, Reference,
-                                 Resize, Substitute, TensorInfo, TokenizerInfo, Wire, Wiring, sha256_file)
+                                 Resize, Substitute, TensorInfo, TokenizerInfo, Wire, Wiring)
 
 from .errors import CheckpointError
 from .model import HF_HEAD_CLASSES
@@ -181,7 +181,6 @@ def build_manifest(loaded, specs: dict[str, GraphSpec], directory: Path, process
         rejected_variants=rejected,
         files=[FileRef(name, sha256_file(directory / name)) for name in tokenizer_files],
         reference=reference_summary(processor.image_processor, preprocessing),
-        cross_modal_broadcast=CROSS_MODAL_BROADCAST,
         versions=library_versions(),
         wiring=wiring(specs),
     )

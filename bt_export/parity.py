@@ -172,8 +172,9 @@ def check_task_parity(graph_dir: Path, specs: dict[str, GraphSpec], refs: EagerR
     return rows
 
 
-def check_runtime_loads(staging: Path, samples, refs: EagerReferences, heads: tuple[str, ...]):
-    """The last step before an export is committed: bt_runtime (no torch) loads the staged directory, preprocesses
+def check_runtime_loads(manifest, samples, refs: EagerReferences, heads: tuple[str, ...]):
+    """The last step before an export is committed: bt_runtime (no torch) opens the staged export (`manifest`, checked
+    but not yet written), preprocesses
     sample 0 from its decoded image and raw text with its own image pipeline and tokenizer, and must agree with
     eager transformers on that pair (ITM probability, else the pooled output); then it writes the golden vectors
     (bt_runtime.golden) from the same runtime. Returns (the parity row, the manifest's golden section); raises
@@ -183,9 +184,9 @@ def check_runtime_loads(staging: Path, samples, refs: EagerReferences, heads: tu
     from .errors import ParityError
 
     try:
-        with BridgeTowerRuntime.load(staging) as runtime:
+        with BridgeTowerRuntime.load(manifest) as runtime:
             row = _score_first_pair(runtime, samples, refs, heads)
-            golden = _write_golden(runtime, staging, samples, heads) if row.passed else None
+            golden = _write_golden(runtime, manifest.directory, samples, heads) if row.passed else None
     except BtRuntimeError as err:
         raise ParityError(f"bt_runtime refuses the export about to be written ({err}); nothing was written",
                           {}) from err
@@ -218,6 +219,8 @@ def _write_golden(runtime, staging: Path, samples, heads: tuple[str, ...]):
     one with <mask> when the export has an MLM head."""
     from bt_runtime import golden
 
+    from .specs import GOLDEN_TOLERANCES
+
     mask = runtime.tokenizer.mask_token
     texts = [samples.texts[0], next((t for t in samples.texts if mask in t), samples.texts[-1])]
     if "mlm" in heads and mask not in texts[1]:
@@ -225,7 +228,8 @@ def _write_golden(runtime, staging: Path, samples, heads: tuple[str, ...]):
     image_file = staging / "golden-source.png"
     samples.images[0].save(image_file)
     try:
-        return golden.write(staging, image_file, texts, golden.compute(runtime, image_file, texts))
+        return golden.write(staging, image_file, texts, golden.compute(runtime, image_file, texts),
+                            GOLDEN_TOLERANCES, golden.producers(runtime.manifest))
     finally:
         image_file.unlink()
 

@@ -52,6 +52,11 @@ FP32_TOLERANCES = {
 }
 
 
+# Golden vectors (bt_runtime.golden): graph outputs at their fp32 tolerances, pixel_values at float32 rounding of
+# deterministic arithmetic, the ITM probability at the runtime's end-to-end bound (defined below)
+GOLDEN_PIXEL_TOLERANCE = 1e-6
+
+
 # Reduced-precision variants vs fp32 eager transformers, in task terms (checked by bt_export.parity).
 VARIANT_BOUNDS = {
     "fp16": {"itm_probability_abs": 5e-3, "itm_decision_agreement": 0.98, "mlm_top1_agreement": 0.99,
@@ -62,6 +67,8 @@ VARIANT_BOUNDS = {
 
 # End-to-end bounds for the runtime's task outputs at fp32 (bt_runtime vs transformers' processor + model).
 RUNTIME_FP32_BOUNDS = {"itm_probability_abs": 1e-4, "embedding_cosine_min": 0.9999}
+GOLDEN_TOLERANCES = {**FP32_TOLERANCES, "pixel_values": GOLDEN_PIXEL_TOLERANCE,
+                     "itm_probability": RUNTIME_FP32_BOUNDS["itm_probability_abs"]}
 
 
 def num_image_tokens(config) -> int:

@@ -157,7 +157,7 @@ def lint_export(export_dir: Path, profile_axes: set[str] | None = None) -> dict[
     """Lint every TensorRT-eligible variant (fp32, fp16) of an export; int8 (ONNX Runtime dynamic quantization)
     is CPU-only by design and reported as such."""
     from bt_runtime.backends.trt_profiles import DEFAULT_PROFILE_AXES
-    from bt_runtime.contract import read_manifest
+    from bt_runtime.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
     axes = profile_axes if profile_axes is not None else set(DEFAULT_PROFILE_AXES)

@@ -7,7 +7,7 @@
 from .errors import (BackendError, BtRuntimeError, ImageInputError, ManifestError, TaskUnavailableError,
                      TextInputError)
 from .images import ImagePreprocessor
-from .contract import Manifest, read_manifest
+from .manifest import Manifest, read_manifest
 from .runtime import BridgeTowerRuntime, FillMaskResult, MaskPrediction, RetrievalHit
 from .text import TextTokenizer
 

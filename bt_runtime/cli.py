@@ -169,10 +169,10 @@ def verify(export_dir: Path = ExportDir, precision: str = Precision):
     precisions are judged by bt-export's task parity). Every file is hashed, whatever the verified-digest cache
     holds."""
     def task():
-        from . import digests
+        from . import integrity
         from .golden import verify as verify_golden
 
-        with digests.disabled(), _load(export_dir, precision) as runtime:
+        with integrity.disabled(), _load(export_dir, precision) as runtime:
             rows = verify_golden(runtime)
         _emit([{"tensor": r.name, "max_abs_diff": r.max_abs_diff, "tolerance": r.tolerance, "passed": r.passed}
                for r in rows])
@@ -219,6 +219,6 @@ def build_engines(export_dir: Path = ExportDir,
         ranges = parse_triple(batch, "--batch"), parse_triple(seq, "--seq")
         section = build(export_dir, precision, *ranges, workspace_gib, timing_cache,
                         log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
-        _emit({"tensorrt": section["version"], "gpu": section["gpu"], "precision": precision,
-               "engines": sorted(section["engines"])})
+        _emit({"tensorrt": section.version, "gpu": section.gpu, "precision": precision,
+               "engines": sorted(section.engines)})
     _guard(task)

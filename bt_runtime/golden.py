@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import FileRef, Golden, GoldenTensor, sha256_file, verify_sha256
+from .integrity import sha256_file, verify_sha256
+from .manifest import FileRef, Golden, GoldenTensor
 from .runtime import softmax
 
 PREFIX = "golden."
 EXACT = ("decoded_rgb", "resized_rgb", "cropped", "input_ids", "attention_mask", "fill_mask_top5")
-# Float tolerances: preprocessing is deterministic float32 arithmetic; graph outputs follow the fp32 parity
-# tolerances of the export (bridges 1e-3, heads 1e-4 — other CPUs and runtimes reorder float sums).
-TOLERANCES = {"pixel_values": 1e-6, "image_bridge": 1e-3, "text_bridge": 1e-3, "pooler_output": 1e-4,
-              "itm_logits": 1e-4, "itm_probability": 1e-4, "image_embeds": 1e-4, "text_embeds": 1e-4,
-              "cross_embeds": 1e-4}
+TASK_OUTPUTS = {"itm_probability": "cross_modal", "fill_mask_top5": "cross_modal"}  # → the graph they come from
 
 
 @dataclass
@@ -66,10 +63,17 @@ def _cross_feeds(text_bridge: np.ndarray, image_bridge: np.ndarray, attention_ma
             "image_index": np.zeros(text_bridge.shape[0], np.int64)}
 
 
+def producers(manifest) -> dict[str, str]:
+    """Golden tensor name → the graph whose run produced it (the graphs `compute` runs, and task outputs)."""
+    graphs = {name: graph for graph in ("vision_tower", "text_tower", "cross_modal")
+              for name in manifest.graph_io(graph).output_names}
+    return {**graphs, **TASK_OUTPUTS}
+
+
 def write(directory: Path, image_file: Path, texts: list[str], tensors: dict[str, np.ndarray],
-          tolerances: dict[str, float] | None = None) -> Golden:
-    """Write the tensors and a copy of the encoded image into `directory`; the manifest's `golden` section."""
-    tolerances = {**TOLERANCES, **(tolerances or {})}
+          tolerances: dict[str, float], graphs: dict[str, str]) -> Golden:
+    """Write the tensors and a copy of the encoded image into `directory`; the manifest's `golden` section. Float
+    tensors get `tolerances`[name] (the exporter's specs), integer ones are exact; `graphs`: name → producing graph."""
     image_name = f"{PREFIX}image{Path(image_file).suffix.lower()}"
     (directory / image_name).write_bytes(Path(image_file).read_bytes())
     entries = []
@@ -79,7 +83,8 @@ def write(directory: Path, image_file: Path, texts: list[str], tensors: dict[str
         (directory / file).write_bytes(little.tobytes(order="C"))
         entries.append(GoldenTensor(name=name, file=file, dtype=array.dtype.name, shape=list(array.shape),
                                     sha256=sha256_file(directory / file),
-                                    tolerance=0.0 if name in EXACT else float(tolerances.get(name, 1e-4))))
+                                    tolerance=0.0 if name in EXACT else float(tolerances[name]),
+                                    graph=graphs.get(name)))
     return Golden(image=FileRef(image_name, sha256_file(directory / image_name)), texts=list(texts), tensors=entries)
 
 

@@ -174,7 +174,7 @@ class ImagePreprocessor:
     @classmethod
     def from_manifest(cls, preprocessing, exif_transpose: bool | None = None,
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImagePreprocessor":
-        """From a validated bt_runtime.contract.Preprocessing (resample, alpha and sizes were checked at load)."""
+        """From a validated bt_runtime.manifest.Preprocessing (resample, alpha and sizes were checked at load)."""
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise ImageInputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
         resize, crop, normalize = preprocessing.resize, preprocessing.center_crop, preprocessing.normalize

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import BtRuntimeError, ImageInputError, TaskUnavailableError, TextInputError
 from .images import DEFAULT_MAX_PIXELS, ImagePreprocessor
-from .contract import Manifest, read_manifest
+from .manifest import Manifest, read_manifest
 from .text import TextTokenizer, check_texts, shorten
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -105,7 +105,7 @@ class BridgeTowerRuntime:
         self.manifest, self.backend, self.preprocess, self.tokenizer = manifest, backend, preprocessor, tokenizer
 
     @classmethod
-    def load(cls, export_dir: str | Path, precision: str = "fp32", backend: str = "onnxruntime",
+    def load(cls, export_dir: str | Path | Manifest, precision: str = "fp32", backend: str = "onnxruntime",
              providers: list[str] | None = None, intra_op_threads: int | None = None,
              graph_optimization_level: str = "all", verify_checksums: bool = True,
              exif_transpose: bool | None = None, tensorrt_profiles: dict | None = None,
@@ -123,7 +123,7 @@ class BridgeTowerRuntime:
         prepack_weights=False keeps one copy of each weight instead of ONNX Runtime's extra prepacked one (less
         memory, slightly slower).
         Use as a context manager, or call close(), to release the sessions."""
-        manifest = read_manifest(export_dir)
+        manifest = export_dir if isinstance(export_dir, Manifest) else read_manifest(export_dir)
         if backend == "onnxruntime":
             from .backends.onnxruntime import OnnxRuntimeBackend
 

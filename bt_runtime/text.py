@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .contract import verify_sha256
+from .integrity import verify_sha256
 from .errors import ManifestError, TextInputError, first_line
 
 

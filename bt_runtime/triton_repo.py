@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import Manifest, TensorInfo, read_manifest
+from .manifest import Manifest, TensorInfo, read_manifest
 from .errors import BtRuntimeError
 
 MARKER = "bt-triton-repo.json"
@@ -207,11 +207,11 @@ def _write_into(root: Path, manifest: Manifest, precision: str, max_batch: int, 
         (root / "itm" / "1").mkdir(parents=True)  # an ensemble has an empty version directory
         (root / "itm" / "config.pbtxt").write_text(ensemble_config(manifest, max_batch, ["itm_logits"]))
         models.append("itm")
-    engines = manifest.tensorrt.get(precision) if isinstance(manifest.tensorrt, dict) else None
-    for graph, engine in ((engines or {}).get("engines") or {}).items():
+    section = manifest.tensorrt.get(precision)
+    for graph, engine in (section.engines if section else {}).items():
         name = f"{graph}_trt"
         (root / name / "1").mkdir(parents=True)
-        shutil.copyfile(manifest.path(engine["file"]), root / name / "1" / "model.plan")
+        shutil.copyfile(manifest.path(engine.file), root / name / "1" / "model.plan")
         io = manifest.graph_io(graph)
         (root / name / "config.pbtxt").write_text(graph_config(name, "tensorrt", io.inputs, io.outputs, max_batch,
                                                                queue_delay_us, instances, "KIND_GPU", "model.plan"))

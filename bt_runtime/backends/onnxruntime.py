@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 
 from ..errors import BackendError, first_line
-from ..contract import Manifest, verify_sha256
+from ..integrity import verify_sha256
+from ..manifest import Manifest
 from ..cpu import isa_class
 from .feeds import check_feeds, check_outputs
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ManifestError
-from ..contract import Manifest, verify_sha256
+from ..integrity import verify_sha256
+from ..manifest import Manifest, TensorRTEngines
 from .feeds import check_feeds, check_outputs
 from .trt_profiles import check_shape_in_profile, input_shapes
 
@@ -23,15 +24,15 @@ def rebuild_hint(directory) -> str:
             "new export); ONNX Runtime's TensorrtExecutionProvider is the alternative route")
 
 
-def check_engine_compatibility(section: dict, trt_version: str, gpu: dict, directory) -> None:
+def check_engine_compatibility(section: TensorRTEngines, trt_version: str, gpu: dict, directory) -> None:
     """Engines are specific to TensorRT's version and the GPU architecture they were built for."""
-    built_major_minor = ".".join(section["version"].split(".")[:2])
+    built_major_minor = ".".join(section.version.split(".")[:2])
     here_major_minor = ".".join(trt_version.split(".")[:2])
     problems = []
     if built_major_minor != here_major_minor:
-        problems.append(f"built with TensorRT {section['version']}, this is TensorRT {trt_version}")
-    if section["compute_capability"] != gpu["compute_capability"]:
-        problems.append(f"built for {section['gpu']} (compute capability {section['compute_capability']}), this GPU "
+        problems.append(f"built with TensorRT {section.version}, this is TensorRT {trt_version}")
+    if section.compute_capability != gpu["compute_capability"]:
+        problems.append(f"built for {section.gpu} (compute capability {section.compute_capability}), this GPU "
                         f"is {gpu['name']} ({gpu['compute_capability']})")
     if problems:
         raise BackendError("TensorRT engines cannot be used here: " + "; ".join(problems) + ". " +
@@ -158,24 +159,24 @@ class TensorRTBackend:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.memory = CudaMemory(trt)
         self._runners: dict[str, EngineRunner] = {}
-        self.graphs = tuple(g for g in manifest.graphs if g in self.section["engines"])
+        self.graphs = tuple(g for g in manifest.graphs if g in self.section.engines)
 
     def _runner(self, graph: str) -> EngineRunner:
         if graph not in self.graphs:
             raise BackendError(f"graph {graph!r}; valid: {list(self.graphs)} (the graphs with engines)")
         if graph not in self._runners:
-            entry = self.section["engines"][graph]
-            path = self.manifest.path(entry["file"])
+            entry = self.section.engines[graph]
+            path = self.manifest.path(entry.file)
             if not path.is_file():
                 raise ManifestError(f"engine {str(path)!r} is missing; " + rebuild_hint(self.manifest.directory))
             if self.verify_checksums:
-                verify_sha256(path, entry["sha256"], rebuild_hint(self.manifest.directory))
+                verify_sha256(path, entry.sha256, rebuild_hint(self.manifest.directory))
             engine = self.trt.Runtime(self.logger).deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise BackendError(f"TensorRT could not deserialize {entry['file']}; " +
+                raise BackendError(f"TensorRT could not deserialize {entry.file}; " +
                                    rebuild_hint(self.manifest.directory))
             context = engine.create_execution_context()
-            ranges = {axis: tuple(r) for axis, r in self.section["profiles"].items()}
+            ranges = {axis: tuple(r) for axis, r in self.section.profiles.items()}
             profile = input_shapes(self.manifest.graph_io(graph), ranges)
             self._runners[graph] = EngineRunner(engine, context, self.memory, profile, self.trt.TensorIOMode.INPUT)
         return self._runners[graph]

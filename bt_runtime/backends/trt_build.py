@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..contract import MANIFEST_NAME, dump, read_manifest, sha256_file
+from ..integrity import sha256_file
+from ..manifest import EngineFile, TensorRTEngines, read_manifest, write_manifest
 from ..errors import BackendError
 from .tensorrt import gpu_identity
 from .trt_profiles import input_shapes, profile_ranges
@@ -59,7 +60,7 @@ def build_plan(manifest, precision: str, trt_version: str) -> dict[str, dict]:
 
 def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[int, int, int] = (1, 8, 32),
                   seq: tuple[int, int, int] = (8, 40, 512), workspace_gib: float | None = None,
-                  timing_cache: str | Path | None = None, log=lambda message: None) -> dict:
+                  timing_cache: str | Path | None = None, log=lambda message: None) -> TensorRTEngines:
     """Build the three engines into `export_dir` and record them in its manifest; returns the `tensorrt` section."""
     try:
         import tensorrt as trt
@@ -106,22 +107,19 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
         cache_partial = cache_path.with_name(cache_path.name + ".partial")
         cache_partial.write_bytes(bytes(config.get_timing_cache().serialize()))
         os.replace(cache_partial, cache_path)
-        engines[graph] = {"file": step["engine"], "sha256": sha256_file(export_dir / step["engine"]),
-                          "onnx": step["onnx"]}
-    section = {"version": trt.__version__, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
-               "precision": precision, "strongly_typed": plan["vision_tower"]["strongly_typed"],
-               "profiles": {axis: list(r) for axis, r in ranges.items()}, "workspace_gib": workspace_gib,
-               "timing_cache": cache_path.name if cache_path.parent == export_dir else str(cache_path),
-               "engines": engines}
+        engines[graph] = EngineFile(file=step["engine"], sha256=sha256_file(export_dir / step["engine"]),
+                                    onnx=step["onnx"])
+    section = TensorRTEngines(
+        version=trt.__version__, gpu=gpu["name"], compute_capability=gpu["compute_capability"], precision=precision,
+        strongly_typed=plan["vision_tower"]["strongly_typed"], profiles={axis: list(r) for axis, r in ranges.items()},
+        workspace_gib=workspace_gib,
+        timing_cache=cache_path.name if cache_path.parent == export_dir else str(cache_path), engines=engines)
     write_tensorrt_section(export_dir, precision, section)
     return section
 
 
-def write_tensorrt_section(export_dir: Path, precision: str, section: dict) -> None:
-    """Record engines under manifest['tensorrt'][precision], replacing manifest.json atomically."""
-    path = export_dir / MANIFEST_NAME
+def write_tensorrt_section(export_dir: Path, precision: str, section: TensorRTEngines) -> None:
+    """Record engines under the manifest's `tensorrt`[precision], replacing manifest.json atomically."""
     manifest = read_manifest(export_dir)
     manifest.tensorrt[precision] = section
-    partial = path.with_name(f".{MANIFEST_NAME}.partial")
-    partial.write_text(dump(manifest), encoding="utf-8")
-    os.replace(partial, path)
+    write_manifest(export_dir, manifest)

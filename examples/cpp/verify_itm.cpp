@@ -26,7 +26,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 // A host tensor: dtype name as the manifest spells it, shape, raw little-endian C-order bytes.
 struct Tensor {

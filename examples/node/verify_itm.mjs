@@ -15,7 +15,7 @@ if (!exportDir) {
   process.exit(2);
 }
 const manifest = JSON.parse(readFileSync(join(exportDir, "manifest.json"), "utf8"));
-if (manifest.schema_version !== 3) throw new Error(`schema_version ${manifest.schema_version}; this example reads 3`);
+if (manifest.schema_version !== 4) throw new Error(`schema_version ${manifest.schema_version}; this example reads 4`);
 if (!manifest.golden) throw new Error("this export has no golden vectors (exported with --no-validate?)");
 
 const typed = { float32: Float32Array, int64: BigInt64Array, uint8: Uint8Array };

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from bt_runtime.errors import BackendError
 from bt_export.export import export_checkpoint
 from bt_runtime.backends.trt_build import build_plan, write_tensorrt_section
+from bt_runtime.manifest import EngineFile, TensorRTEngines
 from bt_export.trt_lint import lint_export, lint_model
 from bt_runtime import read_manifest
 
@@ -106,8 +107,11 @@ def test_build_plan_refuses_old_tensorrt_unfused_graphs_and_unknown_precision():
 
 def test_tensorrt_section_round_trips_through_the_manifest(portable_export, tmp_path):
     copy = shutil.copytree(portable_export, tmp_path / "copy")
-    section = {"version": "10.14.1", "gpu": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
-               "profiles": {"batch": [1, 8, 32]}, "engines": {}}
+    section = TensorRTEngines(version="10.14.1", gpu="NVIDIA H100", compute_capability="9.0", precision="fp16",
+                              strongly_typed=False, profiles={"batch": [1, 8, 32]}, workspace_gib=None,
+                              timing_cache="tensorrt.timing_cache",
+                              engines={"vision_tower": EngineFile("vision_tower.fp16.engine", "0" * 64,
+                                                                  "vision_tower.onnx")})
     write_tensorrt_section(copy, "fp16", section)
     assert read_manifest(copy).tensorrt["fp16"] == section
     assert not list(copy.glob(".*partial"))

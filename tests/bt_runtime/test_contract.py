@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bt_runtime import BridgeTowerRuntime, ManifestError
-from bt_runtime.contract import SCHEMA_FILE, dump, from_dict, json_schema, load
+from bt_runtime.manifest import SCHEMA_FILE, dump, from_dict, json_schema, read_manifest
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def _write(directory, data):
 
 def test_published_schema_is_in_sync_with_the_dataclasses():
     assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), (
-        "regenerate: python3 -c 'import json; from bt_runtime.contract import *; "
+        "regenerate: python3 -c 'import json; from bt_runtime.manifest import *; "
         "SCHEMA_FILE.write_text(json.dumps(json_schema(), indent=2, ensure_ascii=False) + chr(10))'")
 
 
@@ -46,7 +46,7 @@ def test_an_export_validates_against_the_published_json_schema(tiny_export):
 
 
 def test_dump_and_load_round_trip(tiny_export, tmp_path):
-    manifest = load(tiny_export)
+    manifest = read_manifest(tiny_export)
     again = from_dict(json.loads(dump(manifest)))
     assert json.loads(dump(again)) == _data(tiny_export)
 
@@ -64,7 +64,7 @@ def test_dump_and_load_round_trip(tiny_export, tmp_path):
     (lambda d: d["graphs"].update(extra=d["graphs"]["cross_modal"]), r"graphs: has .*'extra'.*optionally"),
     (lambda d: d["variants"]["fp32"]["files"].pop("cross_modal_pooled"), r"variants\.fp32\.files: has"),
     (lambda d: d["wiring"]["substitutes"][0].update(omits=[]), r"wiring\.substitutes\[0\]: .*must make up"),
-    (lambda d: d["checkpoint"].update(heads=["itm", "vqa"]), r"unknown head\(s\) \['vqa'\]"),
+    (lambda d: d["checkpoint"].update(heads=["itm", "vqa"]), r"checkpoint\.heads\[1\]: .vqa.; valid: \[.itm."),
     (lambda d: d["tokenizer"].update(extra=1), r"manifest\.tokenizer: unknown field\(s\) \['extra'\]"),
     (lambda d: d.update(variants={}), r"variants: empty"),
 ])
@@ -77,13 +77,14 @@ def test_bad_fields_are_named(export_copy, edit, message):
 
 
 @pytest.mark.parametrize("version, says", [(1, "schema_version 1.*re-export the checkpoint"),
-                                           (2, "schema_version 2.*batch first.*re-export the checkpoint")])
+                                           (2, "schema_version 2.*batch first.*re-export the checkpoint"),
+                                           (3, "schema_version 3.*re-export the checkpoint")])
 def test_older_exports_are_refused_with_the_way_forward(export_copy, version, says):
     data = _data(export_copy)
     data["schema_version"] = version
     _write(export_copy, data)
     with pytest.raises(ManifestError, match=says):
-        load(export_copy)
+        read_manifest(export_copy)
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../x.onnx", "sub/cross_modal.onnx", ".hidden.onnx", "", "..",
@@ -93,7 +94,7 @@ def test_file_names_must_stay_inside_the_export(export_copy, name):
     data["variants"]["fp32"]["files"]["cross_modal"]["file"] = name
     _write(export_copy, data)
     with pytest.raises(ManifestError, match="not a bare file name"):
-        load(export_copy)
+        read_manifest(export_copy)
 
 
 def test_symlinked_graph_escaping_the_export_is_refused(export_copy, tmp_path):
@@ -101,13 +102,13 @@ def test_symlinked_graph_escaping_the_export_is_refused(export_copy, tmp_path):
     shutil.move(export_copy / "text_tower.onnx", outside)
     os.symlink(outside, export_copy / "text_tower.onnx")
     with pytest.raises(ManifestError, match="symbolic link"):
-        load(export_copy)
+        read_manifest(export_copy)
 
 
 def test_non_utf8_manifest_is_a_manifest_error(export_copy):
     (export_copy / "manifest.json").write_bytes(b'{"schema_version": 3, "created": "\xff\xfe"}')
     with pytest.raises(ManifestError, match="not UTF-8"):
-        load(export_copy)
+        read_manifest(export_copy)
 
 
 _LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),
@@ -148,7 +149,7 @@ def test_any_mutation_loads_or_is_a_manifest_error(tiny_export, choice, value, d
 
 
 def test_wiring_is_data_that_matches_the_graphs(tiny_export):
-    manifest = load(tiny_export)
+    manifest = read_manifest(tiny_export)
     wiring = manifest.wiring
     fed = {(w.graph, w.input): (w.source_graph, w.source, w.source_kind) for w in wiring.wires}
     assert fed[("cross_modal", "image_bridge")] == ("vision_tower", "image_bridge", "output")
@@ -173,4 +174,21 @@ def test_wiring_naming_an_unknown_tensor_is_refused(export_copy):
     data["wiring"]["wires"][0]["source"] = "txt_bridge"
     _write(export_copy, data)
     with pytest.raises(ManifestError, match=r"wiring\.wires\[0\]: text_tower\.txt_bridge is not one of"):
-        load(export_copy)
+        read_manifest(export_copy)
+
+
+def test_closed_value_sets_are_published_as_enums():
+    properties = json_schema()["$defs"] if "$defs" in json_schema() else json_schema()["properties"]
+    checkpoint = properties["checkpoint"]["properties"]
+    assert checkpoint["kind"]["enum"] == ["tiny", "alias", "hub", "local", "shapes"]
+    assert checkpoint["heads"]["items"]["enum"] == ["itm", "mlm", "itc"]
+    wire = properties["wiring"]["anyOf"][0]["properties"]["wires"]["items"]["properties"]
+    assert wire["source_kind"]["enum"] == ["output", "input"]
+
+
+def test_golden_tensors_name_the_graph_that_produced_them(tiny_export):
+    golden = read_manifest(tiny_export).golden
+    graphs = {t.name: t.graph for t in golden.tensors}
+    assert graphs["pixel_values"] is None and graphs["input_ids"] is None
+    assert graphs["image_bridge"] == "vision_tower" and graphs["text_bridge"] == "text_tower"
+    assert graphs["itm_logits"] == graphs["itm_probability"] == "cross_modal"

@@ -7,21 +7,21 @@ import os
 
 import pytest
 
-from bt_runtime import ManifestError, contract, digests
-from bt_runtime.contract import sha256_file, verify_sha256
+from bt_runtime import ManifestError, integrity
+from bt_runtime.integrity import sha256_file, verify_sha256
 
 
 @pytest.fixture
 def hashes(monkeypatch):
     """Count the files actually hashed."""
     calls = []
-    real = contract.sha256_file
+    real = integrity.sha256_file
 
     def counting(path, *args, **kwargs):
         calls.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(contract, "sha256_file", counting)
+    monkeypatch.setattr(integrity, "sha256_file", counting)
     return calls
 
 
@@ -83,7 +83,7 @@ def test_off_hashes_every_time(blob, hashes, monkeypatch, setting):
 def test_disabled_block_hashes_every_time(blob, hashes):
     path, sha = blob
     verify_sha256(path, sha, "")
-    with digests.disabled():
+    with integrity.disabled():
         verify_sha256(path, sha, "")
     assert len(hashes) == 2
 

@@ -8,6 +8,7 @@ import pytest
 
 from bt_runtime.backends.tensorrt import EngineRunner, TensorRTBackend, check_engine_compatibility
 from bt_runtime.errors import BackendError, ManifestError
+from bt_runtime.manifest import TensorRTEngines
 
 INPUT, OUTPUT = "input", "output"
 
@@ -110,7 +111,9 @@ def test_runner_refuses_shapes_outside_the_profile_and_reports_failed_runs():
         failing.infer({"x": np.ones((2, 4), np.float32)})
 
 
-SECTION = {"version": "10.14.1", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+SECTION = TensorRTEngines(version="10.14.1", gpu="NVIDIA H100", compute_capability="9.0", precision="fp16",
+                          strongly_typed=False, profiles={"batch": [1, 8, 32]}, workspace_gib=None,
+                          timing_cache="tensorrt.timing_cache", engines={})
 
 
 def test_engines_from_another_tensorrt_or_gpu_are_refused_with_rebuild_advice():

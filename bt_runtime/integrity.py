@@ -1,11 +1,14 @@
-"""Verified digests: a file whose sha256 was checked once is not hashed again while it stays the same file.
+"""Integrity of an export's files: sha256 hashing, the verified-digest cache, and confinement of file names.
 
-Loading a full-size export hashes about 1.3 GB on every cold start (the integrity check of the hardening work). The
-cache remembers, per file, the sha256 it was verified against together with what the filesystem says about that
-file version: device, inode, size, modification and status-change times in nanoseconds. A later check of the same
-path against the same sha256 skips the hash only when all of these still agree; any write, truncation, copy over
-it, rename onto it or `touch` changes the status-change time (ctime, which user programs cannot set back), so the
-file is hashed again.
+File names in a manifest are bare names inside the export directory: no path separators, no `..`, no leading dot,
+no symbolic links; anything else is refused before a byte of it is read.
+
+Verified digests: a file whose sha256 was checked once is not hashed again while it stays the same file. Loading a
+full-size export hashes about 1.3 GB on every cold start. The cache remembers, per file, the sha256 it was verified
+against together with what the filesystem says about that file version: device, inode, size, modification and
+status-change times in nanoseconds. A later check of the same path against the same sha256 skips the hash only when
+all of these still agree; any write, truncation, copy over it, rename onto it or `touch` changes the status-change
+time (ctime, which user programs cannot set back), so the file is hashed again.
 
 What this does not catch: a change that bypasses the filesystem (media corruption under an unchanged inode, a raw
 block-device write). `bt-run verify` always hashes every file; set BT_DIGEST_CACHE=off to hash on every load.
@@ -18,16 +21,56 @@ as without a cache), never an error.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
+
+from .errors import ManifestError
 
 ENV = "BT_DIGEST_CACHE"
 MAX_ENTRIES = 512
 _lock = threading.Lock()
 _disabled = threading.local()
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, remedy: str) -> None:
+    """Refuse a file whose content no longer matches the sha256 the manifest recorded; `remedy` says what to do.
+    A file verified before and unchanged since (same inode, size, mtime and ctime) is not hashed again."""
+    if known(path, expected):
+        return
+    before = stat_token(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as err:
+        raise ManifestError(f"{str(path)!r} cannot be read: {err.strerror or err}") from err
+    if actual != expected:
+        raise ManifestError(f"{str(path)!r} does not match the sha256 recorded in manifest.json: the file was "
+                            f"modified, replaced or truncated. {remedy}")
+    remember(path, actual, before)
+
+
+def confined_path(directory: Path, name, where: str) -> Path:
+    """`directory/name` for a bare file name that stays inside `directory`; anything else is a ManifestError."""
+    if not isinstance(name, str) or not _FILE_NAME.match(name) or name in (".", ".."):
+        raise ManifestError(f"{where}: file name {name!r} is not a bare file name inside the export directory "
+                            "(no path separators, '..', absolute paths or leading dots)")
+    path = directory / name
+    if path.is_symlink():
+        raise ManifestError(f"{where}: {name!r} is a symbolic link; an export holds regular files only")
+    return path
 
 
 def cache_path() -> Path | None:

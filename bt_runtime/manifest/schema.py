@@ -1,0 +1,338 @@
+"""The schema of `manifest.json` as dataclasses: they *are* the schema (bt_runtime.manifest.codec derives the
+JSON Schema and reads and writes JSON from them; bt_runtime.manifest.load checks what types cannot say).
+
+Closed sets of values are `Literal` types, so the published JSON Schema lists them as `enum` and a reader in any
+language can check them. File names are bare names inside the export directory (bt_runtime.integrity.confined_path).
+Schema history and how older exports are refused: docs/manifest.md.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+from ..errors import ManifestError
+from ..integrity import confined_path
+
+SCHEMA_VERSION = 4
+MANIFEST_NAME = "manifest.json"
+GRAPH_NAMES = ("vision_tower", "text_tower", "cross_modal")  # in every export
+# Head-specific graphs, in exports where they apply (see Wiring.substitutes): cross_modal_pooled, written beside a
+# cross_modal that has mlm_logits, computes the other heads without the MLM head and the last layer's other positions
+OPTIONAL_GRAPH_NAMES = ("cross_modal_pooled",)
+
+Head = Literal["itm", "mlm", "itc"]  # ImageAndTextRetrieval, MaskedLM, ContrastiveLearning
+TensorDtype = Literal["float32", "float16", "int64", "int32"]
+Resample = Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"]  # index = PIL's integer code
+AlphaRule = Literal["composite_on_white", "drop_alpha"]
+# shapes: the trained reference checkpoint shipped in the package; tiny: random weights, tiny config
+CheckpointKind = Literal["tiny", "alias", "hub", "local", "shapes"]
+TrtPrecision = Literal["fp16", "bf16", "fp32"]
+
+HEAD_NAMES: tuple[str, ...] = typing.get_args(Head)
+RESAMPLE_NAMES: tuple[str, ...] = typing.get_args(Resample)
+ALPHA_RULES: tuple[str, ...] = typing.get_args(AlphaRule)
+TENSOR_DTYPES: tuple[str, ...] = typing.get_args(TensorDtype)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: TensorDtype  # numpy dtype name
+    shape: list[Union[int, str]]  # str: a symbolic axis (per graph), int: fixed by the checkpoint
+
+
+@dataclass
+class GraphIO:
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclass
+class FileRef:
+    file: str  # bare file name inside the export directory
+    sha256: str
+
+
+@dataclass
+class GraphFile:
+    file: str
+    sha256: str
+    opset: int  # the default-domain opset written in this file (read back from it at export)
+    contrib_ops: bool = False  # uses com.microsoft operators (ONNX Runtime only)
+    external_data: list[FileRef] = field(default_factory=list)  # every external-data file the graph references
+
+
+@dataclass
+class Parity:
+    validated: bool
+    passed: Union[bool, None]
+    inputs: dict  # {"texts": […], "images": […]}
+    rows: list[dict]  # ParityRow.to_json(): check, output, metric, value, bound, passed
+
+
+@dataclass
+class Variant:
+    attention: str  # onnx | ort | none
+    io_dtype: str
+    files: dict[str, GraphFile]  # graph name → file
+    parity: Parity
+    fused_attention_nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # precision-specific facts (int8 recipe, fp16 kept-float32 list)
+    validated_isa: Union[str, None] = None  # int8: CPU class the parity was measured on (bt_runtime.cpu.isa_class)
+    # Lowest ONNX Runtime release measured to load and run this variant (scripts/ort_floor.py); None: not measured
+    # for the opset this variant was written with
+    min_onnxruntime: Union[str, None] = None
+
+
+@dataclass
+class RejectedVariant:
+    reason: str
+    parity: Parity
+
+
+@dataclass
+class Resize:
+    enabled: bool
+    shortest_edge: int
+    longest_edge: int
+    size_divisor: int
+    resample: Resample
+    rounding: str
+
+
+@dataclass
+class CenterCrop:
+    enabled: bool
+    height: int
+    width: int
+    pad_value: float
+
+
+@dataclass
+class Preprocessing:
+    image_size: int
+    alpha: AlphaRule  # how transparency becomes RGB (differs between transformers versions)
+    resize: Resize
+    center_crop: CenterCrop
+    rescale_factor: float
+    normalize: bool
+    mean: list[float]
+    std: list[float]
+    layout: str
+    dtype: str
+    exif_transpose: bool
+
+
+@dataclass
+class TokenizerInfo:
+    file: str
+    max_length: int
+    pad_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+    mask_token: str
+    mask_token_id: int
+    vocab_size: int
+
+
+@dataclass
+class Reference:
+    """What the parity was measured against, so that a reader can reproduce the same inputs."""
+    transformers: str
+    torch: str
+    image_processor: str  # the transformers class that made the reference pixel_values
+    image_backend: str  # pil | torchvision
+    conventions: dict[str, str]  # convention → value, e.g. {"alpha": "composite_on_white", "resize": "pil-bicubic"}
+
+
+@dataclass
+class GoldenTensor:
+    """One raw little-endian tensor of the golden set (C order), and how close a port must come to it: the
+    element-wise maximum absolute difference, max over all elements of |computed − golden| (in float64), must be at
+    most `tolerance` (0 = exact). `graph` names the graph whose run produced it (its output, or a task output
+    computed from that output); null for preprocessing steps and tokenizer outputs."""
+    name: str
+    file: str
+    dtype: str  # uint8, int64, float32
+    shape: list[int]
+    sha256: str
+    tolerance: float
+    graph: Union[str, None] = None
+
+
+@dataclass
+class Golden:
+    """What this export computes on one encoded image and a few texts, step by step (bt-run verify)."""
+    image: FileRef  # the encoded image file as shipped (decoding is part of what is checked)
+    texts: list[str]
+    tensors: list[GoldenTensor]
+
+
+@dataclass
+class Wire:
+    """`graph`.`input` takes `source_graph`.`source` (an output, or an input shared with that graph)."""
+    graph: str
+    input: str
+    source_graph: str
+    source: str
+    source_kind: Literal["output", "input"]
+
+
+@dataclass
+class AxisLink:
+    """Symbolic axes are per graph: `graph`.`axis` has the size of `same_as_graph`.`same_as_axis`."""
+    graph: str
+    axis: str
+    same_as_graph: str
+    same_as_axis: str
+
+
+@dataclass
+class Broadcast:
+    """Pair b of `graph` uses row `index_input`[b] of `gathered_input` along `axis` (one image, many texts)."""
+    graph: str
+    index_input: str
+    gathered_input: str
+    axis: int
+    rule: str
+
+
+@dataclass
+class Substitute:
+    """`graph` takes the inputs of `replaces` and gives the same numbers for its outputs, all but `omits`, for less
+    work: run it instead whenever none of `omits` is needed."""
+    graph: str
+    replaces: str
+    omits: list[str]
+    rule: str
+
+
+@dataclass
+class Wiring:
+    """How the graphs connect and what their outputs mean, as data (for readers in any language)."""
+    wires: list[Wire]
+    axes: list[AxisLink]
+    broadcast: Broadcast
+    outputs: dict[str, str]  # output name → meaning (label order, normalization, layout)
+    substitutes: list[Substitute] = field(default_factory=list)
+
+    def substitute_for(self, graph: str, outputs: list[str]) -> str:
+        """The cheapest listed graph that gives `outputs` in place of `graph` (else `graph` itself)."""
+        return next((s.graph for s in self.substitutes
+                     if s.replaces == graph and not set(outputs) & set(s.omits)), graph)
+
+
+@dataclass
+class Checkpoint:
+    kind: CheckpointKind
+    heads: list[Head]
+    head_classes: list[str]
+    random_init: bool
+    alias: Union[str, None] = None
+    hub_id: Union[str, None] = None
+    path: Union[str, None] = None
+    revision: Union[str, None] = None
+    seed: Union[int, None] = None
+
+
+@dataclass
+class ConfigSummary:
+    hidden_size: int
+    num_cross_layers: int
+    num_cross_attention_heads: int
+    link_tower_type: str
+    share_cross_modal_transformer_layers: bool
+    text: dict
+    vision: dict
+    image_size: int
+    num_image_tokens: int
+    vocab_size: int
+    max_text_length: int
+    contrastive_hidden_size: Union[int, None] = None
+    logit_scale_init_value: Union[float, None] = None
+
+
+@dataclass
+class EngineFile:
+    file: str  # bare file name of the serialized engine
+    sha256: str
+    onnx: str  # the ONNX file it was built from
+
+
+@dataclass
+class TensorRTEngines:
+    """TensorRT engines of one precision, built on one machine: they run only with the same TensorRT major.minor
+    version and GPU compute capability (bt_runtime.backends.tensorrt checks both before deserializing)."""
+    version: str  # TensorRT version that built them
+    gpu: str
+    compute_capability: str  # "major.minor"
+    precision: TrtPrecision
+    strongly_typed: bool  # TensorRT ≥ 11: the precision comes from the ONNX variant, not from builder flags
+    profiles: dict[str, list[int]]  # symbolic axis → [min, opt, max]
+    workspace_gib: Union[float, None]
+    timing_cache: str
+    engines: dict[str, EngineFile]  # graph → engine
+
+
+@dataclass
+class Manifest:
+    schema_version: int
+    created: str
+    checkpoint: Checkpoint
+    config: ConfigSummary
+    preprocessing: Preprocessing
+    tokenizer: TokenizerInfo
+    graphs: dict[str, GraphIO]
+    variants: dict[str, Variant]
+    files: list[FileRef]  # every non-graph file the runtime reads (tokenizer.json), hashed
+    reference: Reference
+    versions: dict[str, str]
+    rejected_variants: dict[str, RejectedVariant] = field(default_factory=dict)
+    tensorrt: dict[str, TensorRTEngines] = field(default_factory=dict)  # precision → engines (`bt-run build-engines`)
+    golden: Union[Golden, None] = None  # golden vectors (bt_runtime.golden), written at export
+    wiring: Union[Wiring, None] = None  # written by every bt-export since schema 2's wiring field
+    directory: Union[Path, None] = field(default=None, metadata={"json": False})  # where it was loaded from
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(self.checkpoint.heads)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.variants)
+
+    def graph_io(self, graph: str) -> GraphIO:
+        return self.graphs[graph]
+
+    def variant(self, precision: str) -> Variant:
+        if precision not in self.variants:
+            rejected = (f"; {precision} was rejected at export: {self.rejected_variants[precision].reason}"
+                        if precision in self.rejected_variants else "")
+            raise ManifestError(f"precision {precision!r} is not in this export; available: "
+                                f"{list(self.precisions)}{rejected}")
+        return self.variants[precision]
+
+    def graph_file(self, graph: str, precision: str = "fp32") -> GraphFile:
+        return self.variant(precision).files[graph]
+
+    def graph_path(self, graph: str, precision: str = "fp32") -> Path:
+        return self.path(self.graph_file(graph, precision).file)
+
+    def path(self, name: str) -> Path:
+        return confined_path(self.directory, name, name)
+
+    def listed_file(self, name: str) -> FileRef:
+        for ref in self.files:
+            if ref.file == name:
+                return ref
+        raise ManifestError(f"{MANIFEST_NAME}: {name!r} is not listed under `files` (every file the runtime reads "
+                            "must be listed with its sha256)")
+
+
