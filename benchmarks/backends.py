@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_runtime import BridgeTowerRuntime
+from bt_runtime import BackendError, BridgeTowerRuntime
 from bt_runtime.manifest import Manifest
-from bt_runtime.runtime import softmax
+from bt_runtime.features import softmax
 
 
 class BackendUnavailable(Exception):
@@ -184,13 +184,13 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
         try:
             return RuntimeBackend(BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers,
                                                           device=device), label)
-        except ValueError as err:
+        except (ValueError, BackendError) as err:
             raise BackendUnavailable(f"{label}: {err}") from err
     if kind == "tensorrt":
         precision = rest or "fp16"
         try:
             return RuntimeBackend(BridgeTowerRuntime.load(export_dir, backend="tensorrt", precision=precision), label)
-        except ValueError as err:  # no tensorrt package, no GPU, no engines, or engines from another TensorRT/GPU
+        except (ValueError, BackendError) as err:  # no tensorrt package, no GPU, no engines, or engines from another TensorRT/GPU
             raise BackendUnavailable(f"{label}: {err}") from err
     raise BackendUnavailable(f"{label}: unknown backend; valid: torch, torch:bf16, onnxruntime:<precision>[:<provider>],"
                              " onnxruntime-naive, tensorrt:<precision>")

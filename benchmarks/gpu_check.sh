@@ -19,7 +19,7 @@ bt-export --checkpoint "$checkpoint" "${extra[@]}" --output "$out" --overwrite \
   --attention onnx --precision fp32,fp16 --trt-check
 
 echo "== build fp16 engines (timing cache reused across runs)"
-bt-export --output "$out" --trt-only --trt --trt-precision fp16 --trt-timing-cache "$out/../tensorrt.timing_cache"
+bt-run build-engines "$out" --precision fp16 --timing-cache "$out/../tensorrt.timing_cache"
 
 echo "== GPU tests: engine build, parity against eager PyTorch, every pipeline on the TensorRT backend"
 python3 -m pytest -m gpu tests -q

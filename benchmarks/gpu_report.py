@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bt_runtime.runtime import softmax
+from bt_runtime.features import softmax
 
 from .timing import Case, interleave, summarize
 
@@ -278,7 +278,7 @@ def main() -> None:
                                        parity_images=[args.images] if args.images else None,
                                        precisions=("fp32", "fp16"))
         except VariantsRejected as err:
-            result = err.args[1]
+            result = err.result
         return (f"{time.perf_counter() - started:.0f} s, variants {list(result.manifest.variants)}, rejected "
                 f"{list(result.manifest.rejected_variants)}, fp16 CPU parity rows "
                 f"{[(r.metric, round(r.value, 5)) for r in result.parity.get('fp16', [])]}")

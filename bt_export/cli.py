@@ -42,25 +42,19 @@ def export(
     int8_search: bool = typer.Option(False, "--int8-search",
                                       help="Choose the int8 blocks by measurement on the parity pairs: each "
                                            "block's sensitivity, then the largest set within every int8 bound."),
-    trt: bool = typer.Option(False, "--trt", help="Build TensorRT engines (needs tensorrt + an NVIDIA GPU)."),
-    trt_check: bool = typer.Option(False, "--trt-check", help="TensorRT compatibility lint, no TensorRT needed."),
-    trt_only: bool = typer.Option(False, "--trt-only", help="Skip exporting: --trt/--trt-check an existing --output."),
-    trt_precision: str = typer.Option("fp16", "--trt-precision", help="fp16, bf16 or fp32."),
-    trt_batch: str = typer.Option("1,8,32", "--trt-batch", help="Profile min,opt,max batch."),
-    trt_seq: str = typer.Option("8,40,512", "--trt-seq", help="Profile min,opt,max text length (capped by the model)."),
-    trt_workspace_gib: float = typer.Option(None, "--trt-workspace-gib", help="Builder workspace limit."),
-    trt_timing_cache: Path = typer.Option(None, "--trt-timing-cache", help="Timing cache file reused across builds."),
+    trt_check: bool = typer.Option(False, "--trt-check", help="TensorRT compatibility lint, no TensorRT needed "
+                                                              "(engines: `bt-run build-engines`)."),
+    trt_only: bool = typer.Option(False, "--trt-only", help="Skip exporting: --trt-check an existing --output."),
 ):
     """Export CHECKPOINT's vision tower, text tower and cross-modal stack with its heads to OUTPUT."""
-    from bt_runtime.errors import BtRuntimeError
+    from bt_runtime.errors import USER_FACING
 
     from .export import export_checkpoint
     from .parity import parity_table
     from .precision import INT8_EXCLUDED
 
     if trt_only:
-        _tensorrt_steps(output, trt, trt_check or not trt, trt_precision, trt_batch, trt_seq, trt_workspace_gib,
-                        trt_timing_cache)
+        _trt_lint(output)
         return
     try:
         result = export_checkpoint(checkpoint, output, random_init=random_init, tokenizer=tokenizer,
@@ -70,16 +64,16 @@ def export(
                                    int8_excluded=tuple(int8_exclude) if int8_exclude else INT8_EXCLUDED,
                                    int8_search=int8_search, log=lambda message: console.print(f"[dim]{message}[/dim]"))
     except ParityError as err:
-        for name, rows in err.args[1].items():
+        for name, rows in err.rows.items():
             console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
-        console.print(f"[red]error:[/red] {escape(err.args[0])} (nothing was written to {output})")
+        console.print(f"[red]error:[/red] {escape(err.message)} (nothing was written to {output})")
         raise typer.Exit(EXIT_PARITY) from None
     except VariantsRejected as err:
-        result = err.args[1]
+        result = err.result
         _report(checkpoint, result, parity_table)
-        console.print(f"[red]error:[/red] {escape(err.args[0])}")
+        console.print(f"[red]error:[/red] {escape(err.message)}")
         raise typer.Exit(EXIT_REJECTED) from None
-    except (BtExportError, BtRuntimeError) as err:
+    except (BtExportError, *USER_FACING) as err:
         console.print(f"[red]error:[/red] {escape(str(err))} (nothing was written to {output})")
         raise typer.Exit(EXIT_INPUT) from None
     except Exception:
@@ -87,9 +81,8 @@ def export(
                       f"traceback below); nothing was written to {output}")
         raise
     _report(checkpoint, result, parity_table)
-    if trt or trt_check:
-        _tensorrt_steps(output, trt, trt_check, trt_precision, trt_batch, trt_seq, trt_workspace_gib,
-                        trt_timing_cache)
+    if trt_check:
+        _trt_lint(output)
 
 
 def _report(checkpoint: str, result, parity_table) -> None:
@@ -103,37 +96,25 @@ def _report(checkpoint: str, result, parity_table) -> None:
                   f"{result.disk_bytes / 1e6:.1f} MB")
 
 
-
-
-def _tensorrt_steps(output: Path, build: bool, check: bool, precision: str, batch: str, seq: str,
-                    workspace_gib: float | None, timing_cache: Path | None) -> None:
-    from bt_runtime.errors import BtRuntimeError
+def _trt_lint(output: Path) -> None:
+    """The TensorRT compatibility lint (needs onnx, so it lives with the exporter); engines are built by the one
+    builder, `bt-run build-engines`, on the machine that runs them."""
+    from bt_runtime.errors import USER_FACING
 
     from .trt_lint import TABLE_SOURCE, lint_export
 
     try:
-        if check:
-            results = lint_export(output)
-            portable_failures = 0
-            for name, findings in results.items():
-                state = "ok" if not findings else ("skipped" if name == "int8" else "[red]would fail[/red]")
-                console.print(f"TensorRT lint {name}: {state}")
-                for finding in findings:
-                    console.print(f"  {escape(str(finding))}")
-                portable_failures += len(findings) if name != "int8" else 0
-            console.print(f"[dim]checked against {TABLE_SOURCE}[/dim]")
-            if portable_failures:
-                raise typer.Exit(1)
-        if build:
-            from bt_runtime.backends.trt_build import build_engines
-
-            from bt_runtime.backends.trt_profiles import parse_triple
-
-            section = build_engines(output, precision, parse_triple(batch, "--trt-batch"),
-                                    parse_triple(seq, "--trt-seq"),
-                                    workspace_gib, timing_cache, log=lambda m: console.print(f"[dim]{m}[/dim]"))
-            console.print(f"built {len(section.engines)} TensorRT {precision} engines with TensorRT "
-                          f"{section.version} on {section.gpu}")
-    except (BtExportError, BtRuntimeError) as err:
+        results = lint_export(output)
+    except (BtExportError, *USER_FACING) as err:
         console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
+    portable_failures = 0
+    for name, findings in results.items():
+        state = "ok" if not findings else ("skipped" if name == "int8" else "[red]would fail[/red]")
+        console.print(f"TensorRT lint {name}: {state}")
+        for finding in findings:
+            console.print(f"  {escape(str(finding))}")
+        portable_failures += len(findings) if name != "int8" else 0
+    console.print(f"[dim]checked against {TABLE_SOURCE}[/dim]")
+    if portable_failures:
+        raise typer.Exit(1)

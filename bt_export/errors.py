@@ -20,9 +20,18 @@ class OutputDirError(BtExportError):
 
 
 class ParityError(BtExportError):
-    """At least one exported output disagrees with eager PyTorch beyond its tolerance."""
+    """At least one exported output disagrees with eager PyTorch beyond its tolerance. `rows`: precision → the
+    parity rows measured (bt_export.parity.ParityRow), for the caller to show."""
+
+    def __init__(self, message: str, rows: dict | None = None):
+        super().__init__(message)
+        self.message, self.rows = message, rows or {}
 
 
 class VariantsRejected(BtExportError):
-    """The export was written, but reduced-precision variant(s) missed their bounds and were left out.
-    args: (message, ExportResult)."""
+    """The export was written, but reduced-precision variant(s) missed their bounds and were left out. `result`:
+    the ExportResult of what was written."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.message, self.result = message, result

@@ -146,7 +146,7 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
             failed = [r for r in rows if not r.passed]
             if failed and precision == "fp32":
                 raise ParityError(f"{len(failed)} fp32 check(s) disagree with eager PyTorch beyond their bound: "
-                                  + _describe(failed), parity)
+                                  + _describe(failed), rows=parity)
             if failed:  # a reduced precision that misses its bounds is left out, never the whole export
                 for name, file in files.items():
                     if file != specs[name].file:
@@ -173,7 +173,7 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
     result = ExportResult(output, manifest, parity, time.perf_counter() - started)
     if rejected:
         raise VariantsRejected(f"precision variant(s) {sorted(rejected)} missed their bounds and were left out; "
-                               f"{output} holds {sorted(variants)}", result)
+                               f"{output} holds {sorted(variants)}", result=result)
     return result
 
 

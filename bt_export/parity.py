@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bt_runtime.runtime import softmax
+from bt_runtime.features import softmax
 
 from .model import hf_reference
 from .specs import POOLED_GRAPH, GraphSpec
@@ -179,7 +179,8 @@ def check_runtime_loads(manifest, samples, refs: EagerReferences, heads: tuple[s
     eager transformers on that pair (ITM probability, else the pooled output); then it writes the golden vectors
     (bt_runtime.golden) from the same runtime. Returns (the parity row, the manifest's golden section); raises
     ParityError otherwise."""
-    from bt_runtime import BridgeTowerRuntime, BtRuntimeError
+    from bt_runtime import BridgeTowerRuntime
+    from bt_runtime.errors import USER_FACING
 
     from .errors import ParityError
 
@@ -187,13 +188,12 @@ def check_runtime_loads(manifest, samples, refs: EagerReferences, heads: tuple[s
         with BridgeTowerRuntime.load(manifest) as runtime:
             row = _score_first_pair(runtime, samples, refs, heads)
             golden = _write_golden(runtime, manifest.directory, samples, heads) if row.passed else None
-    except BtRuntimeError as err:
-        raise ParityError(f"bt_runtime refuses the export about to be written ({err}); nothing was written",
-                          {}) from err
+    except USER_FACING as err:
+        raise ParityError(f"bt_runtime refuses the export about to be written ({err}); nothing was written") from err
     if not row.passed:
         raise ParityError(f"bt_runtime, with its own preprocessing and tokenizer, disagrees with eager transformers "
                           f"on {samples.image_names[0]!r} + {samples.texts[0]!r}: {row.metric}={row.value:.3g} "
-                          f"(bound {row.bound:.3g}); nothing was written", {"runtime": [row]})
+                          f"(bound {row.bound:.3g}); nothing was written", rows={"runtime": [row]})
     return row, golden
 
 

@@ -4,7 +4,7 @@
     rt.itm_scores(image, ["two cats on a couch", "a football player"])
 """
 
-from .errors import (BackendError, BtRuntimeError, ImageInputError, ManifestError, TaskUnavailableError,
+from .errors import (BackendError, BackendInputError, BtRuntimeError, ImageInputError, ManifestError, TaskUnavailableError,
                      TextInputError)
 from .images import ImagePreprocessor
 from .manifest import Manifest, read_manifest
@@ -13,4 +13,4 @@ from .text import TextTokenizer
 
 __all__ = ["BridgeTowerRuntime", "FillMaskResult", "MaskPrediction", "RetrievalHit", "ImagePreprocessor",
            "TextTokenizer", "Manifest", "read_manifest", "BtRuntimeError", "ManifestError", "ImageInputError",
-           "TextInputError", "TaskUnavailableError", "BackendError"]
+           "TextInputError", "TaskUnavailableError", "BackendError", "BackendInputError"]

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import BtRuntimeError
+from .errors import USER_FACING, BtRuntimeError
 
 app = typer.Typer(add_completion=False, help="Run BridgeTower tasks on an export directory (no PyTorch).")
 console = Console(stderr=True)
@@ -69,7 +69,7 @@ def _guard(task):
     """One line on stderr and exit 2 for bad input; an unexpected exception keeps its traceback, marked as a bug."""
     try:
         task()
-    except BtRuntimeError as err:
+    except USER_FACING as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except Exception:
@@ -195,7 +195,7 @@ def triton_repo(export_dir: Path = ExportDir, output: Path = typer.Argument(...,
     """Write a Triton model repository (ONNX Runtime backend per graph + an `itm` ensemble), every config.pbtxt
     validated with tritonclient's model-config protobuf."""
     def task():
-        from .triton_repo import write
+        from bt_serve.triton_repo import write  # serving code (needs onnx), shipped in the same distribution
 
         models = write(export_dir, output, precision, max_batch, queue_delay_us, instances,
                        "KIND_GPU" if gpu else "KIND_CPU", overwrite)
@@ -211,7 +211,7 @@ def build_engines(export_dir: Path = ExportDir,
                   workspace_gib: float = typer.Option(None, "--workspace-gib", help="Builder workspace limit."),
                   timing_cache: Path = typer.Option(None, "--timing-cache", help="Timing cache reused across builds.")):
     """Build TensorRT engines for EXPORT_DIR on this machine's GPU (needs tensorrt, never torch); the manifest's
-    `tensorrt` section records them. `bt-export --trt` is a shortcut to the same builder."""
+    `tensorrt` section records them."""
     def task():
         from .backends.trt_build import build_engines as build
         from .backends.trt_profiles import parse_triple

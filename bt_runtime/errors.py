@@ -1,4 +1,5 @@
-"""Errors for bad input to the runtime. Each is a ValueError naming the argument, what came and what is valid."""
+"""Runtime errors. Bad input is a ValueError (BtRuntimeError) naming the argument, what came and what is valid;
+a backend failure on valid input is a BackendError (RuntimeError)."""
 
 from __future__ import annotations
 
@@ -30,5 +31,15 @@ class TaskUnavailableError(BtRuntimeError):
     """The export lacks the head a task needs (e.g. embeddings without ITC heads)."""
 
 
-class BackendError(BtRuntimeError):
-    """A backend cannot be created as asked (unknown provider, wrong feeds, non-finite outputs)."""
+class BackendInputError(BtRuntimeError):
+    """What was asked of a backend is invalid: backend name, device, providers, options, graph, feeds, a shape
+    outside an engine's profile, an engine precision the export cannot give."""
+
+
+class BackendError(RuntimeError):
+    """A backend failed on valid input: ONNX Runtime, CUDA or TensorRT could not load or run a graph (missing
+    package or GPU, engines from another TensorRT or GPU, a damaged file), or a graph produced NaN/Inf. Not a
+    ValueError: nothing the caller passed was wrong; the message says what to change on the machine or export."""
+
+
+USER_FACING = (BtRuntimeError, BackendError)  # what a CLI reports in one line; anything else is a bug

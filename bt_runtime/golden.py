@@ -17,7 +17,7 @@ import numpy as np
 
 from .integrity import sha256_file, verify_sha256
 from .manifest import FileRef, Golden, GoldenTensor
-from .runtime import softmax
+from .features import softmax
 
 PREFIX = "golden."
 EXACT = ("decoded_rgb", "resized_rgb", "cropped", "input_ids", "attention_mask", "fill_mask_top5")

@@ -52,7 +52,7 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                    "  python3 -m venv .venv-serve && .venv-serve/bin/pip install -e '.[serve]'\n"
                    "  .venv-serve/bin/bt-serve EXPORT_DIR", err=True)
         raise typer.Exit(2)
-    from bt_runtime.errors import BtRuntimeError
+    from bt_runtime.errors import USER_FACING
 
     from .server import ServeOptions, serve
 
@@ -80,7 +80,7 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
 
     try:
         serve(export_dir, options, ready)
-    except BtRuntimeError as err:
+    except USER_FACING as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if smoke and not outcome.get("passed"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bt_runtime.errors import BtRuntimeError
+from bt_runtime.errors import USER_FACING
 
 FILL_MASK_TOP_K = 5
 
@@ -104,7 +104,7 @@ class TaskModels:
                 continue
             try:
                 pixels.append(self.runtime.preprocess.pixel_values(row.values[name], f"{name}[{row.row}]"))
-            except BtRuntimeError as err:
+            except USER_FACING as err:
                 row.error = str(err)
         return pixels
 
@@ -173,7 +173,7 @@ class TaskModels:
             decoded = [_text(t, f"texts[{k}]") for k, t in enumerate(texts)]
             try:
                 probabilities = self.runtime.itm_scores(_as_bytes(image[0], "image"), decoded)
-            except BtRuntimeError as err:
+            except USER_FACING as err:
                 raise RequestError(str(err)) from None
             responses.append({"probabilities": probabilities.astype(np.float32)})
         return responses
@@ -190,7 +190,7 @@ class TaskModels:
             try:
                 result = self.runtime.fill_mask(_as_bytes(image[0], "image"), _text(text[0], "text"),
                                                 top_k=FILL_MASK_TOP_K)
-            except BtRuntimeError as err:
+            except USER_FACING as err:
                 raise RequestError(str(err)) from None
             responses.append({
                 "sentence": np.array([result.sentence.encode("utf-8")], dtype=object),

@@ -76,6 +76,6 @@ def base_export(tmp_path_factory):
                                    tokenizer=roberta if roberta.is_dir() else None,
                                    precisions=("fp32", "fp16", "int8"))
     except VariantsRejected as rejected:  # written without them; tests/bt_export/test_full_size.py looks at why
-        result = rejected.args[1]
+        result = rejected.result
     print(f"\nfull-size base-itm-mlm export: {time.perf_counter() - started:.1f} s, {result.disk_bytes / 1e6:.0f} MB")
     return out

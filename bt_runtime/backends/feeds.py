@@ -4,32 +4,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, BackendInputError
 
 
 def check_feeds(graph: str, specs: list, feeds: dict[str, np.ndarray]) -> None:
     """Names, dtypes, ranks, fixed dims, and one size per symbolic axis; the error names the tensor."""
     expected = [s.name for s in specs]
     if sorted(feeds) != sorted(expected):
-        raise BackendError(f"{graph}: inputs {sorted(feeds)} given; expected exactly {expected}")
+        raise BackendInputError(f"{graph}: inputs {sorted(feeds)} given; expected exactly {expected}")
     sizes: dict[str, tuple[int, str]] = {}
     for spec in specs:
         name, array = spec.name, feeds[spec.name]
         dtype, shape = _dtype_and_shape(array)
         if dtype != spec.dtype:
-            raise BackendError(f"{graph}: input {name!r} has dtype {dtype}; expected {spec.dtype}")
+            raise BackendInputError(f"{graph}: input {name!r} has dtype {dtype}; expected {spec.dtype}")
         if len(shape) != len(spec.shape):
-            raise BackendError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape}")
+            raise BackendInputError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape}")
         for axis, (size, dim) in enumerate(zip(shape, spec.shape)):
             if isinstance(dim, int) and size != dim:
-                raise BackendError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape} "
+                raise BackendInputError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape} "
                                    f"(axis {axis} must be {dim})")
             if isinstance(dim, str):
                 if size == 0:
-                    raise BackendError(f"{graph}: input {name!r} has an empty axis {dim!r} (shape {shape})")
+                    raise BackendInputError(f"{graph}: input {name!r} has an empty axis {dim!r} (shape {shape})")
                 seen = sizes.setdefault(dim, (size, name))
                 if seen[0] != size:
-                    raise BackendError(f"{graph}: axis {dim!r} is {size} in {name!r} but {seen[0]} in {seen[1]!r}")
+                    raise BackendInputError(f"{graph}: axis {dim!r} is {size} in {name!r} but {seen[0]} in {seen[1]!r}")
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",

@@ -13,10 +13,11 @@ import warnings
 
 import numpy as np
 
-from ..errors import BackendError, first_line
+from ..errors import BackendError, BackendInputError, first_line
 from ..integrity import verify_sha256
 from ..manifest import Manifest
 from ..cpu import isa_class
+from .base import Backend, OnnxRuntimeOptions
 from .feeds import check_feeds, check_outputs
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -27,7 +28,7 @@ def parse_device(device: str) -> tuple[str, int]:
     """"cpu", "cuda" or "cuda:N" → (kind, index)."""
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise BackendError(f"device {device!r}; valid: cpu, cuda, cuda:N")
+        raise BackendInputError(f"device {device!r}; valid: cpu, cuda, cuda:N")
     return kind, int(index or 0)
 
 
@@ -44,47 +45,45 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-class OnnxRuntimeBackend:
-    """run(graph, feeds) → {output name: array}. Sessions are created on first use of each graph."""
+class OnnxRuntimeBackend(Backend):
+    """One ONNX Runtime session per graph, created on its first run."""
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, precision: str = "fp32", providers: list[str] | None = None,
-                 intra_op_threads: int | None = None, graph_optimization_level: str = "all",
-                 verify_checksums: bool = True, tensorrt_profiles: dict | None = None, device: str = "cpu",
-                 allow_spinning: bool = False, prepack_weights: bool = True):
+    def __init__(self, manifest: Manifest, precision: str = "fp32", options: OnnxRuntimeOptions | None = None,
+                 verify_checksums: bool = True):
         import onnxruntime as ort
 
+        o = options or OnnxRuntimeOptions()
         available = ort.get_available_providers()
-        kind, self.device_id = parse_device(device)
+        kind, self.device_id = parse_device(o.device)
+        providers = o.providers
         if kind == "cuda" and providers:
-            raise BackendError("give either device='cuda' or providers=[…], not both")
+            raise BackendInputError("give either device='cuda' or providers=[…], not both")
         if kind == "cuda" and "CUDAExecutionProvider" not in available:
-            warnings.warn(f"device {device!r} asked for, but this onnxruntime build has no CUDAExecutionProvider "
+            warnings.warn(f"device {o.device!r} asked for, but this onnxruntime build has no CUDAExecutionProvider "
                           f"(available: {available}; install onnxruntime-gpu matching your CUDA): running on CPU",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             kind = "cpu"
-        self.device = kind
         if kind == "cuda":
             providers = [("CUDAExecutionProvider", cuda_options(precision, self.device_id)), "CPUExecutionProvider"]
         providers = list(providers or ["CPUExecutionProvider"])
         unknown = [p for p in (p if isinstance(p, str) else p[0] for p in providers) if p not in available]
         if unknown:
-            raise BackendError(f"providers: {unknown} not available in this onnxruntime build; available: {available}")
-        if graph_optimization_level not in OPTIMIZATION_LEVELS:
-            raise BackendError(f"graph_optimization_level {graph_optimization_level!r}; valid: {list(OPTIMIZATION_LEVELS)}")
-        if intra_op_threads is not None and intra_op_threads < 0:
-            raise BackendError(f"intra_op_threads must be ≥ 0 (0 = onnxruntime's default), got {intra_op_threads}")
+            raise BackendInputError(f"providers: {unknown} not available in this onnxruntime build; available: "
+                                    f"{available}")
+        if o.graph_optimization_level not in OPTIMIZATION_LEVELS:
+            raise BackendInputError(f"graph_optimization_level {o.graph_optimization_level!r}; valid: "
+                                    f"{list(OPTIMIZATION_LEVELS)}")
+        if o.intra_op_threads is not None and o.intra_op_threads < 0:
+            raise BackendInputError(f"intra_op_threads must be ≥ 0 (0 = onnxruntime's default), got "
+                                    f"{o.intra_op_threads}")
         variant = manifest.variant(precision)  # names the available precisions (and why one was rejected)
         if variant.validated_isa and kind == "cpu" and providers[0] == "CPUExecutionProvider" and \
                 variant.validated_isa != isa_class():
             _warn_isa_once(precision, variant.validated_isa, isa_class(), manifest.directory)
-        self.manifest, self.precision, self.providers = manifest, precision, providers
-        self.intra_op_threads, self.graph_optimization_level = intra_op_threads, graph_optimization_level
-        self.verify_checksums, self.allow_spinning = verify_checksums, allow_spinning
-        self.prepack_weights = prepack_weights
-        self.tensorrt_profiles = tensorrt_profiles or {}
-        self.graphs = tuple(manifest.graphs)
+        super().__init__(manifest, precision, tuple(manifest.graphs), kind)
+        self.options, self.providers, self.verify_checksums = o, providers, verify_checksums
         self._sessions: dict = {}
         self._locks = {graph: threading.Lock() for graph in self.graphs}  # one session per graph, even under threads
 
@@ -94,7 +93,7 @@ class OnnxRuntimeBackend:
             return self.providers
         from .trt_profiles import ort_tensorrt_options, profile_ranges
 
-        ranges = profile_ranges(**self.tensorrt_profiles,
+        ranges = profile_ranges(**(self.options.tensorrt_profiles or {}),
                                 max_seq=self.manifest.config.max_text_length)
         options = ort_tensorrt_options(self.manifest.graph_io(graph), ranges,
                                        str(self.manifest.directory / "ort_tensorrt_cache"),
@@ -102,8 +101,7 @@ class OnnxRuntimeBackend:
         return [(p, options) if p == "TensorrtExecutionProvider" else p for p in self.providers]
 
     def session(self, graph: str):
-        if graph not in self.graphs:
-            raise BackendError(f"graph {graph!r}; valid: {list(self.graphs)}")
+        self.graph_io(graph)  # a known graph
         if graph in self._sessions:
             return self._sessions[graph]
         with self._locks[graph]:
@@ -123,15 +121,15 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                   OPTIMIZATION_LEVELS[self.graph_optimization_level])
-        if self.intra_op_threads:
-            options.intra_op_num_threads = self.intra_op_threads
-        if not self.allow_spinning:
+                                                   OPTIMIZATION_LEVELS[self.options.graph_optimization_level])
+        if self.options.intra_op_threads:
+            options.intra_op_num_threads = self.options.intra_op_threads
+        if not self.options.allow_spinning:
             # Busy-waiting intra-op threads hold the cores after each run: the next graph's threads (its own
             # session, its own pool) then start on busy cores. Measured on 2 cores, full-size pair: 406.5 → 335.1
             # ms (README "Runtime"). allow_spinning=True restores ONNX Runtime's default.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if not self.prepack_weights:
+        if not self.options.prepack_weights:
             # MLAS keeps a second, repacked copy of each MatMul weight: measured +100 MB on the base vision tower
             # (346 MB of weights); without it the full-size pair runs 13% slower (README "Runtime")
             options.add_session_config_entry("session.disable_prepacking", "1")
@@ -142,19 +140,12 @@ class OnnxRuntimeBackend:
                                f"{first_line(err, 300)}") from err
 
     def close(self) -> None:
-        """Release the sessions (their memory); the backend opens them again if used after this."""
         self._sessions.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def run_bound(self, graph: str, feeds: dict, outputs: list[str], keep: tuple[str, ...] = ()) -> dict:
         """Run with IOBinding: feeds are arrays or device OrtValues (from an earlier run_bound); outputs in `keep`
         stay on this backend's device as OrtValues, the others come back as arrays (checked for NaN/Inf)."""
-        check_feeds(graph, self.manifest.graph_io(graph).inputs, feeds)
+        check_feeds(graph, self.graph_io(graph).inputs, feeds)
         session = self.session(graph)
         binding = session.io_binding()
         for name, value in feeds.items():
@@ -170,13 +161,8 @@ class OnnxRuntimeBackend:
         check_outputs(graph, {name: value for name, value in results.items() if name not in keep})
         return results
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        io = self.manifest.graph_io(graph)
-        check_feeds(graph, io.inputs, feeds)
-        names = outputs or io.output_names
-        results = dict(zip(names, self.session(graph).run(names, feeds)))
-        check_outputs(graph, results)
-        return results
+    def _infer(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, self.session(graph).run(outputs, feeds)))
 
 
 _WARNED: set[tuple] = set()

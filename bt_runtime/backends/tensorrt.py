@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError, ManifestError
+from ..errors import BackendError, BackendInputError, ManifestError
 from ..integrity import verify_sha256
 from ..manifest import Manifest, TensorRTEngines
-from .feeds import check_feeds, check_outputs
+from .base import Backend, TensorRTOptions
 from .trt_profiles import check_shape_in_profile, input_shapes
 
 
 def rebuild_hint(directory) -> str:
-    return (f"rebuild the engines on this machine: bt-export --trt-only --output {directory} (or pass --trt to a "
-            "new export); ONNX Runtime's TensorrtExecutionProvider is the alternative route")
+    return (f"rebuild the engines on this machine: bt-run build-engines {directory}; ONNX Runtime's "
+            "TensorrtExecutionProvider is the alternative route")
 
 
 def check_engine_compatibility(section: TensorRTEngines, trt_version: str, gpu: dict, directory) -> None:
@@ -65,7 +65,7 @@ class EngineRunner:
             array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
             check_shape_in_profile(name, array.shape, self.profile[name])
             if not self.context.set_input_shape(name, array.shape):
-                raise BackendError(f"TensorRT rejected input {name!r} of shape {array.shape}")
+                raise BackendInputError(f"TensorRT rejected input {name!r} of shape {array.shape}")
             pointer = self._buffer(name, array.nbytes)
             self.memory.copy_to_device(pointer, array)
             self.context.set_tensor_address(name, pointer)
@@ -138,12 +138,13 @@ def gpu_identity() -> dict:
     return {"name": name.rstrip("\x00"), "compute_capability": f"{properties.major}.{properties.minor}"}
 
 
-class TensorRTBackend:
-    """run(graph, feeds) → {output: array}, like OnnxRuntimeBackend, so every pipeline works unchanged."""
+class TensorRTBackend(Backend):
+    """The export's engines of one precision, each deserialized on its first run; outputs come back as float32."""
 
     name = "tensorrt"
 
-    def __init__(self, manifest: Manifest, precision: str = "fp16", verify_checksums: bool = True):
+    def __init__(self, manifest: Manifest, precision: str = "fp16", options: TensorRTOptions | None = None,
+                 verify_checksums: bool = True):
         sections = manifest.tensorrt
         if precision not in sections:
             raise ManifestError(f"this export has no TensorRT {precision} engines (have: {list(sections) or 'none'}); "
@@ -153,17 +154,15 @@ class TensorRTBackend:
         except ImportError as err:
             raise BackendError("backend 'tensorrt' needs the tensorrt package and an NVIDIA GPU "
                                "(pip install 'bt-toolkit[trt]')") from err
-        self.manifest, self.precision, self.section, self.trt = manifest, precision, sections[precision], trt
+        self.section, self.trt = sections[precision], trt
         check_engine_compatibility(self.section, trt.__version__, gpu_identity(), manifest.directory)
+        super().__init__(manifest, precision, tuple(g for g in manifest.graphs if g in self.section.engines), "cuda")
         self.verify_checksums = verify_checksums
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.memory = CudaMemory(trt)
         self._runners: dict[str, EngineRunner] = {}
-        self.graphs = tuple(g for g in manifest.graphs if g in self.section.engines)
 
     def _runner(self, graph: str) -> EngineRunner:
-        if graph not in self.graphs:
-            raise BackendError(f"graph {graph!r}; valid: {list(self.graphs)} (the graphs with engines)")
         if graph not in self._runners:
             entry = self.section.engines[graph]
             path = self.manifest.path(entry.file)
@@ -187,15 +186,6 @@ class TensorRTBackend:
             runner.close()
         self._runners.clear()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def run(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        check_feeds(graph, self.manifest.graph_io(graph).inputs, feeds)
+    def _infer(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         results = self._runner(graph).infer(feeds, outputs)
-        results = {name: array.astype(np.float32, copy=False) for name, array in results.items()}
-        check_outputs(graph, results)
-        return results
+        return {name: array.astype(np.float32, copy=False) for name, array in results.items()}

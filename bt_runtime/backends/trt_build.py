@@ -9,7 +9,7 @@ cache file reused across builds; a workspace limit. Engines and the manifest's `
 version, GPU name and compute capability, profiles, precision, sha256 of each engine) are written atomically.
 
 Lives in bt_runtime (no torch, no onnx): engines are built on the machine that runs them (`bt-run build-engines
-EXPORT`; `bt-export --trt` is a shortcut to the same function).
+EXPORT`, the one builder).
 
 Nothing here was run on this project's machines: TensorRT cannot be installed on them. The CPU-side parts
 (profiles, manifest, version checks) are tested; the build itself runs where `tensorrt` imports and a GPU exists.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..integrity import sha256_file
 from ..manifest import EngineFile, TensorRTEngines, read_manifest, write_manifest
-from ..errors import BackendError
+from ..errors import BackendError, BackendInputError
 from .tensorrt import gpu_identity
 from .trt_profiles import input_shapes, profile_ranges
 
@@ -39,20 +39,20 @@ def trt_major(version: str) -> int:
 def build_plan(manifest, precision: str, trt_version: str) -> dict[str, dict]:
     """Which ONNX file and which builder settings each engine uses, for this TensorRT version (pure logic)."""
     if precision not in TRT_PRECISIONS:
-        raise BackendError(f"TensorRT precision {precision!r}; valid: {list(TRT_PRECISIONS)}")
+        raise BackendInputError(f"TensorRT precision {precision!r}; valid: {list(TRT_PRECISIONS)}")
     major = trt_major(trt_version)
     if major < 10:
         raise BackendError(f"TensorRT {trt_version} is too old: the graphs use ONNX Attention (TensorRT ≥ 10.14)")
     variants = manifest.variants
     if "fp32" not in variants or variants["fp32"].attention != "onnx":
-        raise BackendError("TensorRT engines need the portable graphs: re-export with --attention onnx")
+        raise BackendInputError("TensorRT engines need the portable graphs: re-export with --attention onnx")
     strongly_typed = major >= 11
     source = precision if strongly_typed and precision != "fp32" else "fp32"
     if source not in variants:
-        raise BackendError(f"TensorRT {trt_version} builds {precision} from the {source} ONNX variant, which this "
+        raise BackendInputError(f"TensorRT {trt_version} builds {precision} from the {source} ONNX variant, which this "
                             f"export lacks; re-export with --precision fp32,{source}" if source != "bf16" else
                             f"TensorRT {trt_version} (strongly typed) needs a bf16 ONNX variant, which bt-export "
-                            "does not write; use --trt-precision fp16")
+                            "does not write; use --precision fp16")
     flags = [] if strongly_typed or precision == "fp32" else [precision.upper()]
     return {graph: {"onnx": variants[source].files[graph].file, "strongly_typed": strongly_typed,
                     "builder_flags": flags, "engine": f"{graph}.{precision}.engine"} for graph in manifest.graphs}

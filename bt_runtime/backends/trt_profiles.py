@@ -7,7 +7,7 @@ the manifest is resolved against it.
 
 from __future__ import annotations
 
-from ..errors import BackendError
+from ..errors import BackendInputError
 
 # batch 1/8/32, text length 8/40/512 (capped by the model), one image scored against up to `batch` texts
 DEFAULT_PROFILE_AXES = {"batch": (1, 8, 32), "seq": (8, 40, 512), "image_batch": (1, 1, 32)}
@@ -20,7 +20,7 @@ def parse_triple(text: str, option: str) -> tuple[int, int, int]:
     except ValueError:
         values = ()
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise BackendError(f"{option} {text!r}: expected min,opt,max (three integers, 1 ≤ min ≤ opt ≤ max)")
+        raise BackendInputError(f"{option} {text!r}: expected min,opt,max (three integers, 1 ≤ min ≤ opt ≤ max)")
     return values
 
 
@@ -34,7 +34,7 @@ def profile_ranges(batch: tuple[int, int, int] = DEFAULT_PROFILE_AXES["batch"],
         ranges["seq"] = (min(low, max_seq), min(opt, max_seq), min(high, max_seq))
     for axis, values in ranges.items():
         if len(values) != 3 or not all(isinstance(v, int) for v in values) or not 1 <= values[0] <= values[1] <= values[2]:
-            raise BackendError(f"profile {axis}={values}: need three integers 1 ≤ min ≤ opt ≤ max")
+            raise BackendInputError(f"profile {axis}={values}: need three integers 1 ≤ min ≤ opt ≤ max")
     ranges["image_batch"] = (1, 1, ranges["batch"][2])
     return ranges
 
@@ -50,7 +50,7 @@ def input_shapes(graph_io, ranges: dict[str, tuple[int, int, int]]) -> dict[str,
             elif dim in ranges:
                 resolved.append(ranges[dim])
             else:
-                raise BackendError(f"input {tensor.name!r}: axis {dim!r} has no profile range "
+                raise BackendInputError(f"input {tensor.name!r}: axis {dim!r} has no profile range "
                                    f"(ranges given for {sorted(ranges)})")
         shapes[tensor.name] = tuple(tuple(r[i] for r in resolved) for i in range(3))
     return shapes
@@ -59,8 +59,8 @@ def input_shapes(graph_io, ranges: dict[str, tuple[int, int, int]]) -> dict[str,
 def check_shape_in_profile(name: str, shape: tuple, profile: tuple[tuple, tuple, tuple]) -> None:
     low, _, high = profile
     if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
-        raise BackendError(f"input {name!r} of shape {tuple(shape)} is outside the engine's optimization profile "
-                           f"(min {low}, max {high}); rebuild the engines with wider --trt-batch/--trt-seq ranges")
+        raise BackendInputError(f"input {name!r} of shape {tuple(shape)} is outside the engine's optimization profile "
+                           f"(min {low}, max {high}); rebuild the engines with wider --batch/--seq ranges (bt-run build-engines)")
 
 
 def _shape_string(shapes: dict[str, tuple[tuple, tuple, tuple]], index: int) -> str:

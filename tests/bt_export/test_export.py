@@ -165,7 +165,7 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path, monkeypatch):
     out = tmp_path / "export"
     with pytest.raises(ParityError) as err:
         export_checkpoint("tiny", out)
-    failed = {(r.check, r.output) for r in err.value.args[1]["fp32"] if not r.passed}
+    failed = {(r.check, r.output) for r in err.value.rows["fp32"] if not r.passed}
     assert ("graph:cross_modal", "pooler_output") in failed
     assert ("e2e:BridgeTowerForImageAndTextRetrieval.logits", "itm_logits") in failed
     assert not out.exists()

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bt_runtime.errors import BackendError
+from bt_runtime.errors import BackendError, BackendInputError
 from bt_export.export import export_checkpoint
 from bt_runtime.backends.trt_build import build_plan, write_tensorrt_section
 from bt_runtime.manifest import EngineFile, TensorRTEngines
@@ -88,9 +88,9 @@ def test_build_plan_tensorrt_11_is_strongly_typed_on_the_fp16_graph():
     plan = build_plan(_manifest(["fp32", "fp16"]), "fp16", "11.0.0")
     assert plan["cross_modal"]["onnx"] == "cross_modal.fp16.onnx"
     assert plan["cross_modal"]["strongly_typed"] and plan["cross_modal"]["builder_flags"] == []
-    with pytest.raises(BackendError, match="re-export with --precision fp32,fp16"):
+    with pytest.raises(BackendInputError, match="re-export with --precision fp32,fp16"):
         build_plan(_manifest(["fp32"]), "fp16", "11.1.0")
-    with pytest.raises(BackendError, match="needs a bf16 ONNX variant"):
+    with pytest.raises(BackendInputError, match="needs a bf16 ONNX variant"):
         build_plan(_manifest(["fp32"]), "bf16", "11.1.0")
 
 
@@ -99,9 +99,9 @@ def test_build_plan_refuses_old_tensorrt_unfused_graphs_and_unknown_precision():
         build_plan(_manifest(["fp32"]), "fp16", "8.6.1")
     unfused = _manifest(["fp32"])
     unfused.variants["fp32"].attention = "none"
-    with pytest.raises(BackendError, match="--attention onnx"):
+    with pytest.raises(BackendInputError, match="--attention onnx"):
         build_plan(unfused, "fp16", "10.14.0")
-    with pytest.raises(BackendError, match="TensorRT precision 'int4'"):
+    with pytest.raises(BackendInputError, match="TensorRT precision 'int4'"):
         build_plan(_manifest(["fp32"]), "int4", "10.14.0")
 
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bt_runtime import BridgeTowerRuntime, BtRuntimeError, ImageInputError, ManifestError, TextInputError
+from bt_runtime import BackendError, BridgeTowerRuntime, BtRuntimeError, ImageInputError, ManifestError, TextInputError
 from bt_runtime.images import DEFAULT_MAX_PIXELS
 
 
@@ -79,7 +79,7 @@ def test_listed_external_data_that_is_missing_is_named(export_copy):
 def test_corrupt_graph_without_checksums_is_a_backend_error(export_copy):
     (export_copy / "text_tower.onnx").write_bytes(b"\x08\x07garbage" * 100)
     runtime = BridgeTowerRuntime.load(export_copy, verify_checksums=False)
-    with pytest.raises(BtRuntimeError, match="ONNX Runtime could not load text_tower"):
+    with pytest.raises(BackendError, match="ONNX Runtime could not load text_tower"):
         runtime.embed_texts(["a cat"])
 
 

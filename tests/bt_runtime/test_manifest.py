@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bt_runtime import BridgeTowerRuntime, read_manifest
-from bt_runtime.errors import BackendError, ManifestError
+from bt_runtime.errors import BackendError, BackendInputError, ManifestError
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_truncated_graph_is_refused(export_copy):
 
 
 def test_unknown_provider_lists_the_available_ones(tiny_export):
-    with pytest.raises(BackendError, match=r"\['NoSuchExecutionProvider'\] not available.*CPUExecutionProvider"):
+    with pytest.raises(BackendInputError, match=r"\['NoSuchExecutionProvider'\] not available.*CPUExecutionProvider"):
         BridgeTowerRuntime.load(tiny_export, providers=["NoSuchExecutionProvider"])
 
 
@@ -72,20 +72,20 @@ def test_threads_and_optimization_level_are_applied(tiny_export):
     runtime = BridgeTowerRuntime.load(tiny_export, intra_op_threads=1, graph_optimization_level="basic")
     session = runtime.backend.session("text_tower")
     assert session.get_session_options().intra_op_num_threads == 1
-    with pytest.raises(BackendError, match="graph_optimization_level 'max'"):
+    with pytest.raises(BackendInputError, match="graph_optimization_level 'max'"):
         BridgeTowerRuntime.load(tiny_export, graph_optimization_level="max")
 
 
 def test_feeds_are_checked_against_the_manifest(tiny_export):
     backend = BridgeTowerRuntime.load(tiny_export).backend
     ids = np.ones((2, 5), np.int64)
-    with pytest.raises(BackendError, match="input 'input_ids' has dtype int32"):
+    with pytest.raises(BackendInputError, match="input 'input_ids' has dtype int32"):
         backend.run("text_tower", {"input_ids": ids.astype(np.int32), "attention_mask": ids})
-    with pytest.raises(BackendError, match="expected exactly"):
+    with pytest.raises(BackendInputError, match="expected exactly"):
         backend.run("text_tower", {"input_ids": ids})
-    with pytest.raises(BackendError, match="axis 'batch' is 3 in 'attention_mask' but 2 in 'input_ids'"):
+    with pytest.raises(BackendInputError, match="axis 'batch' is 3 in 'attention_mask' but 2 in 'input_ids'"):
         backend.run("text_tower", {"input_ids": ids, "attention_mask": np.ones((3, 5), np.int64)})
-    with pytest.raises(BackendError, match="axis 2 must be 96"):
+    with pytest.raises(BackendInputError, match="axis 2 must be 96"):
         backend.run("vision_tower", {"pixel_values": np.zeros((1, 3, 95, 96), np.float32)})
 
 

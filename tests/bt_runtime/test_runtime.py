@@ -252,7 +252,7 @@ def test_prepack_weights_false_keeps_one_copy_of_each_weight(tiny_export, photos
 
 def test_pairs_run_in_batches_of_the_device_default(runtime, photos, monkeypatch):
     """CPU: 8 pairs per cross-modal run unless asked (measured faster than 32 on the full-size base)."""
-    from bt_runtime.runtime import PAIR_BATCH
+    from bt_runtime.features import PAIR_BATCH
 
     sizes = []
     real_run = runtime.backend.run

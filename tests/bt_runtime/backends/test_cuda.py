@@ -12,7 +12,7 @@ import pytest
 
 from bt_runtime import BridgeTowerRuntime
 from bt_runtime.backends.onnxruntime import cuda_available, parse_device
-from bt_runtime.errors import BackendError
+from bt_runtime.errors import BackendInputError
 
 
 @pytest.mark.parametrize("device,parsed", [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:1", ("cuda", 1))])
@@ -22,7 +22,7 @@ def test_parse_device(device, parsed):
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:0", "cuda:-1"])
 def test_bad_device_names_list_the_valid_ones(device):
-    with pytest.raises(BackendError, match="valid: cpu, cuda, cuda:N"):
+    with pytest.raises(BackendInputError, match="valid: cpu, cuda, cuda:N"):
         parse_device(device)
 
 
@@ -39,7 +39,7 @@ def test_cuda_without_cuda_falls_back_to_cpu_with_a_warning(tiny_export, photos_
 def test_device_and_providers_are_exclusive(tiny_export):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(BackendError, match="either device='cuda' or providers"):
+        with pytest.raises(BackendInputError, match="either device='cuda' or providers"):
             BridgeTowerRuntime.load(tiny_export, device="cuda", providers=["CPUExecutionProvider"])
 
 
@@ -59,7 +59,7 @@ def test_bound_outputs_stay_ortvalues_and_feed_the_next_graph(tiny_export):
     plain = backend.run("cross_modal", {**feeds, "text_bridge": text["text_bridge"].numpy(),
                                         "image_bridge": image["image_bridge"].numpy()}, ["itm_logits"])["itm_logits"]
     np.testing.assert_array_equal(bound, plain)
-    with pytest.raises(BackendError, match="input 'text_bridge' has dtype int64; expected float32"):
+    with pytest.raises(BackendInputError, match="input 'text_bridge' has dtype int64; expected float32"):
         backend.run_bound("cross_modal", {**feeds, "text_bridge": ort.OrtValue.ortvalue_from_numpy(
             np.zeros((2, 2, 7, 128), np.int64))}, ["itm_logits"])
 
@@ -69,7 +69,7 @@ def test_device_path_of_itm_scores_matches_the_host_path(tiny_export, photos_dir
     image = photos_dir / "skimage_chelsea.png"
     texts = [f"a cat number {i} sitting" + " very" * i for i in range(5)]
     expected = runtime.itm_scores(image, texts, batch_size=2)
-    np.testing.assert_allclose(runtime._itm_scores_on_device(image, texts, batch_size=2), expected, atol=1e-6)
+    np.testing.assert_allclose(runtime.match_one_image_bound(image, texts, batch_size=2), expected, atol=1e-6)
 
 
 @pytest.mark.gpu

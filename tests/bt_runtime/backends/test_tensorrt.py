@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bt_runtime.backends.tensorrt import EngineRunner, TensorRTBackend, check_engine_compatibility
-from bt_runtime.errors import BackendError, ManifestError
+from bt_runtime.errors import BackendError, BackendInputError, ManifestError
 from bt_runtime.manifest import TensorRTEngines
 
 INPUT, OUTPUT = "input", "output"
@@ -104,7 +104,7 @@ def test_runner_binds_runs_and_reuses_buffers():
 
 def test_runner_refuses_shapes_outside_the_profile_and_reports_failed_runs():
     run, _ = runner()
-    with pytest.raises(BackendError, match="outside the engine's optimization profile"):
+    with pytest.raises(BackendInputError, match="outside the engine's optimization profile"):
         run.infer({"x": np.ones((64, 4), np.float32)})
     failing, _ = runner(succeed=False)
     with pytest.raises(BackendError, match="execute_async_v3 failed"):
@@ -118,7 +118,7 @@ SECTION = TensorRTEngines(version="10.14.1", gpu="NVIDIA H100", compute_capabili
 
 def test_engines_from_another_tensorrt_or_gpu_are_refused_with_rebuild_advice():
     check_engine_compatibility(SECTION, "10.14.3", {"name": "NVIDIA H100", "compute_capability": "9.0"}, "x")
-    with pytest.raises(BackendError, match=r"TensorRT 10\.14\.1, this is TensorRT 11\.0\.0.*bt-export --trt-only"):
+    with pytest.raises(BackendError, match=r"TensorRT 10\.14\.1, this is TensorRT 11\.0\.0.*bt-run build-engines"):
         check_engine_compatibility(SECTION, "11.0.0", {"name": "NVIDIA H100", "compute_capability": "9.0"}, "x")
     with pytest.raises(BackendError, match=r"compute capability 9\.0\), this GPU is NVIDIA L4 \(8\.9\)"):
         check_engine_compatibility(SECTION, "10.14.1", {"name": "NVIDIA L4", "compute_capability": "8.9"}, "x")
@@ -127,7 +127,7 @@ def test_engines_from_another_tensorrt_or_gpu_are_refused_with_rebuild_advice():
 def test_backend_without_engines_or_tensorrt_says_what_to_do(tiny_export):
     from bt_runtime import BridgeTowerRuntime, read_manifest
 
-    with pytest.raises(ManifestError, match="no TensorRT fp16 engines.*bt-export --trt-only"):
+    with pytest.raises(ManifestError, match="no TensorRT fp16 engines.*bt-run build-engines"):
         BridgeTowerRuntime.load(tiny_export, backend="tensorrt", precision="fp16")
     manifest = read_manifest(tiny_export)
     manifest.tensorrt = {"fp16": SECTION}

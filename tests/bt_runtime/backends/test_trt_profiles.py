@@ -3,14 +3,14 @@ import pytest
 from bt_runtime import read_manifest
 from bt_runtime.backends.trt_profiles import (check_shape_in_profile, input_shapes, ort_tensorrt_options,
                                               profile_ranges)
-from bt_runtime.errors import BackendError
+from bt_runtime.errors import BackendInputError
 
 
 def test_profile_ranges_cap_seq_and_follow_batch():
     ranges = profile_ranges((1, 8, 32), (8, 40, 512), max_seq=128)
     assert ranges == {"batch": (1, 8, 32), "seq": (8, 40, 128), "image_batch": (1, 1, 32)}
     for bad in [(8, 1, 32), (0, 1, 2), (1, 2)]:
-        with pytest.raises(BackendError, match="batch"):
+        with pytest.raises(BackendInputError, match="batch"):
             profile_ranges(bad)
 
 
@@ -24,14 +24,14 @@ def test_input_shapes_resolve_every_graph_of_an_export(tiny_export):
                                      (32, layers, tokens, hidden))
     assert cross["image_index"] == ((1,), (8,), (32,))
     assert input_shapes(manifest.graph_io("vision_tower"), ranges)["pixel_values"][2] == (32, 3, 96, 96)
-    with pytest.raises(BackendError, match="axis 'seq' has no profile range"):
+    with pytest.raises(BackendInputError, match="axis 'seq' has no profile range"):
         input_shapes(manifest.graph_io("text_tower"), {"batch": (1, 1, 1)})
 
 
 def test_shapes_outside_the_profile_are_refused_with_advice():
     profile = ((1, 8), (8, 40), (32, 128))
     check_shape_in_profile("input_ids", (4, 100), profile)
-    with pytest.raises(BackendError, match=r"input 'input_ids' of shape \(64, 10\).*rebuild the engines"):
+    with pytest.raises(BackendInputError, match=r"input 'input_ids' of shape \(64, 10\).*rebuild the engines"):
         check_shape_in_profile("input_ids", (64, 10), profile)
 
 

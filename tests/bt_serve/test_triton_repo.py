@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from bt_runtime import BridgeTowerRuntime, BtRuntimeError, read_manifest
 from bt_runtime.cli import app
 from bt_runtime.golden import read
-from bt_runtime.triton_repo import simulate_itm, validate, write
+from bt_serve.triton_repo import simulate_itm, validate, write
 
 pytest.importorskip("tritonclient.grpc")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import Manifest, TensorInfo, read_manifest
-from .errors import BtRuntimeError
+from bt_runtime.errors import BtRuntimeError
+from bt_runtime.manifest import Manifest, TensorInfo, read_manifest
 
 MARKER = "bt-triton-repo.json"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
