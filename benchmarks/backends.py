@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from bt_runtime import BackendError, BridgeTowerRuntime
-from bt_runtime.manifest import Manifest
 from bt_runtime.features import softmax
+from bt_runtime.manifest import Manifest
 
 
 class BackendUnavailable(Exception):
@@ -190,7 +190,9 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
         precision = rest or "fp16"
         try:
             return RuntimeBackend(BridgeTowerRuntime.load(export_dir, backend="tensorrt", precision=precision), label)
-        except (ValueError, BackendError) as err:  # no tensorrt package, no GPU, no engines, or engines from another TensorRT/GPU
+        # no tensorrt package, no GPU, no engines, or engines from another TensorRT/GPU
+        except (ValueError, BackendError) as err:
             raise BackendUnavailable(f"{label}: {err}") from err
-    raise BackendUnavailable(f"{label}: unknown backend; valid: torch, torch:bf16, onnxruntime:<precision>[:<provider>],"
+    raise BackendUnavailable(f"{label}: unknown backend; valid: torch, torch:bf16, "
+                             "onnxruntime:<precision>[:<provider>],"
                              " onnxruntime-naive, tensorrt:<precision>")

@@ -14,6 +14,7 @@ from .backends import BackendUnavailable, make_backend
 from .report import build
 from .scenarios import SCENARIOS, Settings
 
+
 def default_backends(manifest) -> list[str]:
     """torch fp32 (the baseline), torch bf16 where the CPU has bf16 instructions, and every variant of the export
     on ONNX Runtime's default provider."""
@@ -35,7 +36,8 @@ def eager_for(manifest):
 
 def load_images(paths: list[Path] | None) -> list:
     """Decoded PIL images (both sides get the same pixels; decoding is not what is measured)."""
-    from bt_export.samples import load_images as decode, synthetic_images
+    from bt_export.samples import load_images as decode
+    from bt_export.samples import synthetic_images
 
     return decode(list(paths))[0] if paths else synthetic_images(4)
 

@@ -100,8 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch  # noqa: F401  CUDA libraries loaded before onnxruntime-gpu looks for them
 
-    from bt_runtime import BridgeTowerRuntime
     from benchmarks.gpu_report import ort_chain
+    from bt_runtime import BridgeTowerRuntime
 
     results = []
     runtime = BridgeTowerRuntime.load(args.export_dir, precision=args.precision, device="cuda")

@@ -191,13 +191,15 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU report — {facts.get('gpu', '?')}", "",
              f"driver {facts.get('driver')}, torch {facts.get('torch')} (CUDA {facts.get('torch_cuda')}), "
              f"transformers {facts.get('transformers')}, onnxruntime-gpu {facts.get('onnxruntime')}, "
-             f"Python {facts.get('python')}. Checkpoint: {report.get('checkpoint')}. Command: `{report.get('command')}`",
+             f"Python {facts.get('python')}. Checkpoint: {report.get('checkpoint')}. "
+             f"Command: `{report.get('command')}`",
              ""]
     if report.get("export"):
         lines += [f"Export (fp32 + fp16, CPU parity included): {report['export']}", ""]
     if report.get("parity"):
         lines += ["## Parity on CUDA (vs eager transformers fp32 on the same GPU, 16 photo × caption pairs)", "",
-                  "| backend | ITM logits max \\|Δ\\| | MLM logits max \\|Δ\\| | ITM \\|Δp\\| | decisions | MLM top-1 | "
+                  "| backend | ITM logits max \\|Δ\\| | MLM logits max \\|Δ\\| | ITM \\|Δp\\| | decisions "
+                  "| MLM top-1 | "
                   "bounds | pass |", "|---|---|---|---|---|---|---|---|"]
         for r in report["parity"]:
             lines.append(f"| {r['backend']} | {r['itm_logits_max_abs']:.2e} | {r['mlm_logits_max_abs']:.2e} | "
@@ -236,8 +238,8 @@ def main() -> None:
     args = parser.parse_args()
     import sys
 
-    import torch  # CUDA libraries first: onnxruntime-gpu then finds them loaded
     import onnxruntime as ort
+    import torch  # CUDA libraries first: onnxruntime-gpu then finds them loaded
 
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()

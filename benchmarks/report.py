@@ -47,11 +47,13 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {machine['cpu']['model']}, {machine['cpu']['logical_cores']} logical cores, flags "
-        f"{', '.join(machine['cpu']['flags']) or 'none'}; GPU: {machine['gpu']['name'] if machine['gpu'] else 'none'}  ",
+        f"{', '.join(machine['cpu']['flags']) or 'none'}; "
+        f"GPU: {machine['gpu']['name'] if machine['gpu'] else 'none'}  ",
         f"Measured fp32 matmul rate (same run): {report['matmul_gflops']['best_fp32']:.0f} GFLOP/s; "
         f"threads: {report['threads']}  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}  ",
-        f"Method: {report['settings']['warmup']} warm-up + {report['settings']['runs']} timed rounds per case, backends "
+        f"Method: {report['settings']['warmup']} warm-up + {report['settings']['runs']} timed rounds per case, "
+        "backends "
         "interleaved round-robin (order rotated each round); medians from per-iteration samples.",
         "",
         "| scenario | params | backend | p50 ms | p90 ms | p99 ms | throughput | × torch | GFLOP/s | of matmul rate |"
@@ -64,11 +66,13 @@ def markdown(report: dict) -> str:
         agrees = "–" if not agreement else ("yes" if agreement["passed"] else "**NO**") + " (" + ", ".join(
             f"{k} {v:.3g}" for k, v in agreement.items() if k not in ("passed",) and isinstance(v, float)) + ")"
         lines.append(
-            f"| {r['scenario']} | {params} | {r['backend']} | {r['summary']['p50_ms']:.1f} | {r['summary']['p90_ms']:.1f}"
+            f"| {r['scenario']} | {params} | {r['backend']} | {r['summary']['p50_ms']:.1f} "
+            f"| {r['summary']['p90_ms']:.1f}"
             f" | {r['summary']['p99_ms']:.1f} | {_fmt(r['throughput_per_s'], '.2f')} {r['unit']}/s"
             f" | {_fmt(r['speedup_vs_torch'], '.2f')} | {_fmt(r['gflops_per_s'], '.0f')}"
             f" | {_fmt(r['fraction_of_matmul_rate'], '.0%')} | {agrees} |")
-    lines += ["", "`of matmul rate`: achieved GFLOP/s (the matmul work each backend does in the scenario, from the config) "
+    lines += ["", "`of matmul rate`: achieved GFLOP/s (the matmul work each backend does in the scenario, from the "
+              "config) "
               "over this machine's fp32 matmul rate measured in the same run; int8 work can exceed it (VNNI integer "
               "matmuls are not bound by the fp32 rate). `× torch`: eager p50 / backend p50, same scenario and params."]
     if report.get("skipped"):

@@ -25,12 +25,14 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="Export directory (written atomically)."),
     checkpoint: str = typer.Option("tiny", "--checkpoint", "-c",
                                    help=f"Alias ({', '.join(valid_names())}), hub id, or local directory."),
-    random_init: bool = typer.Option(False, "--random-init", help="Official architecture of the alias, random weights."),
+    random_init: bool = typer.Option(False, "--random-init",
+                                     help="Official architecture of the alias, random weights."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer directory (tokenizer.json or vocab+merges)."),
     revision: str = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export directory."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity against eager PyTorch."),
-    parity_images: list[Path] = typer.Option(None, "--parity-images", help="Image files/dirs for parity (default: synthetic)."),
+    parity_images: list[Path] = typer.Option(None, "--parity-images",
+                                             help="Image files/dirs for parity (default: synthetic)."),
     opset: int = typer.Option(23, "--opset", help="ONNX opset (≥ 23 for fused attention)."),
     attention: str = typer.Option("onnx", "--attention",
                                   help="onnx: ONNX Attention (portable, fastest here); ort: com.microsoft "
@@ -90,7 +92,10 @@ def _report(checkpoint: str, result, parity_table) -> None:
         if rows:
             console.print(parity_table(rows, f"{name} parity against eager PyTorch"))
     heads = ", ".join(result.manifest.heads) or "none"
-    variants = ", ".join(f"{p} ({sum(c['Attention'] + c['MultiHeadAttention'] for c in v.fused_attention_nodes.values())}"
+    def fused(variant) -> int:
+        return sum(c["Attention"] + c["MultiHeadAttention"] for c in variant.fused_attention_nodes.values())
+
+    variants = ", ".join(f"{p} ({fused(v)}"
                          f" fused attention nodes)" for p, v in result.manifest.variants.items())
     console.print(f"exported {checkpoint} (heads: {heads}; {variants}) to {result.output} in {result.seconds:.1f} s, "
                   f"{result.disk_bytes / 1e6:.1f} MB")

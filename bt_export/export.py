@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from bt_runtime.manifest import Parity, RejectedVariant, Variant, checked, write_manifest
 from bt_runtime.cpu import isa_class
+from bt_runtime.manifest import Parity, RejectedVariant, Variant, checked, write_manifest
 
 from .checkpoints import copy_tokenizer, load_checkpoint
 from .errors import BtExportError, ParityError, VariantsRejected

@@ -9,10 +9,29 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from bt_runtime.integrity import sha256_file
-from bt_runtime.manifest import (RESAMPLE_NAMES, SCHEMA_VERSION, AxisLink, Broadcast, CenterCrop, Checkpoint,
-                                 ConfigSummary, FileRef, GraphFile, GraphIO, Manifest, Preprocessing, Reference,
-                                 Resize, Substitute, TensorInfo, TokenizerInfo, Wire, Wiring)
+from bt_runtime.manifest import (
+    RESAMPLE_NAMES,
+    SCHEMA_VERSION,
+    AxisLink,
+    Broadcast,
+    CenterCrop,
+    Checkpoint,
+    ConfigSummary,
+    FileRef,
+    GraphFile,
+    GraphIO,
+    Manifest,
+    Preprocessing,
+    Reference,
+    Resize,
+    Substitute,
+    TensorInfo,
+    TokenizerInfo,
+    Wire,
+    Wiring,
+)
 
 from .errors import CheckpointError
 from .model import HF_HEAD_CLASSES
@@ -24,10 +43,10 @@ CROSS_MODAL_BROADCAST = ("graph: cross_modal (and cross_modal_pooled) gathers im
 
 
 OUTPUT_MEANINGS = {
-    "image_bridge": "(batch, C, N, D): batch first, then one row per cross-modal layer: what BridgeTowerModel feeds the "
-                    "cross-modal stack from each image; token 0 is the class token",
-    "text_bridge": "(batch, C, seq, D): batch first, then one row per cross-modal layer, from each text; padding positions are "
-                   "computed but masked downstream",
+    "image_bridge": "(batch, C, N, D): batch first, then one row per cross-modal layer: what BridgeTowerModel "
+                    "feeds the cross-modal stack from each image; token 0 is the class token",
+    "text_bridge": "(batch, C, seq, D): batch first, then one row per cross-modal layer, from each text; padding "
+                   "positions are computed but masked downstream",
     "image_embeds": "L2-normalized contrastive image embedding (BridgeTowerForContrastiveLearning.image_embeds)",
     "text_embeds": "L2-normalized contrastive text embedding (BridgeTowerForContrastiveLearning.text_embeds)",
     "pooler_output": "concat(text pooler, image pooler) (BridgeTowerModel.pooler_output)",

@@ -61,7 +61,8 @@ def load_images(paths: list[Path]) -> tuple[list, list[str]]:
         elif path.is_file():
             files.append(path)
         else:
-            raise BtExportError(f"--parity-images {str(path)!r} does not exist (give image files or a directory of them)")
+            raise BtExportError(f"--parity-images {str(path)!r} does not exist (give image files or a directory "
+                                "of them)")
     if not files:
         raise BtExportError(f"--parity-images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
     images = []

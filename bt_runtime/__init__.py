@@ -4,8 +4,15 @@
     rt.itm_scores(image, ["two cats on a couch", "a football player"])
 """
 
-from .errors import (BackendError, BackendInputError, BtRuntimeError, ImageInputError, ManifestError, TaskUnavailableError,
-                     TextInputError)
+from .errors import (
+                     BackendError,
+                     BackendInputError,
+                     BtRuntimeError,
+                     ImageInputError,
+                     ManifestError,
+                     TaskUnavailableError,
+                     TextInputError,
+)
 from .images import ImagePreprocessor
 from .manifest import Manifest, read_manifest
 from .runtime import BridgeTowerRuntime, FillMaskResult, MaskPrediction, RetrievalHit

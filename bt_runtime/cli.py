@@ -90,7 +90,8 @@ def itm(export_dir: Path = ExportDir, image: Path = typer.Option(..., "--image")
 
 @app.command("fill-mask")
 def fill_mask(export_dir: Path = ExportDir, image: Path = typer.Option(..., "--image"),
-              text: str = typer.Option(..., "--text", help="Text with <mask>."), top_k: int = typer.Option(5, "--top-k"),
+              text: str = typer.Option(..., "--text", help="Text with <mask>."),
+              top_k: int = typer.Option(5, "--top-k"),
               precision: str = Precision):
     """Fill each <mask> in --text given IMAGE."""
     def task():

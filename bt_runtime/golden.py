@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import softmax
 from .integrity import sha256_file, verify_sha256
 from .manifest import FileRef, Golden, GoldenTensor
-from .features import softmax
 
 PREFIX = "golden."
 EXACT = ("decoded_rgb", "resized_rgb", "cropped", "input_ids", "attention_mask", "fill_mask_top5")

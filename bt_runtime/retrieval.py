@@ -11,6 +11,7 @@ from .errors import BtRuntimeError
 from .features import ImageFeatures, TextFeatures, batches, check_image_list, check_positive
 from .text import check_texts
 
+
 @dataclass(order=True)
 class RetrievalHit:
     score: float  # ITM match probability when reranked (or ITM-only), else ITC cosine similarity
@@ -59,8 +60,8 @@ class Retrieval:
         for start, stop in batches(len(images), batch_size, progress, "gallery"):
             chunk = self.encode_images(list(images[start:stop]), batch_size, name="images")
             if not use_itc:  # ITM over every image, chunk by chunk
-                scores = self.match_probabilities(text_features, chunk, np.zeros(stop - start, np.int64), np.arange(stop - start),
-                                   batch_size, False)
+                scores = self.match_probabilities(text_features, chunk, np.zeros(stop - start, np.int64),
+                                                  np.arange(stop - start), batch_size, False)
                 shortlist += [(float(s), start + i, None) for i, s in enumerate(scores)]
                 continue
             similarities = chunk.embeds @ text_features.embeds[0]  # (b,) cosine: both L2-normalized
@@ -74,8 +75,8 @@ class Retrieval:
             hits = [RetrievalHit(score, index, score, None) for score, index, _ in shortlist]
         else:
             candidates = ImageFeatures(np.stack([bridge for _, _, bridge in shortlist]))
-            itm = self.match_probabilities(text_features, candidates, np.zeros(len(shortlist), np.int64), np.arange(len(shortlist)),
-                            batch_size, False)
+            itm = self.match_probabilities(text_features, candidates, np.zeros(len(shortlist), np.int64),
+                                           np.arange(len(shortlist)), batch_size, False)
             hits = [RetrievalHit(float(p), index, similarity, float(p))
                     for p, (similarity, index, _) in zip(itm, shortlist)]
         return _best(hits, top_k)

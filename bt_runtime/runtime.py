@@ -12,7 +12,7 @@ from .backends.base import options_for
 from .features import PAIR_BATCH, Features, ImageFeatures, TextFeatures, softmax
 from .images import DEFAULT_MAX_PIXELS, ImagePreprocessor
 from .manifest import Manifest, read_manifest
-from .retrieval import RetrievalHit, Retrieval
+from .retrieval import Retrieval, RetrievalHit
 from .tasks import FillMaskResult, MaskPrediction, Tasks
 from .text import TextTokenizer
 

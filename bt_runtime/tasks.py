@@ -10,6 +10,7 @@ from .errors import BtRuntimeError, TaskUnavailableError, TextInputError
 from .features import check_image_list, check_positive, softmax
 from .text import check_texts, shorten
 
+
 @dataclass
 class MaskPrediction:
     position: int  # token position of the <mask> in input_ids
@@ -48,7 +49,8 @@ class Tasks:
         text_features = self.encode_texts(texts)
         image_features = self.encode_image(image)
         count = len(texts)
-        return self.match_probabilities(text_features, image_features, np.arange(count), np.zeros(count, np.int64), batch_size, False)
+        return self.match_probabilities(text_features, image_features, np.arange(count), np.zeros(count, np.int64),
+                                        batch_size, False)
 
     def itm_pairs(self, images: list, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Match probability of images[k] with texts[k] → (n,)."""
@@ -59,7 +61,8 @@ class Tasks:
             raise BtRuntimeError(f"itm_pairs: images has {len(images)} items but texts has {len(texts)}; "
                                  "they must pair one to one (use itm_matrix for every combination)")
         index = np.arange(len(texts))
-        return self.match_probabilities(self.encode_texts(texts), self.encode_images(images), index, index, batch_size, False)
+        return self.match_probabilities(self.encode_texts(texts), self.encode_images(images), index, index,
+                                        batch_size, False)
 
     def itm_matrix(self, images: list, texts: list[str], batch_size: int | None = None,
                    progress: bool = False) -> np.ndarray:

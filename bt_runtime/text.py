@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .integrity import verify_sha256
 from .errors import ManifestError, TextInputError, first_line
+from .integrity import verify_sha256
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
 vision_tower → text_tower → cross_modal_pooled (cross_modal in exports without it) as the manifest's `wiring` says.
 
 Layout and what it needs:
-- Every tensor is batch first (manifest schema 3), so each graph model declares `max_batch_size` and Triton's
+- Every tensor is batch first (manifest schema 3 and later), so each graph model declares `max_batch_size` and Triton's
   dynamic batcher merges requests. Dims below are per request, without the batch axis.
-- `cross_modal` (and `cross_modal_pooled`) in the repository is the export's graph with `image_index` replaced by `arange(batch)` inside the
-  graph (one image per text, paired): a per-request `image_index` cannot survive Triton's batching (request k's
-  index 0 would point at request 0's image). The export's own graph keeps the broadcast input for bt_runtime.
+- `cross_modal` (and `cross_modal_pooled`) in the repository is the export's graph with `image_index` replaced by
+  `arange(batch)` inside the graph (one image per text, paired): a per-request `image_index` cannot survive Triton's
+  batching (request k's index 0 would point at request 0's image). The export's own graph keeps the broadcast input
+  for bt_runtime.
 - The ensemble takes preprocessed tensors (`pixel_values` [3, S, S] FP32, `input_ids` / `attention_mask` [-1]
   INT64): Triton's ONNX Runtime backend has no image decoding or tokenizer. Preprocess client-side with bt_runtime
   (or a port of the manifest's preprocessing spec). Triton merges only requests whose shapes are equal: pad texts

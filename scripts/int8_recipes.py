@@ -87,7 +87,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['recipe']} | {row.get('itm_probability_abs', float('nan')):.4f} | "
-              f"{row.get('itm_decision_agreement', float('nan')):.3f} | {row.get('mlm_top1_agreement', float('nan')):.3f} | "
+              f"{row.get('itm_decision_agreement', float('nan')):.3f} | "
+              f"{row.get('mlm_top1_agreement', float('nan')):.3f} | "
               f"{'yes' if row['passed'] else 'NO'} |")
     if args.json:
         args.json.write_text(json.dumps({"isa": isa, "flags": flags, "rows": rows}, indent=2))

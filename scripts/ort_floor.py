@@ -28,8 +28,8 @@ import onnxruntime as ort
 
 directory = Path(sys.argv[1])
 manifest = json.loads((directory / "manifest.json").read_text())
-golden = {t["name"]: np.fromfile(directory / t["file"], dtype=np.dtype(t["dtype"]).newbyteorder("<")).reshape(t["shape"])
-          for t in manifest["golden"]["tensors"]}
+golden = {t["name"]: np.fromfile(directory / t["file"], dtype=np.dtype(t["dtype"]).newbyteorder("<"))
+          .reshape(t["shape"]) for t in manifest["golden"]["tensors"]}
 result = {}
 for variant, spec in manifest["variants"].items():
     io_dtype = np.float16 if spec.get("io_dtype") == "float16" else np.float32

@@ -44,16 +44,62 @@ def roberta_dir(assets) -> Path:
     return assets / "roberta-base"
 
 
+CANONICAL_PRECISIONS = ("fp32", "fp16", "int8")  # the order an export records them in
+
+
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> Path:
-    """One offline `tiny` export shared by the tests that only read it (real photos for parity when present)."""
+def tiny_exports(tmp_path_factory):
+    """Offline `tiny` exports made once per session and shared, keyed by (attention, precisions): call
+    `tiny_exports(attention="ort", precisions=("fp32", "int8"))` for its ExportResult. Real photos for parity when
+    present. Shared exports are read only: a test that changes one works on a copy (`export_copy`)."""
     pytest.importorskip("torch")
     from bt_export import export_checkpoint
 
-    images = [SHARED_ASSETS / "images"] if SHARED_ASSETS.is_dir() else None
-    out = tmp_path_factory.mktemp("exports") / "tiny"
-    export_checkpoint("tiny", out, parity_images=images)
-    return out
+    cache = {}
+
+    def get(attention: str = "onnx", precisions: tuple[str, ...] = ("fp32",)):
+        key = (attention, tuple(p for p in CANONICAL_PRECISIONS if p in precisions))
+        if key not in cache:
+            images = [SHARED_ASSETS / "images"] if SHARED_ASSETS.is_dir() else None
+            out = tmp_path_factory.mktemp("exports") / f"tiny-{attention}-{'-'.join(key[1])}"
+            cache[key] = export_checkpoint("tiny", out, attention=attention, precisions=key[1], parity_images=images)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_exports) -> Path:
+    """The default `tiny` export (ONNX Attention, fp32), shared by the tests that only read it."""
+    return tiny_exports().output
+
+
+@pytest.fixture
+def export_copy(tiny_export, tmp_path) -> Path:
+    """A private copy of the default tiny export, for tests that change or damage it."""
+    import shutil
+
+    return shutil.copytree(tiny_export, tmp_path / "copy")
+
+
+def manifest_data(directory: Path) -> dict:
+    """The raw JSON of `directory/manifest.json` (for tests that edit it as a third party would)."""
+    import json
+
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def write_manifest_data(directory: Path, data: dict) -> None:
+    import json
+
+    (directory / "manifest.json").write_text(json.dumps(data))
+
+
+def edit_manifest(directory: Path, edit) -> None:
+    """Apply `edit(data)` to the raw JSON of `directory/manifest.json` in place."""
+    data = manifest_data(directory)
+    edit(data)
+    write_manifest_data(directory, data)
 
 
 @pytest.fixture(scope="session")

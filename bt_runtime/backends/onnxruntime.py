@@ -13,10 +13,10 @@ import warnings
 
 import numpy as np
 
+from ..cpu import isa_class
 from ..errors import BackendError, BackendInputError, first_line
 from ..integrity import verify_sha256
 from ..manifest import Manifest
-from ..cpu import isa_class
 from .base import Backend, OnnxRuntimeOptions
 from .feeds import check_feeds, check_outputs
 
@@ -174,7 +174,8 @@ def _warn_isa_once(precision: str, validated: str, here: str, directory) -> None
         return
     _WARNED.add(key)
     warnings.warn(f"the {precision} variant of {str(directory)!r} was validated on a {validated} CPU and this one is "
-                  f"{here}: ONNX Runtime's int8 kernels differ between these classes. Re-validate on this machine: export "
+                  f"{here}: ONNX Runtime's int8 kernels differ between these classes. Re-validate on this machine: "
+                  f"export "
                   f"again here with `bt-export ... --precision fp32,int8` (its parity check measures this CPU's "
                   f"kernels and records the class).",
                   RuntimeWarning, stacklevel=4)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import BackendError, BackendInputError
 from ..integrity import sha256_file
 from ..manifest import EngineFile, TensorRTEngines, read_manifest, write_manifest
-from ..errors import BackendError, BackendInputError
 from .tensorrt import gpu_identity
 from .trt_profiles import input_shapes, profile_ranges
 
@@ -65,7 +65,8 @@ def build_engines(export_dir: str | Path, precision: str = "fp16", batch: tuple[
     try:
         import tensorrt as trt
     except ImportError as err:
-        raise BackendError("building engines needs TensorRT (pip install 'bt-toolkit[trt]' on a machine with an NVIDIA GPU); "
+        raise BackendError("building engines needs TensorRT (pip install 'bt-toolkit[trt]' on a machine with an "
+                           "NVIDIA GPU); "
                             "`bt-export --trt-check` runs the compatibility lint without it") from err
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)

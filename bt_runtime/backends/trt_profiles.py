@@ -1,8 +1,8 @@
 """TensorRT optimization profiles from the manifest's symbolic axes, and ONNX Runtime TensorRT-EP options.
 
-Pure Python (no TensorRT): the engine builder (bt_runtime.backends.trt_build), the ONNX Runtime TensorRT execution provider
-route and the tests all use these. A profile gives each dynamic axis a (min, opt, max) range; every input shape in
-the manifest is resolved against it.
+Pure Python (no TensorRT): the engine builder (bt_runtime.backends.trt_build), the ONNX Runtime TensorRT execution
+provider route and the tests all use these. A profile gives each dynamic axis a (min, opt, max) range; every input
+shape in the manifest is resolved against it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def profile_ranges(batch: tuple[int, int, int] = DEFAULT_PROFILE_AXES["batch"],
         low, opt, high = ranges["seq"]
         ranges["seq"] = (min(low, max_seq), min(opt, max_seq), min(high, max_seq))
     for axis, values in ranges.items():
-        if len(values) != 3 or not all(isinstance(v, int) for v in values) or not 1 <= values[0] <= values[1] <= values[2]:
+        integers = len(values) == 3 and all(isinstance(v, int) for v in values)
+        if not integers or not 1 <= values[0] <= values[1] <= values[2]:
             raise BackendInputError(f"profile {axis}={values}: need three integers 1 ≤ min ≤ opt ≤ max")
     ranges["image_batch"] = (1, 1, ranges["batch"][2])
     return ranges
@@ -60,7 +61,8 @@ def check_shape_in_profile(name: str, shape: tuple, profile: tuple[tuple, tuple,
     low, _, high = profile
     if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
         raise BackendInputError(f"input {name!r} of shape {tuple(shape)} is outside the engine's optimization profile "
-                           f"(min {low}, max {high}); rebuild the engines with wider --batch/--seq ranges (bt-run build-engines)")
+                           f"(min {low}, max {high}); rebuild the engines with wider --batch/--seq ranges "
+                           "(bt-run build-engines)")
 
 
 def _shape_string(shapes: dict[str, tuple[tuple, tuple, tuple]], index: int) -> str:

@@ -35,9 +35,10 @@ def test_interleave_rotates_order_and_skips_warmup():
 
 
 def test_pair_flops_of_the_base_architecture():
+    from transformers import BridgeTowerConfig
+
     from bt_export.configs import KNOWN_CHECKPOINTS
     from bt_export.manifest import config_summary
-    from transformers import BridgeTowerConfig
 
     config = config_summary(BridgeTowerConfig(**KNOWN_CHECKPOINTS["base-itm-mlm"].config))
     total = flops.pair(config, 40)
@@ -58,7 +59,8 @@ def report(tiny_export, photos_dir):
 
 def test_report_schema_and_agreement(report):
     assert report["schema_version"] == 1
-    assert {"command", "export", "machine", "versions", "threads", "matmul_gflops", "settings", "results"} <= set(report)
+    expected = {"command", "export", "machine", "versions", "threads", "matmul_gflops", "settings", "results"}
+    assert expected <= set(report)
     assert report["matmul_gflops"]["best_fp32"] > 0
     assert any(s.startswith("tensorrt:fp16: this export has no TensorRT fp16 engines") for s in report["skipped"])
     scenarios = {(r["scenario"], r["backend"]) for r in report["results"]}

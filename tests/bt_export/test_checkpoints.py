@@ -5,8 +5,12 @@ import time
 
 import pytest
 import torch
-from transformers import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval,
-                          BridgeTowerForMaskedLM, BridgeTowerModel)
+from transformers import (
+    BridgeTowerForContrastiveLearning,
+    BridgeTowerForImageAndTextRetrieval,
+    BridgeTowerForMaskedLM,
+    BridgeTowerModel,
+)
 
 from bt_export.checkpoints import load_checkpoint
 from bt_export.configs import KNOWN_CHECKPOINTS

@@ -12,9 +12,9 @@ from bt_export.checkpoints import load_checkpoint
 from bt_export.cli import app
 from bt_export.errors import OutputDirError, ParityError
 from bt_export.export import export_checkpoint
-from bt_runtime.integrity import sha256_file
 from bt_export.model import hf_reference
 from bt_export.specs import graph_specs
+from bt_runtime.integrity import sha256_file
 from bt_runtime.manifest import read_manifest
 
 

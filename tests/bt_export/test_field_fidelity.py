@@ -11,8 +11,14 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from transformers import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval,
-                          BridgeTowerForMaskedLM, BridgeTowerModel, BridgeTowerProcessor, RobertaTokenizerFast)
+from transformers import (
+    BridgeTowerForContrastiveLearning,
+    BridgeTowerForImageAndTextRetrieval,
+    BridgeTowerForMaskedLM,
+    BridgeTowerModel,
+    BridgeTowerProcessor,
+    RobertaTokenizerFast,
+)
 
 from bt_export.configs import TINY_TOKENIZER_DIR
 from bt_export.errors import ParityError
@@ -133,7 +139,8 @@ def test_export_is_not_committed_when_the_runtime_disagrees(tmp_path, monkeypatc
 
     real = manifest_module.alpha_convention
     monkeypatch.setattr(manifest_module, "alpha_convention",
-                        lambda processor: {"composite_on_white": "drop_alpha"}.get(real(processor), "composite_on_white"))
+                        lambda processor: {"composite_on_white": "drop_alpha"}.get(real(processor),
+                                                                                   "composite_on_white"))
     out = tmp_path / "export"
     with pytest.raises(ParityError, match="bt_runtime, with its own preprocessing.*nothing was written"):
         export_checkpoint("tiny", out, parity_images=[photos_dir / "pillow_transparent_dice.png"])
@@ -154,7 +161,8 @@ def test_manifest_records_the_opset_actually_written(tmp_path, tiny_export):
     assert read_manifest(tiny_export).variants["fp32"].min_onnxruntime == "1.23.0"
 
 
-@pytest.mark.parametrize("value,name", [(3, "bicubic"), (2, "bilinear"), ("BICUBIC", "bicubic"), ("lanczos", "lanczos")])
+@pytest.mark.parametrize("value,name", [(3, "bicubic"), (2, "bilinear"), ("BICUBIC", "bicubic"),
+                                        ("lanczos", "lanczos")])
 def test_resample_codes_and_names(value, name):
     from bt_export.manifest import resample_name
 
@@ -166,7 +174,8 @@ def test_unknown_resample_is_refused_before_loading_weights(tmp_path):
     from bt_export.errors import CheckpointError
 
     config = small_config()
-    hf_image_processor(size={"shortest_edge": 96}, crop_size={"shortest_edge": 96}, resample=7).save_pretrained(tmp_path)
+    processor = hf_image_processor(size={"shortest_edge": 96}, crop_size={"shortest_edge": 96}, resample=7)
+    processor.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="resample 7"):
         image_processor_kwargs(config, tmp_path)
     hf_image_processor(size={"shortest_edge": 96}, crop_size={"shortest_edge": 288}).save_pretrained(tmp_path)

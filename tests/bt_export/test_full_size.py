@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bt_export.specs import FP32_TOLERANCES, VARIANT_BOUNDS
-from bt_runtime.manifest import read_manifest
 from bt_runtime.cpu import isa_class
+from bt_runtime.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 

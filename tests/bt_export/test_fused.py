@@ -20,10 +20,8 @@ TINY_ATTENTIONS = {"vision_tower": 3, "text_tower": 3, "cross_modal": 2 * 4, "cr
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fused")
-    return {mode: export_checkpoint("tiny", root / mode, attention=mode,
-                                    precisions=("fp32", "int8") if mode == "ort" else ("fp32",))
+def exports(tiny_exports):
+    return {mode: tiny_exports(attention=mode, precisions=("fp32", "int8") if mode == "ort" else ("fp32",))
             for mode in ("none", "ort")}
 
 
@@ -71,9 +69,8 @@ def test_fused_and_unfused_exports_score_alike(tiny_export, exports, photos_dir)
 
 
 @pytest.fixture(scope="module")
-def all_precisions(tmp_path_factory, photos_dir):
-    return export_checkpoint("tiny", tmp_path_factory.mktemp("prec") / "tiny", parity_images=[photos_dir],
-                             precisions=("int8", "fp16", "fp32"))
+def all_precisions(tiny_exports, photos_dir):  # photos_dir: parity on the real photos (skips without them)
+    return tiny_exports(precisions=("int8", "fp16", "fp32"))
 
 
 def test_precision_variants_are_written_side_by_side_and_pass(all_precisions):

@@ -24,7 +24,8 @@ def _inputs(batch=3, seq=9, image_size=96):
 
 def _model(**overrides):
     torch.manual_seed(0)
-    # transformers' ContrastiveLearning class cannot run unshared bridge transforms (the loader refuses that combination)
+    # transformers' ContrastiveLearning class cannot run unshared bridge transforms (the loader refuses that
+    # combination)
     heads = ("itm", "mlm") if overrides.get("share_cross_modal_transformer_layers") is False else ("itm", "mlm", "itc")
     model = with_heads_class(heads)(small_config(**overrides)).eval()
     with torch.no_grad():  # non-trivial link-tower parameters, so scaled_add/interpolate are really exercised
@@ -76,7 +77,8 @@ def test_image_index_scores_one_image_against_many_texts():
     image_bridge, _ = VisionTower(model)(pixels[:1])  # vision tower once, batch 1
     text_bridge, _ = TextTower(model)(ids, mask)
     _, itm, _, _ = CrossModalStack(model)(text_bridge, image_bridge, mask, torch.zeros(3, dtype=torch.long))
-    expected = hf_reference(model, "itm")(input_ids=ids, attention_mask=mask, pixel_values=pixels[:1].expand(3, -1, -1, -1))
+    expected = hf_reference(model, "itm")(input_ids=ids, attention_mask=mask,
+                                          pixel_values=pixels[:1].expand(3, -1, -1, -1))
     torch.testing.assert_close(itm, expected.logits, atol=1e-5, rtol=0)
 
 
@@ -95,5 +97,6 @@ def test_every_attention_goes_through_the_seam():
         text_bridge, _ = TextTower(model)(ids, mask)
         CrossModalStack(model)(text_bridge, image_bridge, mask, torch.arange(3))
     config = model.config
-    expected = config.vision_config.num_hidden_layers + config.text_config.num_hidden_layers + 4 * config.num_hidden_layers
+    vision, text = config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers
+    expected = vision + text + 4 * config.num_hidden_layers
     assert len(calls) == expected

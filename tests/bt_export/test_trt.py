@@ -7,22 +7,20 @@ import json
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bt_runtime.errors import BackendError, BackendInputError
 from bt_export.export import export_checkpoint
-from bt_runtime.backends.trt_build import build_plan, write_tensorrt_section
-from bt_runtime.manifest import EngineFile, TensorRTEngines
 from bt_export.trt_lint import lint_export, lint_model
 from bt_runtime import read_manifest
+from bt_runtime.backends.trt_build import build_plan, write_tensorrt_section
+from bt_runtime.errors import BackendError, BackendInputError
+from bt_runtime.manifest import EngineFile, TensorRTEngines
 
 
 @pytest.fixture(scope="module")
-def portable_export(tmp_path_factory):
-    return export_checkpoint("tiny", tmp_path_factory.mktemp("trt") / "tiny",
-                             precisions=("fp32", "fp16", "int8")).output
+def portable_export(tiny_exports):
+    return tiny_exports(attention="onnx", precisions=("fp32", "fp16", "int8")).output
 
 
 def test_portable_export_passes_the_lint(portable_export):
@@ -135,8 +133,8 @@ def _gpu_with_tensorrt():
 def test_gpu_engines_build_and_match_eager(portable_export, tmp_path, photos_dir):
     from bt_export.eager import EagerBridgeTower
     from bt_export.specs import VARIANT_BOUNDS
-    from bt_runtime.backends.trt_build import build_engines
     from bt_runtime import BridgeTowerRuntime
+    from bt_runtime.backends.trt_build import build_engines
 
     copy = shutil.copytree(portable_export, tmp_path / "copy")
     build_engines(copy, "fp16", batch=(1, 4, 8), seq=(4, 16, 64))

@@ -17,13 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bt_runtime import BackendError, BridgeTowerRuntime, BtRuntimeError, ImageInputError, ManifestError, TextInputError
+from bt_runtime import BackendError, BridgeTowerRuntime, ImageInputError, ManifestError, TextInputError
 from bt_runtime.images import DEFAULT_MAX_PIXELS
-
-
-@pytest.fixture
-def export_copy(tiny_export, tmp_path):
-    return shutil.copytree(tiny_export, tmp_path / "copy")
 
 
 @pytest.fixture(scope="module")

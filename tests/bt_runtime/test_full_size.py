@@ -11,9 +11,8 @@ from bt_runtime import BridgeTowerRuntime
 pytestmark = pytest.mark.slow
 pytest.importorskip("torch")
 
-from bt_export.specs import RUNTIME_FP32_BOUNDS  # noqa: E402
-
 from bt_export.eager import EagerBridgeTower  # noqa: E402
+from bt_export.specs import RUNTIME_FP32_BOUNDS  # noqa: E402
 
 CAPTIONS = ["An image of two cats chilling on a couch", "A football player scoring a goal",
             "a cat looking out of the window"]

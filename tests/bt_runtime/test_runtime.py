@@ -11,9 +11,8 @@ from bt_runtime import BridgeTowerRuntime, read_manifest
 from bt_runtime.errors import BtRuntimeError, ImageInputError, TaskUnavailableError, TextInputError
 
 pytest.importorskip("torch")
-from bt_export.specs import RUNTIME_FP32_BOUNDS  # noqa: E402
-
 from bt_export.eager import EagerBridgeTower  # noqa: E402
+from bt_export.specs import RUNTIME_FP32_BOUNDS  # noqa: E402
 
 CAPTIONS = ["two cats chilling on a couch", "A football player scoring a goal", "a dog",
             "a photo of the camera man standing in a field next to a small tripod"]
@@ -243,7 +242,8 @@ def test_intra_op_threads_spin_only_when_asked(tiny_export, allow_spinning):
 
 
 def test_prepack_weights_false_keeps_one_copy_of_each_weight(tiny_export, photos):
-    with BridgeTowerRuntime.load(tiny_export, prepack_weights=False) as lean, BridgeTowerRuntime.load(tiny_export) as rt:
+    lean, rt = BridgeTowerRuntime.load(tiny_export, prepack_weights=False), BridgeTowerRuntime.load(tiny_export)
+    with lean, rt:
         options = lean.backend.session("vision_tower").get_session_options()
         assert options.get_session_config_entry("session.disable_prepacking") == "1"
         np.testing.assert_allclose(lean.itm_scores(photos[0], ["a cat"]), rt.itm_scores(photos[0], ["a cat"]),

@@ -5,6 +5,7 @@ also for requests merged the way Triton's dynamic batcher merges them."""
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner

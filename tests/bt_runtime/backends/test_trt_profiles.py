@@ -1,8 +1,7 @@
 import pytest
 
 from bt_runtime import read_manifest
-from bt_runtime.backends.trt_profiles import (check_shape_in_profile, input_shapes, ort_tensorrt_options,
-                                              profile_ranges)
+from bt_runtime.backends.trt_profiles import check_shape_in_profile, input_shapes, ort_tensorrt_options, profile_ranges
 from bt_runtime.errors import BackendInputError
 
 

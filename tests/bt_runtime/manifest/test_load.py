@@ -1,5 +1,6 @@
-"""The typed manifest contract (schema 2): the published JSON Schema, field-named errors, confinement, v1 refusal,
-and a property test: any mutation of a valid manifest loads, or fails with ManifestError — never another type."""
+"""The typed manifest contract (bt_runtime.manifest): the published JSON Schema, field-named errors, confinement,
+refusal of older schemas, files checked on load, and a property test: any mutation of a valid manifest loads, or
+fails with ManifestError — never another type."""
 
 from __future__ import annotations
 
@@ -8,25 +9,14 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bt_runtime import BridgeTowerRuntime, ManifestError
 from bt_runtime.manifest import SCHEMA_FILE, dump, from_dict, json_schema, read_manifest
-
-
-@pytest.fixture
-def export_copy(tiny_export, tmp_path):
-    return shutil.copytree(tiny_export, tmp_path / "copy")
-
-
-def _data(directory):
-    return json.loads((directory / "manifest.json").read_text())
-
-
-def _write(directory, data):
-    (directory / "manifest.json").write_text(json.dumps(data))
+from tests.conftest import edit_manifest, manifest_data, write_manifest_data
 
 
 def test_published_schema_is_in_sync_with_the_dataclasses():
@@ -38,8 +28,8 @@ def test_published_schema_is_in_sync_with_the_dataclasses():
 def test_an_export_validates_against_the_published_json_schema(tiny_export):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(SCHEMA_FILE.read_text())
-    jsonschema.validate(_data(tiny_export), schema)
-    broken = _data(tiny_export)
+    jsonschema.validate(manifest_data(tiny_export), schema)
+    broken = manifest_data(tiny_export)
     broken["variants"]["fp32"]["files"]["text_tower"]["opset"] = "23"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
@@ -48,7 +38,7 @@ def test_an_export_validates_against_the_published_json_schema(tiny_export):
 def test_dump_and_load_round_trip(tiny_export, tmp_path):
     manifest = read_manifest(tiny_export)
     again = from_dict(json.loads(dump(manifest)))
-    assert json.loads(dump(again)) == _data(tiny_export)
+    assert json.loads(dump(again)) == manifest_data(tiny_export)
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -69,9 +59,9 @@ def test_dump_and_load_round_trip(tiny_export, tmp_path):
     (lambda d: d.update(variants={}), r"variants: empty"),
 ])
 def test_bad_fields_are_named(export_copy, edit, message):
-    data = _data(export_copy)
+    data = manifest_data(export_copy)
     edit(data)
-    _write(export_copy, data)
+    write_manifest_data(export_copy, data)
     with pytest.raises(ManifestError, match=message):
         BridgeTowerRuntime.load(export_copy)
 
@@ -80,9 +70,9 @@ def test_bad_fields_are_named(export_copy, edit, message):
                                            (2, "schema_version 2.*batch first.*re-export the checkpoint"),
                                            (3, "schema_version 3.*re-export the checkpoint")])
 def test_older_exports_are_refused_with_the_way_forward(export_copy, version, says):
-    data = _data(export_copy)
+    data = manifest_data(export_copy)
     data["schema_version"] = version
-    _write(export_copy, data)
+    write_manifest_data(export_copy, data)
     with pytest.raises(ManifestError, match=says):
         read_manifest(export_copy)
 
@@ -90,9 +80,9 @@ def test_older_exports_are_refused_with_the_way_forward(export_copy, version, sa
 @pytest.mark.parametrize("name", ["/etc/passwd", "../x.onnx", "sub/cross_modal.onnx", ".hidden.onnx", "", "..",
                                   "a\\b.onnx"])
 def test_file_names_must_stay_inside_the_export(export_copy, name):
-    data = _data(export_copy)
+    data = manifest_data(export_copy)
     data["variants"]["fp32"]["files"]["cross_modal"]["file"] = name
-    _write(export_copy, data)
+    write_manifest_data(export_copy, data)
     with pytest.raises(ManifestError, match="not a bare file name"):
         read_manifest(export_copy)
 
@@ -112,8 +102,8 @@ def test_non_utf8_manifest_is_a_manifest_error(export_copy):
 
 
 _LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
-                                                                                               st.integers(), max_size=2))
+                    st.text(max_size=12), st.lists(st.integers(), max_size=3),
+                    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
 def _paths(data, prefix=()):
@@ -130,7 +120,7 @@ def _paths(data, prefix=()):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(choice=st.integers(0, 10**9), value=_LEAVES, delete=st.booleans())
 def test_any_mutation_loads_or_is_a_manifest_error(tiny_export, choice, value, delete):
-    original = _data(tiny_export)
+    original = manifest_data(tiny_export)
     paths = list(_paths(original))
     path = paths[choice % len(paths)]
     data = copy.deepcopy(original)
@@ -170,9 +160,9 @@ def test_wiring_is_data_that_matches_the_graphs(tiny_export):
 
 
 def test_wiring_naming_an_unknown_tensor_is_refused(export_copy):
-    data = _data(export_copy)
+    data = manifest_data(export_copy)
     data["wiring"]["wires"][0]["source"] = "txt_bridge"
-    _write(export_copy, data)
+    write_manifest_data(export_copy, data)
     with pytest.raises(ManifestError, match=r"wiring\.wires\[0\]: text_tower\.txt_bridge is not one of"):
         read_manifest(export_copy)
 
@@ -192,3 +182,37 @@ def test_golden_tensors_name_the_graph_that_produced_them(tiny_export):
     assert graphs["pixel_values"] is None and graphs["input_ids"] is None
     assert graphs["image_bridge"] == "vision_tower" and graphs["text_bridge"] == "text_tower"
     assert graphs["itm_logits"] == graphs["itm_probability"] == "cross_modal"
+
+
+def test_missing_directory_and_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(ManifestError, match="has no manifest.json"):
+        read_manifest(tmp_path)
+
+
+def test_unknown_schema_version(export_copy):
+    edit_manifest(export_copy, lambda d: d.update(schema_version=99))
+    with pytest.raises(ManifestError, match="schema_version 99"):
+        read_manifest(export_copy)
+
+
+def test_missing_graph_file(export_copy):
+    (export_copy / "cross_modal.onnx").unlink()
+    with pytest.raises(ManifestError, match="cross_modal.onnx"):
+        BridgeTowerRuntime.load(export_copy)
+
+
+def test_tampered_graph_is_refused_unless_opted_out(export_copy):
+    edit_manifest(export_copy, lambda d: d["variants"]["fp32"]["files"]["text_tower"].update(sha256="0" * 64))
+    runtime = BridgeTowerRuntime.load(export_copy)
+    with pytest.raises(ManifestError, match="does not match the sha256.*verify_checksums=False"):
+        runtime.embed_texts(["a cat"])
+    assert BridgeTowerRuntime.load(export_copy, verify_checksums=False).embed_texts(["a cat"]).shape == (1, 32)
+
+
+def test_truncated_graph_is_refused(export_copy):
+    path = export_copy / "vision_tower.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ManifestError, match="modified, replaced or truncated"):
+        BridgeTowerRuntime.load(export_copy).embed_images([np.zeros((8, 8, 3), np.uint8)])
