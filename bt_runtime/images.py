@@ -148,6 +148,8 @@ def _decode(source, name: str, max_pixels: int, formats: tuple[str, ...]) -> Ima
                 _check_pixels(pil, name, max_pixels)  # from the header, before any pixel is decoded
                 pil.load()
                 return pil.copy()  # copy() keeps .info (EXIF, transparency key)
+    except ImageInputError:  # above max_pixels: already says so
+        raise
     except Image.DecompressionBombError as err:  # above Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS)
         raise ImageInputError(f"{name}: refused as a possible decompression bomb ({err})") from err
     except UnidentifiedImageError as err:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serve_hostile import associated_alpha_tiff
 from bt_runtime import BridgeTowerRuntime
 from bt_runtime.errors import BtRuntimeError, ImageInputError, TextInputError
 from bt_runtime.images import DEFAULT_FORMATS, check_formats, open_image, regular_files
@@ -26,23 +27,9 @@ def runtime(tiny_export):
         yield runtime
 
 
-def associated_alpha_tiff(gray: int, alpha: int, size: int = 16) -> bytes:
-    """A grayscale TIFF with associated (premultiplied) alpha: Pillow decodes it as mode 'La' but cannot write one,
-    so write LA (unassociated, ExtraSamples=2) and flip that tag to 1, premultiplying the samples."""
-    premultiplied = round(gray * alpha / 255)
-    buffer = io.BytesIO()
-    Image.new("LA", (size, size), (premultiplied, alpha)).save(buffer, "TIFF")
-    data = buffer.getvalue()
-    entry = (338).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")
-    at = data.index(entry)
-    assert data[at + 8:at + 10] == (2).to_bytes(2, "little")
-    data = data[:at + 8] + (1).to_bytes(2, "little") + data[at + 10:]
-    assert Image.open(io.BytesIO(data)).mode == "La"
-    return data
-
-
 def test_grayscale_tiff_with_associated_alpha_is_composited_on_white(runtime):
     gray, alpha = 200, 128
+    assert Image.open(io.BytesIO(associated_alpha_tiff(gray, alpha))).mode == "La"
     decoded = runtime.preprocess.stages(associated_alpha_tiff(gray, alpha))["decoded_rgb"]
     expected = gray * alpha / 255 + 255 * (1 - alpha / 255)  # un-premultiplied, then over white
     assert decoded.shape == (16, 16, 3) and np.abs(decoded.astype(float) - expected).max() <= 1.5

@@ -15,7 +15,8 @@ from PIL import Image
 from bt_runtime import BridgeTowerRuntime
 from bt_serve.models import Limits, RequestError, TaskModels
 from bt_serve.server import PortInUseError, ServeOptions, check_ports_free
-from tests.bt_runtime.test_limits import EPS, associated_alpha_tiff
+from benchmarks.serve_hostile import associated_alpha_tiff
+from tests.bt_runtime.test_limits import EPS
 
 
 @pytest.fixture(scope="module")

@@ -94,3 +94,21 @@ def test_without_pytriton_bt_serve_says_how_to_install_it(tiny_export):
     result = subprocess.run([sys.executable, "-m", "bt_serve.cli", str(tiny_export)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and ".venv-serve/bin/pip install -e '.[serve]'" in result.stderr
+
+
+def test_a_hostile_client_fails_no_good_request(serve_python, tiny_export):
+    """Bounded smoke of benchmarks/serve_hostile.py: 7 good clients with and without 1 hostile one (every payload
+    kind at least once, the 64 MB text included): no good request lost or wrong, every hostile one refused (the
+    associated-alpha TIFF answered), the server's memory bounded."""
+    from benchmarks.serve_hostile import hostile_test
+
+    report = hostile_test(tiny_export, serve_python, good_clients=7, seconds=3, max_requests=300, max_hostile=7,
+                          log=lambda message: None)
+    assert report["good_lost"] == 0, report["good_errors"]
+    assert report["max_abs_diff_vs_direct"] <= 1e-5
+    hostile = {row["kind"]: row for row in report["hostile"]}
+    assert len(hostile) == 7 and all(row["sent"] >= 1 for row in hostile.values())
+    assert hostile.pop("associated-alpha TIFF (La)")["refused"] == 0
+    assert all(row["refused"] == row["sent"] for row in hostile.values()), hostile
+    assert report["phases"][1]["peak_rss_mb"] < report["idle_rss_mb"] + 2048
+    assert report["server_shutdown_rc"] == 0
