@@ -276,13 +276,17 @@ def main(argv=None) -> int:
                        log=lambda m: print(m, file=sys.stderr))
     if args.ceiling:
         report["ceiling"] = batch_ceiling(args.export, precision=args.precision)
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text)
+    emit(report, markdown(report), args.json, args.markdown)
     return 0 if report["lost"] == 0 else 1
+
+
+def emit(report: dict, text: str, json_path: Path | None, markdown_path: Path | None) -> None:
+    """Print the markdown; write the JSON report and the markdown where asked."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if markdown_path:
+        markdown_path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def _decode(source, name: str, max_pixels: int, formats: tuple[str, ...]) -> Ima
     except UnidentifiedImageError as err:
         raise ImageInputError(f"{name}: not a decodable image in an allowed format ({', '.join(formats)}); corrupt, "
                               "truncated, or another format?") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageInputError(f"{name}: not a decodable image (corrupt or truncated?): {err}") from err
 
 
@@ -241,7 +241,7 @@ class ImagePreprocessor:
 
     @classmethod
     def from_manifest(cls, preprocessing, exif_transpose: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                      formats: tuple[str, ...] = DEFAULT_FORMATS) -> "ImagePreprocessor":
+                      formats: tuple[str, ...] = DEFAULT_FORMATS) -> ImagePreprocessor:
         """From a validated bt_runtime.contract.Preprocessing (resample, alpha and sizes were checked at load)."""
         check_max_pixels(max_pixels)
         resize, crop, normalize = preprocessing.resize, preprocessing.center_crop, preprocessing.normalize
@@ -254,7 +254,7 @@ class ImagePreprocessor:
             alpha=preprocessing.alpha, max_pixels=max_pixels, formats=check_formats(formats),
         )
 
-    def limited(self, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> "ImagePreprocessor":
+    def limited(self, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> ImagePreprocessor:
         """A copy with other limits (bt-serve's --max-pixels / --image-formats), each checked."""
         return replace(self, max_pixels=self.max_pixels if max_pixels is None else check_max_pixels(max_pixels),
                        formats=self.formats if formats is None else check_formats(formats))

@@ -72,13 +72,6 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
         formats = check_formats([f.strip() for f in image_formats.split(",") if f.strip()])
     except BtRuntimeError as err:
         raise typer.BadParameter(str(err), param_hint="--image-formats") from None
-    from .server import check_ports_free
-
-    try:  # before anything starts: a taken port is named now, not after tritonserver's startup timeout
-        check_ports_free(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
-    except BtRuntimeError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     import importlib.util
 
     if importlib.util.find_spec("pytriton") is None:
@@ -86,7 +79,13 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                    "  python3 -m venv .venv-serve && .venv-serve/bin/pip install -e '.[serve]'\n"
                    "  .venv-serve/bin/bt-serve EXPORT_DIR", err=True)
         raise typer.Exit(2)
-    from .server import ServeOptions, serve
+    from .server import ServeOptions, check_ports_free, serve
+
+    try:  # before anything starts: a taken port is named now, not after tritonserver's startup timeout
+        check_ports_free(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    except BtRuntimeError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
     options = ServeOptions(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
                            max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bt_runtime import BridgeTowerRuntime
 from bt_serve.models import Limits, RequestError, TaskModels
 
 # (format, mode) pairs Pillow can write; "La" comes from the associated-alpha TIFF helper
@@ -25,14 +24,8 @@ LIMITS = Limits(max_text_chars=2000, max_image_bytes=1_000_000)
 
 
 @pytest.fixture(scope="module")
-def runtime(tiny_export):
-    with BridgeTowerRuntime.load(tiny_export) as runtime:
-        yield runtime
-
-
-@pytest.fixture(scope="module")
 def good(runtime, photos_dir):
-    image = sorted(photos_dir.iterdir())[0].read_bytes()
+    image = min(photos_dir.iterdir()).read_bytes()
     return image, "two cats on a couch", float(runtime.itm_pairs([image], ["two cats on a couch"])[0])
 
 
@@ -95,15 +88,11 @@ def test_no_row_fails_another(runtime, good, rows, at):
 @given(image=images(), text=texts)
 def test_a_lone_row_is_an_answer_or_a_request_error(runtime, image, text):
     models = TaskModels(runtime, LIMITS)
-    try:
-        [response] = models.embed_image([{"image": _column([image])}])
-    except RequestError as err:
-        assert str(err).startswith("image[0]: ")
-    else:
-        assert np.isfinite(response["embedding"]).all()
-    try:
-        [response] = models.embed_text([{"text": _column([text])}])
-    except RequestError as err:
-        assert str(err).startswith("text[0]: ")
-    else:
-        assert np.isfinite(response["embedding"]).all()
+    for task, name, value, output in ((models.embed_image, "image", image, "embedding"),
+                                      (models.embed_text, "text", text, "embedding")):
+        try:
+            [response] = task([{name: _column([value])}])
+        except RequestError as err:
+            assert str(err).startswith(f"{name}[0]: ")
+        else:
+            assert np.isfinite(response[output]).all()

@@ -12,31 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_runtime import BridgeTowerRuntime
+from benchmarks.serve_hostile import associated_alpha_tiff
 from bt_serve.models import Limits, RequestError, TaskModels
 from bt_serve.server import PortInUseError, ServeOptions, check_ports_free
-from benchmarks.serve_hostile import associated_alpha_tiff
 from tests.bt_runtime.test_limits import EPS
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_export):
-    with BridgeTowerRuntime.load(tiny_export) as runtime:
-        yield runtime
-
-
-@pytest.fixture(scope="module")
-def models(runtime):
-    return TaskModels(runtime)
+from tests.bt_serve.conftest import col
 
 
 @pytest.fixture(scope="module")
 def photos(photos_dir) -> list[bytes]:
     return [p.read_bytes() for p in sorted(photos_dir.iterdir())][:2]
-
-
-def col(*values) -> np.ndarray:
-    return np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object).reshape(-1, 1)
 
 
 def huge_png(side: int = 9000) -> bytes:
@@ -173,11 +158,9 @@ def test_a_taken_port_is_named_at_once():
     check_ports_free("127.0.0.1", {"--grpc-port": port})  # free again (TIME_WAIT does not count)
 
 
-def test_bt_serve_with_a_taken_port_fails_at_once_naming_it(tiny_export):
-    """Before: tritonserver started, failed to bind, and bt-serve waited 121 s for a client timeout. The port is
-    probed before PyTriton is imported, so this runs without the serving environment too."""
+def test_bt_serve_with_a_taken_port_fails_at_once_naming_it(serve_python, tiny_export):
+    """Before: tritonserver started, failed to bind, and bt-serve waited 121 s for a client timeout."""
     import subprocess
-    import sys
 
     from benchmarks.serve_load import free_ports
 
@@ -187,9 +170,9 @@ def test_bt_serve_with_a_taken_port_fails_at_once_naming_it(tiny_export):
         taken.listen()
         grpc = taken.getsockname()[1]
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "bt_serve.cli", str(tiny_export), "--http-port", str(http),
+        result = subprocess.run([serve_python, "-m", "bt_serve.cli", str(tiny_export), "--http-port", str(http),
                                  "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-                                capture_output=True, text=True, timeout=60)
+                                check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --grpc-port {grpc}: cannot listen on "
                                                             f"127.0.0.1:{grpc}")
