@@ -111,9 +111,14 @@ def fifo_gallery(tmp_path):
     Image.new("RGB", (8, 8)).save(gallery / "a.png")
     os.mkfifo(gallery / "b.png")
     yield gallery
-    try:  # unblock a reader, should one have opened it (it would block forever otherwise)
-        os.close(os.open(gallery / "b.png", os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:
+    release_fifo(gallery / "b.png")
+
+
+def release_fifo(path) -> None:
+    """Unblock a reader, should one have opened the FIFO (it would block forever otherwise)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader: nothing to release
         pass
 
 
