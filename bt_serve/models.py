@@ -25,7 +25,7 @@ from bt_runtime.errors import BtRuntimeError, first_line
 from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS, check_text_length
 
 FILL_MASK_TOP_K = 5
-# A 61 Mpx camera JPEG is 20-30 MB; larger requests are refused before Pillow sees a byte (docs/serving.md).
+# A 61 Mpx camera JPEG is 20-30 MB; larger requests are refused before Pillow sees a byte (docs/limits.md).
 DEFAULT_MAX_IMAGE_BYTES = 32 * 2**20
 UTF8_MAX_BYTES_PER_CHAR = 4
 

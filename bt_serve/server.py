@@ -40,7 +40,7 @@ class ServeOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    address: str = "127.0.0.1"  # loopback unless asked: the models are unauthenticated (docs/serving.md)
+    address: str = "127.0.0.1"  # loopback unless asked: the models are unauthenticated (docs/limits.md)
     max_batch: int = 16
     queue_delay_us: int = 2000
     instances: int = 1
@@ -173,7 +173,7 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
             # PyTriton protects these endpoints with a random token by default, statistics among them; statistics
             # stay open (monitoring reads batch sizes and queue times there), loading/unloading models does not.
             # tritonserver takes the token only on its command line (readable in /proc by local users): see
-            # docs/serving.md "Security" for what that exposes
+            # docs/limits.md "Security" for what that exposes
             security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace",
                                                                   "logging"])
             with Triton(config=config, security_config=security) as triton:
