@@ -173,7 +173,7 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
             # PyTriton protects these endpoints with a random token by default, statistics among them; statistics
             # stay open (monitoring reads batch sizes and queue times there), loading/unloading models does not.
             # tritonserver takes the token only on its command line (readable in /proc by local users): see
-            # docs/limits.md "Security" for what that exposes
+            # docs/limits.md ("bt-serve's network defaults") for what that exposes
             security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace",
                                                                   "logging"])
             with Triton(config=config, security_config=security) as triton:
