@@ -9,6 +9,7 @@ same pair. Torch-free; starts the server itself (a subprocess of `--server-pytho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
@@ -120,38 +121,60 @@ def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
+@dataclass
+class Server:
+    """A bt-serve subprocess on loopback (see `serving`); `shutdown_rc` is set once it stopped."""
+    process: subprocess.Popen
+    host: str
+    http_port: int
+    grpc_port: int
+    shutdown_rc: int | str | None = None
+
+    def port(self, protocol: str) -> int:
+        return self.http_port if protocol == "http" else self.grpc_port
+
+
+@contextlib.contextmanager
+def serving(export_dir: Path, server_python: str, *options: str, ready_timeout_s: float = 600):
+    """Start `bt-serve EXPORT --address 127.0.0.1` on free ports with `options`, wait until `itm` is ready, yield a
+    Server; SIGTERM on exit (bt-serve stops Triton cleanly), killed after 60 s."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    host = "127.0.0.1"
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [server_python, "-m", "bt_serve.cli", str(export_dir), "--address", host,
+                   "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+                   "--log-file", str(Path(tmp) / "server.log"), *options]
+        with open(Path(tmp) / "stdout", "w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        server = Server(process, host, http_port, grpc_port)
+        try:
+            c.wait_ready(host, http_port, ["itm"], timeout_s=ready_timeout_s, process=process)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                server.shutdown_rc = process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=60)
+                server.shutdown_rc = "killed after 60 s"
+
+
 def load_test(export_dir: Path, concurrency: int, seconds: float, server_python: str, max_requests: int = 100000,
               protocol: str = "grpc", max_batch: int = 16, queue_delay_us: int = 2000, threads: int = 0,
               precision: str = "fp32", instances: int = 1, log=print) -> dict:
     from bt_runtime import BridgeTowerRuntime
 
-    http_port, grpc_port, metrics_port = free_ports(3)
-    host = "127.0.0.1"
     work = pairs(export_dir, 16)
-    with tempfile.TemporaryDirectory() as tmp:
-        server_log = Path(tmp) / "server.log"
-        command = [server_python, "-m", "bt_serve.cli", str(export_dir), "--address", host,
-                   "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-                   "--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us), "--threads", str(threads),
-                   "--precision", precision, "--instances", str(instances), "--log-file", str(server_log)]
-        with open(Path(tmp) / "stdout", "w") as out:
-            server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            c.wait_ready(host, http_port, ["itm"], timeout_s=600, process=server)
-            port = http_port if protocol == "http" else grpc_port
-            phases = [Phase("one request at a time", 1), Phase(f"{concurrency} concurrent clients", concurrency)]
-            for phase in phases:
-                log(f"{phase.name}: {seconds:.0f} s")
-                before = c.batch_statistics(host, http_port, "itm")
-                run_phase(phase, work, host, port, seconds, max_requests, protocol)
-                phase.batches = _diff(c.batch_statistics(host, http_port, "itm"), before)
-        finally:
-            server.terminate()  # SIGTERM: bt-serve stops Triton cleanly
-            try:
-                shutdown_rc = server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                shutdown_rc = "killed after 60 s"
+    with serving(export_dir, server_python, "--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us),
+                 "--threads", str(threads), "--precision", precision, "--instances", str(instances)) as server:
+        host, http_port = server.host, server.http_port
+        phases = [Phase("one request at a time", 1), Phase(f"{concurrency} concurrent clients", concurrency)]
+        for phase in phases:
+            log(f"{phase.name}: {seconds:.0f} s")
+            before = c.batch_statistics(host, http_port, "itm")
+            run_phase(phase, work, host, server.port(protocol), seconds, max_requests, protocol)
+            phase.batches = _diff(c.batch_statistics(host, http_port, "itm"), before)
     with BridgeTowerRuntime.load(export_dir, precision=precision) as runtime:
         direct = runtime.itm_pairs([image for image, _ in work], [text for _, text in work])
     worst = max((abs(p - direct[i]) for phase in phases for i, p in phase.answers), default=float("nan"))
@@ -163,7 +186,7 @@ def load_test(export_dir: Path, concurrency: int, seconds: float, server_python:
             "throughput_ratio": (summaries[1]["throughput_rps"] / summaries[0]["throughput_rps"]
                                  if summaries[0]["throughput_rps"] else float("nan")),
             "max_abs_diff_vs_direct": float(worst), "lost": sum(len(p.errors) for p in phases),
-            "errors": [e for p in phases for e in p.errors][:5], "server_shutdown_rc": shutdown_rc}
+            "errors": [e for p in phases for e in p.errors][:5], "server_shutdown_rc": server.shutdown_rc}
 
 
 def batch_ceiling(export_dir: Path, sizes=(1, 4, 8), repeats: int = 3, precision: str = "fp32") -> list[dict]:
@@ -253,13 +276,17 @@ def main(argv=None) -> int:
                        log=lambda m: print(m, file=sys.stderr))
     if args.ceiling:
         report["ceiling"] = batch_ceiling(args.export, precision=args.precision)
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text)
+    emit(report, markdown(report), args.json, args.markdown)
     return 0 if report["lost"] == 0 else 1
+
+
+def emit(report: dict, text: str, json_path: Path | None, markdown_path: Path | None) -> None:
+    """Print the markdown; write the JSON report and the markdown where asked."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if markdown_path:
+        markdown_path.write_text(text)
 
 
 if __name__ == "__main__":

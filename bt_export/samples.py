@@ -53,11 +53,17 @@ def synthetic_images(count: int, seed: int = 0) -> list:
 def load_images(paths: list[Path]) -> tuple[list, list[str]]:
     from PIL import Image
 
+    from bt_runtime.errors import BtRuntimeError
+    from bt_runtime.images import regular_files
+
     files = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            try:  # a FIFO named *.png would block Image.open forever: only regular files are listed
+                files += regular_files(path, IMAGE_SUFFIXES)
+            except BtRuntimeError as err:
+                raise BtExportError(f"--parity-images {err}") from None
         elif path.is_file():
             files.append(path)
         else:

@@ -44,17 +44,19 @@ def _gallery(paths: list[Path]) -> list[Path]:
     naming every bad file, instead of after the rest of the gallery went through the vision tower."""
     from PIL import Image
 
+    from .images import DEFAULT_FORMATS, regular_files
+
     files, bad = [], []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += regular_files(path, IMAGE_SUFFIXES)  # a FIFO named *.png is refused, never opened
         elif path.is_file():
             files.append(path)
         else:
-            bad.append(f"{path} (no such file or directory)")
+            bad.append(f"{path} ({'not a regular file' if path.exists() else 'no such file or directory'})")
     for file in files:
         try:
-            with Image.open(file) as image:
+            with Image.open(file, formats=list(DEFAULT_FORMATS)) as image:
                 image.verify()  # structure and checksums, without decoding the pixels
         except Exception as err:  # Pillow raises many types for damaged files
             bad.append(f"{file} ({type(err).__name__}: {str(err)[:80]})")

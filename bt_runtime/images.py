@@ -15,15 +15,20 @@ rotate first (then results differ from transformers for such files).
 
 Refused, never guessed (transformers refuses them too): 16- and 32-bit integer and float modes (I;16*, I, F),
 whose conversion to 8-bit would silently clip to white; images above `max_pixels` (default 64 Mpx, checked from the
-header before any pixel is decoded); truncated or closed images.
+header before any pixel is decoded); truncated or closed images; encoded bytes or files in a format outside
+`formats` (default PNG, JPEG, WebP, BMP, GIF, TIFF: Pillow never hands EPS, PSD, … to their plugins, EPS being
+rendered by Ghostscript wherever it is installed). Every mode Pillow decodes either converts to RGB (premultiplied
+`La`/`RGBa` are un-premultiplied first, then composited like any alpha) or raises ImageInputError: never a bare
+Pillow ValueError.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +41,17 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BI
             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 DEFAULT_MAX_PIXELS = 64_000_000  # a 61 Mpx camera frame passes; a 12000×12000 "bomb" (144 Mpx) does not
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Formats Pillow may open (Image.open(formats=...)): the common photo and web formats; the rest of Pillow's plugins
+# (EPS → Ghostscript, PSD, …) are attack surface a model input does not need. JPEG covers MPO (multi-picture) JPEGs.
+DEFAULT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")  # "A" in getbands() would also match LAB's a* channel
+PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # associated alpha (TIFF ExtraSamples=1): Pillow un-premultiplies
 
 
-def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A decoded PIL image from a PIL image, an HWC uint8 array, a path or encoded bytes. `name` labels errors."""
+def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
+    """A decoded PIL image from a PIL image, an HWC uint8 array, a path or encoded bytes. `name` labels errors;
+    `formats` (Pillow format names) limits what paths and bytes may be decoded as."""
     if isinstance(image, Image.Image):
         pil = image
         _check_pixels(pil, name, max_pixels)
@@ -55,11 +67,11 @@ def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS)
         path = Path(image)
         if not path.is_file():
             raise ImageInputError(f"{name}: no image file at {str(path)!r}")
-        pil = _decode(path, name, max_pixels)
+        pil = _decode(path, name, max_pixels, formats)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) == 0:
             raise ImageInputError(f"{name}: empty bytes (expected an encoded PNG/JPEG/… image)")
-        pil = _decode(io.BytesIO(bytes(image)), name, max_pixels)
+        pil = _decode(io.BytesIO(bytes(image)), name, max_pixels, formats)
     else:
         raise ImageInputError(f"{name}: unsupported type {type(image).__name__}; expected a PIL image, an HWC uint8 "
                               "NumPy array, a path, or encoded image bytes")
@@ -73,24 +85,77 @@ def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS)
     return pil
 
 
+def check_max_pixels(max_pixels) -> int:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ImageInputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return max_pixels
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """Pillow format names, upper-cased and checked against the plugins Pillow can open."""
+    Image.init()
+    if isinstance(formats, str) or not formats or not all(isinstance(f, str) for f in formats):
+        raise ImageInputError(f"image formats must be a non-empty list of Pillow format names, got {formats!r}")
+    chosen = tuple(f.upper() for f in formats)
+    unknown = [f for f in chosen if f not in Image.OPEN]
+    if unknown:
+        raise ImageInputError(f"image formats {unknown} are not formats Pillow can open; valid: "
+                              f"{', '.join(sorted(Image.OPEN))}")
+    return chosen
+
+
+def regular_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The regular files (symlinks to regular files included) in `directory` whose suffix is in `suffixes`, sorted.
+    Anything else with such a name — a FIFO (opening it would block forever), a socket, a device, a directory —
+    is refused by name before any file is opened."""
+    files, odd = [], []
+    for path in sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in suffixes):
+        try:
+            mode = path.stat().st_mode  # follows symlinks; never opens
+        except OSError as err:
+            odd.append(f"{path} ({err.strerror or type(err).__name__})")
+            continue
+        if stat.S_ISREG(mode):
+            files.append(path)
+        else:
+            odd.append(f"{path} ({_kind(mode)}, not a regular file)")
+    if odd:
+        raise ImageInputError(f"{directory}: {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named like an image "
+                              f"but not a readable regular file: {'; '.join(odd[:10])}; remove or rename them")
+    return files
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def _check_pixels(pil: Image.Image, name: str, max_pixels: int) -> None:
     if pil.width * pil.height > max_pixels:
         raise ImageInputError(f"{name}: {pil.width}×{pil.height} = {pil.width * pil.height:,} pixels is above the "
                               f"runtime's max_pixels ({max_pixels:,}); downscale it first or raise max_pixels")
 
 
-def _decode(source, name: str, max_pixels: int) -> Image.Image:
+def _decode(source, name: str, max_pixels: int, formats: tuple[str, ...]) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # max_pixels decides (checked below from the header); Pillow's warning would only be printed
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as pil:
+            with Image.open(source, formats=list(formats)) as pil:
                 _check_pixels(pil, name, max_pixels)  # from the header, before any pixel is decoded
                 pil.load()
                 return pil.copy()  # copy() keeps .info (EXIF, transparency key)
+    except ImageInputError:  # above max_pixels: already says so
+        raise
     except Image.DecompressionBombError as err:  # above Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS)
         raise ImageInputError(f"{name}: refused as a possible decompression bomb ({err})") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+    except UnidentifiedImageError as err:
+        raise ImageInputError(f"{name}: not a decodable image in an allowed format ({', '.join(formats)}); corrupt, "
+                              "truncated, or another format?") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageInputError(f"{name}: not a decodable image (corrupt or truncated?): {err}") from err
 
 
@@ -110,7 +175,9 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
 def to_rgb(pil: Image.Image, alpha: str = "composite_on_white") -> Image.Image:
     """transformers' convert_to_rgb. composite_on_white (5.18+): transparency (alpha band or a transparency key)
     composited on white; drop_alpha (earlier 5.x): PIL's convert('RGB'), which ignores transparency."""
-    if alpha == "composite_on_white" and ("A" in pil.getbands() or pil.info.get("transparency") is not None):
+    if pil.mode in PREMULTIPLIED:  # Pillow converts La only to LA; RGBa → RGBA un-premultiplies as well
+        pil = pil.convert(PREMULTIPLIED[pil.mode])
+    if alpha == "composite_on_white" and (pil.mode in ALPHA_MODES or pil.info.get("transparency") is not None):
         rgba = pil.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -170,13 +237,13 @@ class ImagePreprocessor:
     exif_transpose: bool = False
     alpha: str = "composite_on_white"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names paths and bytes may be decoded as
 
     @classmethod
-    def from_manifest(cls, preprocessing, exif_transpose: bool | None = None,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> "ImagePreprocessor":
+    def from_manifest(cls, preprocessing, exif_transpose: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      formats: tuple[str, ...] = DEFAULT_FORMATS) -> ImagePreprocessor:
         """From a validated bt_runtime.manifest.Preprocessing (resample, alpha and sizes were checked at load)."""
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise ImageInputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        check_max_pixels(max_pixels)
         resize, crop, normalize = preprocessing.resize, preprocessing.center_crop, preprocessing.normalize
         return cls(
             image_size=preprocessing.image_size, shortest_edge=resize.shortest_edge,
@@ -184,16 +251,25 @@ class ImagePreprocessor:
             do_resize=resize.enabled, do_center_crop=crop.enabled, rescale_factor=preprocessing.rescale_factor,
             mean=tuple(preprocessing.mean) if normalize else None, std=tuple(preprocessing.std) if normalize else None,
             exif_transpose=preprocessing.exif_transpose if exif_transpose is None else exif_transpose,
-            alpha=preprocessing.alpha, max_pixels=max_pixels,
+            alpha=preprocessing.alpha, max_pixels=max_pixels, formats=check_formats(formats),
         )
+
+    def limited(self, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> ImagePreprocessor:
+        """A copy with other limits (bt-serve's --max-pixels / --image-formats), each checked."""
+        return replace(self, max_pixels=self.max_pixels if max_pixels is None else check_max_pixels(max_pixels),
+                       formats=self.formats if formats is None else check_formats(formats))
 
     def stages(self, image, name: str = "image") -> dict[str, np.ndarray]:
         """Every step's result, for golden vectors and ports: decoded_rgb and resized_rgb (H, W, 3) uint8, cropped
         (3, S, S) uint8 (zero-padded where smaller), pixel_values (3, S, S) float32."""
-        pil = open_image(image, name, self.max_pixels)
-        if self.exif_transpose:
-            pil = ImageOps.exif_transpose(pil)
-        pil = to_rgb(pil, self.alpha)
+        pil = open_image(image, name, self.max_pixels, self.formats)
+        try:
+            if self.exif_transpose:
+                pil = ImageOps.exif_transpose(pil)
+            pil = to_rgb(pil, self.alpha)
+        except (ValueError, OSError) as err:  # a mode or EXIF block Pillow cannot convert: this image's error only
+            raise ImageInputError(f"{name}: image mode {pil.mode!r} cannot be converted to RGB ({err}); save it as "
+                                  "8-bit RGB, RGBA, L or LA") from err
         decoded = np.asarray(pil)
         if self.do_resize:
             height, width = resize_shape(pil.height, pil.width, self.shortest_edge, self.longest_edge,

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import typer
 
+from bt_runtime.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS
+
+from .models import DEFAULT_MAX_IMAGE_BYTES
+
 app = typer.Typer(add_completion=False, help="Serve a bt-toolkit export on NVIDIA Triton (PyTriton): itm, rerank, "
                                              "embed_image/embed_text (ITC), fill_mask (MLM); dynamic batching.")
 
@@ -30,7 +35,20 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
          threads: int = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads (0: all cores)."),
          precision: str = typer.Option("fp32", "--precision", help="Precision variant listed in the manifest."),
          device: str = typer.Option("cpu", "--device", help="cpu, or cuda[:N] (onnxruntime-gpu)."),
-         address: str = typer.Option("0.0.0.0", "--address", help="Address the HTTP and gRPC servers bind to."),
+         address: str = typer.Option("127.0.0.1", "--address",
+                                     help="Address the HTTP, gRPC and metrics servers bind to; 0.0.0.0 for every "
+                                          "interface (the models have no authentication)."),
+         max_text_chars: int = typer.Option(DEFAULT_MAX_TEXT_CHARS, "--max-text-chars",
+                                            help="Longest text (characters) a row may carry; longer ones are that "
+                                                 "row's error, refused before tokenizing."),
+         max_image_bytes: int = typer.Option(DEFAULT_MAX_IMAGE_BYTES, "--max-image-bytes",
+                                             help="Largest encoded image (bytes) a row may carry."),
+         max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels",
+                                        help="Largest image (width × height, read from its header before "
+                                             "decoding)."),
+         image_formats: str = typer.Option(",".join(DEFAULT_FORMATS), "--image-formats",
+                                           help="Comma-separated Pillow formats an image may be decoded as; "
+                                                "others are refused before their decoder runs."),
          log_file: Path = typer.Option(None, "--log-file", help="Triton's log (default: stdout; --smoke: a "
                                                                  "temporary file)."),
          smoke: bool = typer.Option(False, "--smoke", help="Start, round-trip every model over HTTP and gRPC "
@@ -42,9 +60,18 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
     if len({http_port, grpc_port, metrics_port}) != 3:
         raise typer.BadParameter("the three ports must differ", param_hint="--http-port/--grpc-port/--metrics-port")
     for value, name, low in ((max_batch, "--max-batch", 1), (queue_delay_us, "--queue-delay-us", 0),
-                             (instances, "--instances", 1), (threads, "--threads", 0)):
+                             (instances, "--instances", 1), (threads, "--threads", 0),
+                             (max_text_chars, "--max-text-chars", 1), (max_image_bytes, "--max-image-bytes", 1),
+                             (max_pixels, "--max-pixels", 1)):
         if value < low:
             raise typer.BadParameter(f"{value}; must be ≥ {low}", param_hint=name)
+    from bt_runtime.errors import USER_FACING, BtRuntimeError
+    from bt_runtime.images import check_formats
+
+    try:
+        formats = check_formats([f.strip() for f in image_formats.split(",") if f.strip()])
+    except BtRuntimeError as err:
+        raise typer.BadParameter(str(err), param_hint="--image-formats") from None
     import importlib.util
 
     if importlib.util.find_spec("pytriton") is None:
@@ -52,14 +79,20 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                    "  python3 -m venv .venv-serve && .venv-serve/bin/pip install -e '.[serve]'\n"
                    "  .venv-serve/bin/bt-serve EXPORT_DIR", err=True)
         raise typer.Exit(2)
-    from bt_runtime.errors import USER_FACING
 
-    from .server import ServeOptions, serve
+    from .server import ServeOptions, check_ports_free, serve
+
+    try:  # before anything starts: a taken port is named now, not after tritonserver's startup timeout
+        check_ports_free(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    except BtRuntimeError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
     options = ServeOptions(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
                            max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
                            threads=threads, precision=precision, device=device,
-                           log_file=str(log_file) if log_file else None)
+                           log_file=str(log_file) if log_file else None, max_text_chars=max_text_chars,
+                           max_image_bytes=max_image_bytes, max_pixels=max_pixels, image_formats=formats)
     if smoke and log_file is None:  # keep stdout for the JSON report
         import tempfile
 

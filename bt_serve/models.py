@@ -9,6 +9,10 @@ do not pair) must not fail the requests it was merged with. PyTriton 0.7 can onl
   response whose message names the input and row;
 - bad rows merged with good ones → the good rows are answered; each bad row gets NaN outputs and its message in the
   `error` output (empty for good rows). Clients that batch or run concurrently should read `error`.
+
+Every row is checked against `Limits` (image bytes, text characters: before decoding or tokenizing), then decoded
+and converted to RGB pixels on its own; only rows that got this far join the batch that runs the graphs. Whatever a
+row's image raises while decoding is that row's error.
 """
 
 from __future__ import annotations
@@ -17,9 +21,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bt_runtime.errors import USER_FACING
+from bt_runtime.errors import USER_FACING, BtRuntimeError, first_line
+from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS, check_text_length
 
 FILL_MASK_TOP_K = 5
+# A 61 Mpx camera JPEG is 20-30 MB; larger requests are refused before Pillow sees a byte (docs/limits.md).
+DEFAULT_MAX_IMAGE_BYTES = 32 * 2**20
+UTF8_MAX_BYTES_PER_CHAR = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-row input limits of bt-serve (--max-text-chars, --max-image-bytes); pixels and formats are the
+    runtime's ImagePreprocessor's (--max-pixels, --image-formats)."""
+
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
 
 class RequestError(ValueError):
@@ -50,14 +67,31 @@ def _as_bytes(value, name: str) -> bytes:
     raise RequestError(f"{name}: expected BYTES, got {type(value).__name__}")
 
 
-def _text(value, name: str) -> str:
+def _image(value, name: str, limits: Limits) -> bytes:
+    data = _as_bytes(value, name)
+    if len(data) > limits.max_image_bytes:
+        raise RequestError(f"{name}: {len(data):,} bytes is above bt-serve's --max-image-bytes "
+                           f"({limits.max_image_bytes:,}); send a smaller encoding")
+    return data
+
+
+def _text(value, name: str, limits: Limits = Limits()) -> str:
+    data = _as_bytes(value, name)
+    if len(data) > limits.max_text_chars * UTF8_MAX_BYTES_PER_CHAR:  # surely too long: refused without decoding
+        raise RequestError(f"{name}: {len(data):,} bytes is above bt-serve's --max-text-chars "
+                           f"({limits.max_text_chars:,} characters)")
     try:  # strict UTF-8: no lone surrogates can come out of it
-        return _as_bytes(value, name).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise RequestError(f"{name}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        check_text_length(text, name, limits.max_text_chars)
+    except BtRuntimeError as err:
+        raise RequestError(str(err)) from None
+    return text
 
 
-def _rows(requests, inputs: dict[str, str]) -> list[Row]:
+def _rows(requests, inputs: dict[str, str], limits: Limits) -> list[Row]:
     """One Row per (request, row) with every input checked: `inputs` maps name → "image" | "text"."""
     rows = []
     for r, request in enumerate(requests):
@@ -79,8 +113,8 @@ def _rows(requests, inputs: dict[str, str]) -> list[Row]:
                     value = columns[name][k].reshape(-1)
                     if value.size != 1:
                         raise RequestError(f"{name}[{k}]: expected one element per row, got {value.size}")
-                    row.values[name] = (_as_bytes(value[0], f"{name}[{k}]") if kind == "image"
-                                        else _text(value[0], f"{name}[{k}]"))
+                    row.values[name] = (_image(value[0], f"{name}[{k}]", limits) if kind == "image"
+                                        else _text(value[0], f"{name}[{k}]", limits))
             except RequestError as err:
                 row.error = str(err)
             rows.append(row)
@@ -91,8 +125,10 @@ class TaskModels:
     """The callables of one export. `runtime` is shared by every model instance (ONNX Runtime sessions are
     thread-safe); nothing here holds per-request state."""
 
-    def __init__(self, runtime):
-        self.runtime = runtime
+    def __init__(self, runtime, limits: Limits = Limits()):
+        self.runtime, self.limits = runtime, limits
+        # rows are length-checked here, per row; the tokenizer (which checks whole batches) must never refuse one
+        runtime.tokenizer.max_chars = max(runtime.tokenizer.max_chars, limits.max_text_chars)
 
     # ---- helpers ----
 
@@ -102,10 +138,13 @@ class TaskModels:
         for row in rows:
             if row.error:
                 continue
+            label = f"{name}[{row.row}]"
             try:
-                pixels.append(self.runtime.preprocess.pixel_values(row.values[name], f"{name}[{row.row}]"))
+                pixels.append(self.runtime.preprocess.pixel_values(row.values[name], label))
             except USER_FACING as err:
                 row.error = str(err)
+            except Exception as err:  # noqa: BLE001 — whatever one image makes Pillow raise is that row's error only
+                row.error = f"{label}: cannot be decoded ({type(err).__name__}: {first_line(err)})"
         return pixels
 
     @staticmethod
@@ -129,7 +168,7 @@ class TaskModels:
 
     def itm(self, requests) -> list[dict]:
         """image (BYTES [1]) + text (BYTES [1]) per row → probability (FP32 [1]), error (BYTES [1])."""
-        rows = _rows(requests, {"image": "image", "text": "text"})
+        rows = _rows(requests, {"image": "image", "text": "text"}, self.limits)
         pixels = self._pixels(rows)
         good = [row for row in rows if not row.error]
         probabilities = []
@@ -143,7 +182,7 @@ class TaskModels:
 
     def embed_image(self, requests) -> list[dict]:
         """image (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
-        rows = _rows(requests, {"image": "image"})
+        rows = _rows(requests, {"image": "image"}, self.limits)
         pixels = self._pixels(rows)
         embeds = list(self.runtime.encode_pixels(np.stack(pixels)).embeds) if pixels else []
         size = self.runtime.manifest.config.contrastive_hidden_size
@@ -152,7 +191,7 @@ class TaskModels:
 
     def embed_text(self, requests) -> list[dict]:
         """text (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
-        rows = _rows(requests, {"text": "text"})
+        rows = _rows(requests, {"text": "text"}, self.limits)
         good = [row for row in rows if not row.error]
         embeds = list(self.runtime.embed_texts([row.values["text"] for row in good])) if good else []
         size = self.runtime.manifest.config.contrastive_hidden_size
@@ -170,9 +209,9 @@ class TaskModels:
                 raise RequestError(f"image: expected exactly one encoded image, got {image.size}")
             if texts.size == 0:
                 raise RequestError("texts: empty; give at least one text")
-            decoded = [_text(t, f"texts[{k}]") for k, t in enumerate(texts)]
+            decoded = [_text(t, f"texts[{k}]", self.limits) for k, t in enumerate(texts)]
             try:
-                probabilities = self.runtime.itm_scores(_as_bytes(image[0], "image"), decoded)
+                probabilities = self.runtime.itm_scores(_image(image[0], "image", self.limits), decoded)
             except USER_FACING as err:
                 raise RequestError(str(err)) from None
             responses.append({"probabilities": probabilities.astype(np.float32)})
@@ -188,8 +227,8 @@ class TaskModels:
             if image.size != 1 or text.size != 1:
                 raise RequestError(f"image and text: expected one element each, got {image.size} and {text.size}")
             try:
-                result = self.runtime.fill_mask(_as_bytes(image[0], "image"), _text(text[0], "text"),
-                                                top_k=FILL_MASK_TOP_K)
+                result = self.runtime.fill_mask(_image(image[0], "image", self.limits),
+                                                _text(text[0], "text", self.limits), top_k=FILL_MASK_TOP_K)
             except USER_FACING as err:
                 raise RequestError(str(err)) from None
             responses.append({

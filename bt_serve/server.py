@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -23,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import TaskModels
+from bt_runtime.errors import BtRuntimeError
+from bt_runtime.images import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS
+
+from .models import DEFAULT_MAX_IMAGE_BYTES, Limits, TaskModels
+
+
+class PortInUseError(BtRuntimeError):
+    """A port bt-serve was asked to listen on cannot be bound (taken, or the address is not this host's)."""
 
 
 @dataclass
@@ -31,7 +40,7 @@ class ServeOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    address: str = "0.0.0.0"
+    address: str = "127.0.0.1"  # loopback unless asked: the models are unauthenticated (docs/limits.md)
     max_batch: int = 16
     queue_delay_us: int = 2000
     instances: int = 1
@@ -40,6 +49,25 @@ class ServeOptions:
     device: str = "cpu"
     exit_timeout_s: int = 10
     log_file: str | None = None  # Triton's own log; None: its stdout
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # per text row, refused before decoding/tokenizing
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # per encoded image row, refused before Pillow sees it
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header before any pixel is decoded
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow formats an image may be decoded as
+
+
+def check_ports_free(address: str, ports: dict[str, int]) -> None:
+    """Bind each port once on `address` and let it go, so a taken port fails at once with its name instead of
+    tritonserver's startup timeout two minutes later. SO_REUSEADDR: a port in TIME_WAIT is free; a listener is not."""
+    for option, port in ports.items():
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE)[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+        except OSError as err:
+            raise PortInUseError(f"{option} {port}: cannot listen on {address}:{port} ({err.strerror or err}); "
+                                 "choose another port, or stop what listens there") from None
 
 
 def model_specs(heads: tuple[str, ...], embedding_size: int | None) -> list[dict]:
@@ -111,26 +139,30 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
     in-flight requests get up to `exit_timeout_s`). `ready(triton, specs)` is called once serving; when it returns
     True the server stops instead of blocking."""
     from bt_runtime import BridgeTowerRuntime
-    from bt_runtime.errors import BtRuntimeError
 
+    check_ports_free(options.address, {"--http-port": options.http_port, "--grpc-port": options.grpc_port,
+                                       "--metrics-port": options.metrics_port})
     warning = use_this_pythons_libpython()
     if warning:
         print(f"bt-serve: warning: {warning}", file=sys.stderr)
     runtime = BridgeTowerRuntime.load(export_dir, precision=options.precision, device=options.device,
-                                      intra_op_threads=options.threads or None)
+                                      intra_op_threads=options.threads or None, max_pixels=options.max_pixels)
+    runtime.preprocess = runtime.preprocess.limited(formats=options.image_formats)
     with runtime:
         specs = model_specs(runtime.heads, runtime.manifest.config.contrastive_hidden_size)
         if not specs:
             raise BtRuntimeError(f"{export_dir}: this export has no task head (itm, mlm or itc; it was exported from "
                                  "a head-less BridgeTowerModel), so there is nothing to serve")
-        models = TaskModels(runtime)
+        models = TaskModels(runtime, Limits(max_text_chars=options.max_text_chars,
+                                            max_image_bytes=options.max_image_bytes))
         warm(runtime)
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
         config = TritonConfig(http_port=options.http_port, grpc_port=options.grpc_port,
                               metrics_port=options.metrics_port, http_address=options.address,
-                              grpc_address=options.address, exit_timeout_secs=options.exit_timeout_s,
+                              grpc_address=options.address, metrics_address=options.address,
+                              exit_timeout_secs=options.exit_timeout_s,
                               log_verbose=0, log_file=Path(options.log_file) if options.log_file else None)
 
         def on_sigterm(signum, frame):
@@ -139,7 +171,9 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             # PyTriton protects these endpoints with a random token by default, statistics among them; statistics
-            # stay open (monitoring reads batch sizes and queue times there), loading/unloading models does not
+            # stay open (monitoring reads batch sizes and queue times there), loading/unloading models does not.
+            # tritonserver takes the token only on its command line (readable in /proc by local users): see
+            # docs/limits.md ("bt-serve's network defaults") for what that exposes
             security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace",
                                                                   "logging"])
             with Triton(config=config, security_config=security) as triton:

@@ -7,29 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bt_runtime import BridgeTowerRuntime
-from bt_serve.models import RequestError, TaskModels
+from bt_serve.models import RequestError
 from bt_serve.server import model_specs
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_export):
-    with BridgeTowerRuntime.load(tiny_export) as runtime:
-        yield runtime
-
-
-@pytest.fixture(scope="module")
-def models(runtime):
-    return TaskModels(runtime)
+from tests.bt_serve.conftest import col
 
 
 @pytest.fixture(scope="module")
 def images(photos_dir) -> list[bytes]:
     return [p.read_bytes() for p in sorted(photos_dir.iterdir())][:3]
-
-
-def col(*values) -> np.ndarray:
-    return np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object).reshape(-1, 1)
 
 
 def test_merged_itm_requests_match_the_runtime(models, runtime, images):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,22 +15,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks.serve_load import free_ports, load_test
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def serve_python() -> str:
-    python = os.environ.get("BT_SERVE_PYTHON") or str(REPO / ".venv-serve" / "bin" / "python")
-    ok = Path(python).exists() and subprocess.run([python, "-c", "import pytriton, bt_serve"],
-                                                  capture_output=True).returncode == 0
-    if not ok:
-        message = (f"no serving environment at {python} (python3 -m venv .venv-serve && "
-                   ".venv-serve/bin/pip install -e '.[serve]')")
-        if os.environ.get("BT_REQUIRE_SERVE"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return python
 
 
 def _bt_serve(python: str, export: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -94,3 +77,21 @@ def test_without_pytriton_bt_serve_says_how_to_install_it(tiny_export):
     result = subprocess.run([sys.executable, "-m", "bt_serve.cli", str(tiny_export)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and ".venv-serve/bin/pip install -e '.[serve]'" in result.stderr
+
+
+def test_a_hostile_client_fails_no_good_request(serve_python, tiny_export):
+    """Bounded smoke of benchmarks/serve_hostile.py: 7 good clients with and without 1 hostile one (every payload
+    kind at least once, the 64 MB text included): no good request lost or wrong, every hostile one refused (the
+    associated-alpha TIFF answered), the server's memory bounded."""
+    from benchmarks.serve_hostile import hostile_test
+
+    report = hostile_test(tiny_export, serve_python, good_clients=7, seconds=6, max_requests=500, max_hostile=14,
+                          log=lambda message: None)
+    assert report["good_lost"] == 0, report["good_errors"]
+    assert report["max_abs_diff_vs_direct"] <= 1e-5
+    hostile = {row["kind"]: row for row in report["hostile"]}
+    assert len(hostile) == 7 and all(row["sent"] >= 1 for row in hostile.values())
+    assert hostile.pop("associated-alpha TIFF (La)")["refused"] == 0
+    assert all(row["refused"] == row["sent"] for row in hostile.values()), hostile
+    assert report["phases"][1]["peak_rss_mb"] < report["idle_rss_mb"] + 2048
+    assert report["server_shutdown_rc"] == 0
