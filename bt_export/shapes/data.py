@@ -9,6 +9,7 @@ bt-bench, scripts and tests can use it). Stable API:
     attribute_words(caption) -> list[(word_index, category)]                        # words MLM is judged on
     mask_attribute_words(caption, rng, count=1, mask_token="<mask>") -> (masked, [(word_index, word, category)])
     parse_caption(caption) -> Scene                                                 # inverse of Scene.caption()
+    Scene.canonical() -> Scene   # "B right of A" → "A left of B"; equal canonical scenes = same description
 
 Grammar. A scene is one group with a position, or two groups and a relation between them:
     "two small red circles on the left"          group := count size colour shape(s)
@@ -72,6 +73,14 @@ class Scene:
     groups: tuple[Group, ...]  # one group (with `position`) or two (with `relation`: groups[0] relation groups[1])
     position: str | None = None  # left | right | top | bottom
     relation: str | None = None  # left of | right of | above | below
+
+    def canonical(self) -> "Scene":
+        """The same description in one word order ("B right of A" → "A left of B"): equal canonical scenes
+        describe the same thing (used as relevance in retrieval)."""
+        flipped = {"right of": "left of", "below": "above"}
+        if self.relation in flipped:
+            return Scene(self.groups[::-1], relation=flipped[self.relation])
+        return self
 
     def caption(self) -> str:
         if self.relation is None:
