@@ -76,7 +76,8 @@ def _split(name: str, split: dict, seed: int) -> list[str]:
 def markdown(report: dict, header: list[str]) -> str:
     settings = report["settings"]
     lines = header + [f"Method: task accuracy on generated shapes scenes (bt_export.shapes.data), every backend on "
-                      f"the same samples in one run; {settings['pair_batch']} pairs per cross-modal call.", ""]
+                      f"the same samples in one run; {settings['pair_batch']} pairs per cross-modal call; eager on "
+                      f"{settings.get('torch_threads', 'default')} torch thread(s).", ""]
     titles = {"heldout": "Held-out", "heldout_combos": "Held-out attribute combinations (never trained on)"}
     for name, split in report["splits"].items():
         lines += _split(titles.get(name, name), split, settings["seed"])

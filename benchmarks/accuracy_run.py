@@ -199,6 +199,9 @@ class Options:
     queries: int = 100
     k: int = 20  # ITC shortlist of two-stage retrieval
     combos_gallery: int = 200  # the heldout_combos split (0: not evaluated)
+    # eager's intra-op threads: 1 unless --threads says otherwise. This scenario measures decisions, not eager's
+    # speed, and on a shared 2-core machine two torch threads waiting on each other ran eager 24× slower (measured)
+    torch_threads: int = 1
 
 
 def _timed(function, *args):
@@ -330,6 +333,9 @@ def run_accuracy(export_dir, labels: list[str] | None, options: Options, log=pri
         log(f"generating {size} {split} samples (seed {options.seed})")
         data.append(make_eval_set(options.seed, size, queries=queries, image_size=image_size, split=split,
                                   mask_token=mask_token))
+    import torch
+
+    torch.set_num_threads(options.torch_threads)
     eager = eager_for(manifest)
     scorers, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="bt-bench-") as workdir:

@@ -90,8 +90,8 @@ def bench(
             console.print(f"[red]error:[/red] {name} must be ≥ 1, got {value}")
             raise typer.Exit(2)
     if ACCURACY in chosen:
-        return _accuracy(export_dir, backend, Options(gallery, seed, queries, rerank, combos_gallery), json_path,
-                         markdown_path)
+        return _accuracy(export_dir, backend, Options(gallery, seed, queries, rerank, combos_gallery, threads or 1),
+                         json_path, markdown_path)
     if top_k > gallery or (rerank is not None and not top_k <= rerank <= gallery):
         console.print(f"[red]error:[/red] need --top-k ≤ --rerank ≤ --gallery, got {top_k}, {rerank}, {gallery}")
         raise typer.Exit(2)
