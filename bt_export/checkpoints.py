@@ -18,8 +18,7 @@ from urllib.parse import urlparse
 
 from bt_runtime.errors import first_line
 
-from .configs import (KNOWN_CHECKPOINTS, SHAPES_DIR, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR,
-                      valid_names)
+from .configs import KNOWN_CHECKPOINTS, SHAPES_DIR, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
 from .errors import CheckpointError, UnsupportedConfigError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -51,7 +51,7 @@ GRAMMAR_WORDS = tuple(dict.fromkeys(
     [*COUNTS.values(), *SIZES, *COLOURS, *SHAPES, *(s + "s" for s in SHAPES), "on", "at", "the", "of",
      *POSITIONS, "above", "below"]))
 
-RADIUS = {"small": 0.08, "large": 0.145}  # × image_size; a clear gap so size is decidable at 64 px
+RADIUS = {"small": 0.095, "large": 0.145}  # × image_size: small shapes ~12 px across at 64 px, size still clear
 RELATION_PROBABILITY = 0.5  # two-group scenes: relation and binding negatives need them
 MAX_COUNT_WITH_RELATION = 2  # the first group of a two-group scene; the second always has one object
 SUPERSAMPLE = 4  # shapes are drawn at 4× and box-filtered down: anti-aliased edges at any image size
@@ -74,7 +74,7 @@ class Scene:
     position: str | None = None  # left | right | top | bottom
     relation: str | None = None  # left of | right of | above | below
 
-    def canonical(self) -> "Scene":
+    def canonical(self) -> Scene:
         """The same description in one word order ("B right of A" → "A left of B"): equal canonical scenes
         describe the same thing (used as relevance in retrieval)."""
         flipped = {"right of": "left of", "below": "above"}

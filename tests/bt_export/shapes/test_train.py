@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bt_export.shapes import data  # noqa: E402
-from bt_export.shapes.train import Encoder, Parts, TrainConfig, build_model, build_tokenizer, training_step  # noqa: E402
+from bt_export.shapes import data
+from bt_export.shapes.train import Encoder, Parts, TrainConfig, build_model, build_tokenizer, training_step
 
 
 def test_a_few_steps_lower_the_loss():
