@@ -54,8 +54,8 @@ def rank(export: Path, gallery_dir: Path, queries: list[str], use_index: bool, p
                             + source + base)) for q in queries]
 
 
-def draw(rows: list[tuple[str, list[tuple]]], title: str, path: Path) -> None:
-    """rows: (caption, [(PIL image, score, correct), …]) → one PNG."""
+def draw(rows: list[tuple[str, int, list[tuple]]], title: list[str], path: Path) -> None:
+    """rows: (caption, matching images in the gallery, [(PIL image, score, correct), …]) → one PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
     def font(size):
@@ -69,11 +69,13 @@ def draw(rows: list[tuple[str, list[tuple]]], title: str, path: Path) -> None:
     small, big = font(14), font(16)
     row_h = THUMB + 2 * PAD + 22
     width = TEXT_W + TOP_K * (THUMB + PAD) + PAD
-    sheet = Image.new("RGB", (width, 40 + row_h * len(rows)), "white")
+    top = 16 + 22 * len(title)
+    sheet = Image.new("RGB", (width, top + row_h * len(rows)), "white")
     pen = ImageDraw.Draw(sheet)
-    pen.text((PAD, 10), title, fill="black", font=big)
-    for r, (caption, hits) in enumerate(rows):
-        y = 40 + r * row_h
+    for n, line in enumerate(title):
+        pen.text((PAD, 8 + 22 * n), line, fill="black", font=big)
+    for r, (caption, matches, hits) in enumerate(rows):
+        y = top + r * row_h
         words, lines = caption.split(), [""]
         for word in words:  # wrap the caption to the text column
             candidate = f"{lines[-1]} {word}".strip()
@@ -82,6 +84,8 @@ def draw(rows: list[tuple[str, list[tuple]]], title: str, path: Path) -> None:
             else:
                 lines[-1] = candidate
         pen.multiline_text((PAD, y + PAD + 20), f"“{chr(10).join(lines)}”", fill="black", font=big, spacing=4)
+        pen.text((PAD, y + PAD + 30 + 22 * len(lines)), f"{matches} matching image{'s' * (matches != 1)} in the "
+                 "gallery", fill=(90, 90, 90), font=small)
         for c, (image, score, correct) in enumerate(hits):
             x = TEXT_W + c * (THUMB + PAD)
             colour = (30, 150, 60) if correct else (200, 40, 40)
@@ -127,13 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for query, key, hits in zip(queries, wanted, results):
         picked = [int(Path(hit["image"]).stem) for hit in hits]
-        rows.append((query, [(samples[i].image, hit["score"], canonical(samples[i].scene) == key)
-                             for i, hit in zip(picked, hits)]))
-    title = (f"bt-run retrieve --top-k {TOP_K} --rerank {RERANK} ({args.precision}) on {args.gallery} held-out "
-             f"scenes (seed {args.seed}); score: ITM probability; green: same scene as the query")
+        matches = sum(canonical(s.scene) == key for s in samples)
+        rows.append((query, matches, [(samples[i].image, hit["score"], canonical(samples[i].scene) == key)
+                                      for i, hit in zip(picked, hits)]))
+    title = [f"bt-run retrieve --top-k {TOP_K} --rerank {RERANK} ({args.precision}), {args.gallery} held-out scenes "
+             f"(seed {args.seed}), export of {manifest.checkpoint.alias or args.export.name}",
+             "score: ITM match probability; green frame: same scene as the query, red: another scene"]
     draw(rows, title, args.output)
     print(f"wrote {args.output}: {len(rows)} queries × top-{TOP_K}, "
-          f"{sum(c for _, hits in rows for _, _, c in hits)} correct of {TOP_K * len(rows)}")
+          f"{sum(c for _, _, hits in rows for _, _, c in hits)} correct of {TOP_K * len(rows)}, top-1 correct "
+          f"{sum(hits[0][2] for _, _, hits in rows)} of {len(rows)}")
     return 0
 
 
