@@ -28,6 +28,8 @@ def eager_for(manifest):
     from bt_export.eager import EagerBridgeTower
 
     source = manifest.checkpoint
+    if source.kind == "shapes":  # the shipped reference checkpoint (bt_export/assets/shapes), by its name
+        return EagerBridgeTower("shapes", manifest.directory)
     if source.random_init or source.kind == "tiny":
         return EagerBridgeTower(source.alias, manifest.directory, random_init=source.kind != "tiny",
                                 tokenizer=manifest.directory)

@@ -9,7 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from .accuracy_run import Options
 from .scenarios import SCENARIOS, Settings
+
+ACCURACY = "accuracy"  # not among the defaults: it generates data and scores every pair of a gallery (minutes)
 
 app = typer.Typer(add_completion=False, help="Latency/throughput of an export against eager PyTorch, same run.")
 console = Console(stderr=True, width=130)
@@ -18,14 +21,23 @@ console = Console(stderr=True, width=130)
 @app.command()
 def bench(
     export_dir: Path = typer.Argument(..., help="Export directory written by bt-export."),
-    scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {', '.join(SCENARIOS)}."),
+    scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {', '.join(SCENARIOS)}. "
+                                       "`accuracy` (on its own): task accuracy on generated shapes scenes."),
     backend: list[str] = typer.Option(None, "--backend", help="Repeatable: torch, torch:bf16, "
                                       "onnxruntime:<precision>[:<provider>], tensorrt:<precision>. Default: torch "
                                       "(+ torch:bf16 on BF16 CPUs) + every variant of the export."),
     num_texts: int = typer.Option(16, "--num-texts", help="Texts in `rerank`."),
-    gallery: int = typer.Option(8, "--gallery", help="Images in `retrieve`."),
+    gallery: int = typer.Option(None, "--gallery", help="Images in `retrieve` (default 8) and `accuracy` "
+                                "(held-out samples, default 1000)."),
+    seed: int = typer.Option(1234, "--seed", help="`accuracy`: seed of the generated held-out set."),
+    queries: int = typer.Option(None, "--queries", help="`accuracy`: t→i and i→t queries, the first samples' "
+                                "captions and images (default min(100, gallery))."),
+    combos_gallery: int = typer.Option(None, "--combos-gallery",
+                                       help="`accuracy`: samples of the held-out attribute combinations split "
+                                            "(default gallery / 5; 0: skip it)."),
     top_k: int = typer.Option(5, "--top-k", help="Hits per query in `retrieve` (recall@top_k vs brute force)."),
-    rerank: int = typer.Option(None, "--rerank", help="ITM shortlist in two-stage `retrieve` (default 2 × top-k)."),
+    rerank: int = typer.Option(None, "--rerank", help="ITC shortlist k reranked by ITM in two-stage `retrieve` "
+                               "(default 2 × top-k) and `accuracy` (default 20)."),
     brute_force_sample: int = typer.Option(16, "--brute-force-sample",
                                            help="Images eager brute force is timed on in `retrieve`, scaled to "
                                                 "the gallery."),
@@ -51,6 +63,23 @@ def bench(
         if importlib.util.find_spec("matplotlib") is None:
             console.print("[red]error:[/red] --plot needs matplotlib: pip install -e '.[bench]' (or drop --plot)")
             raise typer.Exit(2)
+    chosen = list(scenario) if scenario else list(SCENARIOS)
+    if ACCURACY in chosen:
+        if len(chosen) > 1:
+            _refuse(f"--scenario accuracy runs on its own (its report is a different table), got {chosen}")
+        if images or plot_path:
+            _refuse("--scenario accuracy generates its own images and has no plot: drop --images / --plot")
+        gallery = 1000 if gallery is None else gallery
+        queries = min(100, gallery) if queries is None else queries
+        combos_gallery = gallery // 5 if combos_gallery is None else combos_gallery
+        rerank = min(20, gallery) if rerank is None else rerank
+        for name, value, low in (("--gallery", gallery, 1), ("--queries", queries, 1), ("--rerank", rerank, 1),
+                                 ("--seed", seed, 0), ("--combos-gallery", combos_gallery, 0)):
+            if value < low:
+                _refuse(f"{name} must be ≥ {low}, got {value}")
+        if queries > gallery or rerank > gallery:
+            _refuse(f"need --queries ≤ --gallery and --rerank ≤ --gallery, got {queries}, {rerank}, {gallery}")
+    gallery = 8 if gallery is None else gallery
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
@@ -60,13 +89,15 @@ def bench(
         if value < 1:
             console.print(f"[red]error:[/red] {name} must be ≥ 1, got {value}")
             raise typer.Exit(2)
+    if ACCURACY in chosen:
+        return _accuracy(export_dir, backend, Options(gallery, seed, queries, rerank, combos_gallery, threads or 1),
+                         json_path, markdown_path)
     if top_k > gallery or (rerank is not None and not top_k <= rerank <= gallery):
         console.print(f"[red]error:[/red] need --top-k ≤ --rerank ≤ --gallery, got {top_k}, {rerank}, {gallery}")
         raise typer.Exit(2)
     settings = Settings(text_length=text_length, num_texts=num_texts, gallery=gallery, runs=runs, warmup=warmup,
                         batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), top_k=top_k, rerank=rerank,
                         brute_force_sample=brute_force_sample)
-    chosen = list(scenario) if scenario else list(SCENARIOS)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("bt-bench", total=len(chosen) + 1)
@@ -87,3 +118,24 @@ def bench(
     if report["failing"]:
         console.print(f"[red]backends disagreeing with eager PyTorch:[/red] {', '.join(report['failing'])}")
         raise typer.Exit(1)
+
+
+def _refuse(message: str):
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(2)
+
+
+def _accuracy(export_dir: Path, backend: list[str] | None, options: Options, json_path: Path | None,
+              markdown_path: Path | None) -> None:
+    from .accuracy_run import run_accuracy
+    from .report import markdown, write
+
+    def log(message: str) -> None:
+        console.print(f"[dim]{escape(message)}[/dim]")
+
+    try:
+        report = run_accuracy(export_dir, list(backend) if backend else None, options, log)
+    except ValueError as err:
+        _refuse(str(err))
+    write(report, json_path, markdown_path, None)
+    print(markdown(report))

@@ -40,18 +40,29 @@ def _fmt(value, pattern: str) -> str:
     return "–" if value is None else format(value, pattern)
 
 
-def markdown(report: dict) -> str:
+def header(report: dict) -> list[str]:
+    """Title, command, machine (CPU model, ISA flags, GPU), threads and versions: every report's first lines."""
     machine = report["machine"]
-    lines = [
+    rate = (f"Measured fp32 matmul rate (same run): {report['matmul_gflops']['best_fp32']:.0f} GFLOP/s; "
+            if "matmul_gflops" in report else "")
+    return [
         f"# bt-bench: {report['export']['checkpoint']}",
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {machine['cpu']['model']}, {machine['cpu']['logical_cores']} logical cores, flags "
         f"{', '.join(machine['cpu']['flags']) or 'none'}; "
         f"GPU: {machine['gpu']['name'] if machine['gpu'] else 'none'}  ",
-        f"Measured fp32 matmul rate (same run): {report['matmul_gflops']['best_fp32']:.0f} GFLOP/s; "
-        f"threads: {report['threads']}  ",
+        f"{rate}threads: {report['threads']}  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}  ",
+    ]
+
+
+def markdown(report: dict) -> str:
+    if report.get("scenario") == "accuracy":
+        from .accuracy_report import markdown as accuracy_markdown
+
+        return accuracy_markdown(report, header(report))
+    lines = header(report) + [
         f"Method: {report['settings']['warmup']} warm-up + {report['settings']['runs']} timed rounds per case, "
         "backends "
         "interleaved round-robin (order rotated each round); medians from per-iteration samples.",
@@ -111,6 +122,8 @@ def plot(report: dict, path: Path) -> None:
 
 def rederive(report: dict) -> dict:
     """Recompute the derived columns of a stored report (e.g. after correcting a row's work)."""
+    if report.get("scenario") == "accuracy":
+        return report  # no derived columns
     from .scenarios import Row
 
     fields = Row.__dataclass_fields__

@@ -1,4 +1,5 @@
-"""Resolve a `--checkpoint` argument (alias, hub id, local directory or `tiny`) and load it with all its heads.
+"""Resolve a `--checkpoint` argument (alias, hub id, local directory, `tiny` or `shapes`) and load it with all its
+heads.
 
 Loading goes through transformers' `from_pretrained` (safetensors preferred, `.bin` only with weights_only loading,
 the HF cache for hub ids). Without network a hub id fails in seconds with a message that says how to proceed.
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 from bt_runtime.errors import first_line
 
-from .configs import KNOWN_CHECKPOINTS, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
+from .configs import KNOWN_CHECKPOINTS, SHAPES_DIR, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
 from .errors import CheckpointError, UnsupportedConfigError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -43,6 +44,14 @@ def load_checkpoint(checkpoint: str, *, random_init: bool = False, tokenizer: st
     """Load `checkpoint` with every head its weights hold. `random_init`: official architecture, random weights."""
     if checkpoint == "tiny":
         return _random_checkpoint("tiny", TINY_CONFIG, TINY_HEADS, tokenizer or TINY_TOKENIZER_DIR, seed=TINY_SEED)
+    if checkpoint == "shapes":
+        if random_init:
+            raise CheckpointError("--random-init with 'shapes': it is a trained checkpoint; 'tiny' is the offline "
+                                  "random-init one")
+        if not (SHAPES_DIR / "config.json").is_file():
+            raise CheckpointError(f"the shipped 'shapes' checkpoint is missing from {str(SHAPES_DIR)!r} (reinstall "
+                                  "bt-toolkit, or rebuild it with scripts/train_reference.py)")
+        return _load_directory(SHAPES_DIR, {"kind": "shapes", "alias": "shapes"}, tokenizer)
     if random_init:
         if checkpoint not in KNOWN_CHECKPOINTS:
             raise CheckpointError(

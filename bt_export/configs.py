@@ -1,4 +1,5 @@
-"""The checkpoints bt-toolkit knows by name: hub ids, official architecture values and the offline `tiny` one.
+"""The checkpoints bt-toolkit knows by name: hub ids, official architecture values and the offline `tiny` and
+`shapes` ones (`shapes`: a small BridgeTower trained on generated scenes, shipped in the package).
 
 The official values are recorded here so that `--random-init` can build the full-size architecture of any alias
 without the hub. They mirror the `config.json` files of the BridgeTower/* repositories on the Hugging Face hub.
@@ -12,6 +13,7 @@ from pathlib import Path
 from bt_runtime.manifest import HEAD_NAMES
 
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
+SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"  # trained here: scripts/train_reference.py
 
 
 @dataclass(frozen=True)
@@ -74,4 +76,4 @@ TINY_SEED = 0
 
 
 def valid_names() -> list[str]:
-    return ["tiny", *KNOWN_CHECKPOINTS]
+    return ["tiny", "shapes", *KNOWN_CHECKPOINTS]

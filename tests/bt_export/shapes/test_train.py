@@ -1,0 +1,53 @@
+"""A few training steps of the shapes recipe: the loss falls; the encoder matches transformers' processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bt_export.shapes import data  # noqa: E402 (after the torch skip)
+from bt_export.shapes.train import (  # noqa: E402
+    Encoder, Parts, TrainConfig, build_model, build_tokenizer, training_step)
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden_size=64, unimodal_layers=2, cross_layers=1, contrastive_size=32)
+    tokenizer = build_tokenizer()
+    enc, model = Encoder(tokenizer), build_model(cfg, tokenizer.get_vocab_size()).train()
+    parts = Parts(model)
+    samples = data.make_samples(0, 16)
+    pixels = enc.pixels(np.stack([np.asarray(s.image) for s in samples]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+    totals = []
+    for _ in range(12):
+        losses = training_step(parts, enc, cfg, pixels, [s.scene for s in samples], rng)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(loss.item())
+    assert np.isfinite(totals).all()
+    assert np.mean(totals[-3:]) < 0.8 * np.mean(totals[:3]), totals
+
+
+def test_encoder_matches_the_hf_processor(tmp_path):
+    from bt_export.samples import hf_processor
+    from bt_export.shapes.tokenizer import hf_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    hf_tokenizer(str(tmp_path / "tokenizer.json"), 32).save_pretrained(tmp_path / "hf")  # + its special tokens
+    samples = data.make_samples(1, 3)
+    processor = hf_processor({"size": {"shortest_edge": 64}, "crop_size": {"shortest_edge": 64}, "size_divisor": 32},
+                             tmp_path / "hf")
+    expected = processor(images=[s.image for s in samples], text=[s.caption for s in samples], padding=True,
+                         return_tensors="pt")
+    enc = Encoder(tokenizer)
+    ids, mask = enc.texts([s.caption for s in samples])
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    pixels = enc.pixels(np.stack([np.asarray(s.image) for s in samples]))
+    assert torch.allclose(pixels, expected["pixel_values"], atol=1e-5)

@@ -1,0 +1,101 @@
+"""The shipped `shapes` checkpoint: it loads offline, exports, and the exported runtime is actually trained — ITM
+against one-attribute negatives, ITC retrieval and fill-mask on held-out generated scenes, at each precision."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bt_export.configs import SHAPES_DIR
+from bt_export.shapes import data
+
+SEED = 20  # any held-out seed works; a fixed one keeps the test deterministic
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@pytest.fixture(scope="module")
+def shapes_export(tmp_path_factory):
+    from bt_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("exports") / "shapes"
+    export_checkpoint("shapes", out, precisions=PRECISIONS, validate=False)  # parity: tests/bt_export/test_export.py
+    return out
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return data.make_samples(SEED, 48, split="heldout")
+
+
+def test_shapes_loads_from_the_package_with_every_head():
+    from bt_export.checkpoints import load_checkpoint
+
+    loaded = load_checkpoint("shapes")
+    assert loaded.heads == ("itm", "mlm", "itc")
+    assert loaded.source == {"kind": "shapes", "alias": "shapes", "random_init": False}
+    assert loaded.config.vision_config.image_size == 64
+    assert (SHAPES_DIR / "model.safetensors").stat().st_size <= 25e6
+
+
+def _pairwise(rt, samples, kind):
+    rows = [(s, c) for s in samples for k, c in data.hard_negatives(s) if k == kind]
+    positive = rt.itm_pairs([s.image for s, _ in rows], [s.caption for s, _ in rows])
+    negative = rt.itm_pairs([s.image for s, _ in rows], [c for _, c in rows])
+    return float(np.mean(positive > negative)), len(rows)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_itm_beats_one_attribute_negatives(shapes_export, held_out, precision):
+    from bt_runtime import BridgeTowerRuntime
+
+    with BridgeTowerRuntime.load(shapes_export, precision=precision) as rt:
+        for kind, bound in (("colour", 0.9), ("size", 0.85)):
+            accuracy, n = _pairwise(rt, held_out, kind)
+            assert n >= 40 and accuracy >= bound, (precision, kind, accuracy)
+        accuracy, n = _pairwise(rt, held_out, "shape")
+        assert accuracy >= 0.7, (precision, "shape", accuracy)  # chance is 0.5
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_itc_retrieval_and_fill_mask(shapes_export, held_out, precision):
+    from bt_runtime import BridgeTowerRuntime
+
+    with BridgeTowerRuntime.load(shapes_export, precision=precision) as rt:
+        images = rt.embed_images([s.image for s in held_out])  # (48, E)
+        texts = rt.embed_texts([s.caption for s in held_out])  # (48, E)
+        top5 = np.argsort(-(texts @ images.T), axis=1)[:, :5]
+        keys = [s.scene.canonical() for s in held_out]
+        hits = [any(keys[j] == keys[q] for j in top5[q]) for q in range(len(held_out))]
+        assert np.mean(hits) >= 0.7, (precision, np.mean(hits))  # chance: 5 / 48
+        correct = []
+        for sample in held_out[:24]:  # the word for where things are; MLM per category: metrics.json
+            index = next(i for i, category in data.attribute_words(sample.caption)
+                         if category in ("position", "relation"))
+            words = sample.caption.split()
+            answer, words[index] = words[index], "<mask>"
+            correct.append(rt.fill_mask(sample.image, " ".join(words), top_k=1).masks[0].tokens[0] == answer)
+        assert np.mean(correct) >= 0.9, (precision, np.mean(correct))
+
+
+@pytest.mark.slow
+def test_shipped_metrics_are_what_the_weights_give():
+    """The full table of metrics.json, recomputed in eager PyTorch from the shipped weights (~3 min)."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from bt_export.checkpoints import load_checkpoint
+    from bt_export.shapes.train import TrainConfig, evaluate
+
+    shipped = json.loads((SHAPES_DIR / "metrics.json").read_text())
+    cfg = TrainConfig(**{k: v for k, v in shipped["config"].items()})
+    torch.manual_seed(0)
+    loaded = load_checkpoint("shapes")
+    metrics = evaluate(loaded.model, Tokenizer.from_file(str(SHAPES_DIR / "tokenizer.json")), cfg)
+    for section in ("itm_hard_negatives",):
+        for kind, value in shipped[section].items():
+            assert abs(metrics[section][kind]["pairwise"] - value["pairwise"]) <= 0.01, kind
+    for head in ("itc", "itm"):
+        for k, value in shipped["retrieval_text_to_image"][head].items():
+            assert abs(metrics["retrieval_text_to_image"][head][k] - value) <= 0.01, (head, k)
