@@ -8,8 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bt_export.shapes import data  # noqa: E402 (after the torch skip)
-from bt_export.shapes.train import (  # noqa: E402
-    Encoder, Parts, TrainConfig, build_model, build_tokenizer, training_step)
+from bt_export.shapes.train import Encoder, Parts, TrainConfig, build_model, build_tokenizer, training_step  # noqa: E402
 
 
 def test_a_few_steps_lower_the_loss():
