@@ -60,17 +60,6 @@ class EvalSet:
         return codes[:, None] == codes[None, :]
 
 
-def canonical(scene):
-    """The scene's canonical form (bt_export.shapes.data's Scene.canonical where it has one; else relations read
-    one way: "B right of A" is "A left of B", "B below A" is "A above B")."""
-    if hasattr(scene, "canonical"):
-        return scene.canonical()
-    flipped = {"right of": "left of", "below": "above"}
-    if scene.relation in flipped:
-        return type(scene)(tuple(reversed(scene.groups)), relation=flipped[scene.relation])
-    return scene
-
-
 def make_eval_set(seed: int, size: int, *, queries: int, image_size: int, split: str = "heldout",
                   mask_token: str = "<mask>") -> EvalSet:
     """`size` samples of `split` from `seed`, their hard negatives and masked attribute words: a pure function of
@@ -86,7 +75,7 @@ def make_eval_set(seed: int, size: int, *, queries: int, image_size: int, split:
         rng = np.random.default_rng([data.SPLITS[split], seed, i, 2])  # the stream hard_negatives leaves alone
         text, [(_, word, category)] = data.mask_attribute_words(sample.caption, rng, 1, mask_token)
         masked.append((i, text, word, category))
-    return EvalSet(split, seed, samples, queries, negatives, masked, [canonical(s.scene) for s in samples])
+    return EvalSet(split, seed, samples, queries, negatives, masked, [s.scene.canonical() for s in samples])
 
 
 # ---- metrics -------------------------------------------------------------------------------------------------

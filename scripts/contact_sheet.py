@@ -115,14 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output must be a .png file, got {args.output}")
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.accuracy import canonical
     from bt_export.shapes.data import make_samples, parse_caption
     from bt_runtime import read_manifest
 
     manifest = read_manifest(args.export)
     samples = make_samples(args.seed, args.gallery, image_size=manifest.preprocessing.image_size, split="heldout")
     queries = args.query or [samples[i].caption for i in default_queries(samples)]
-    wanted = [canonical(parse_caption(q)) for q in queries]  # a query outside the grammar fails here, first
+    wanted = [parse_caption(q).canonical() for q in queries]  # a query outside the grammar fails here, first
     with tempfile.TemporaryDirectory(prefix="contact-sheet-") as tmp:
         gallery_dir = Path(tmp) / "gallery"
         gallery_dir.mkdir()
@@ -132,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for query, key, hits in zip(queries, wanted, results):
         picked = [int(Path(hit["image"]).stem) for hit in hits]
-        matches = sum(canonical(s.scene) == key for s in samples)
-        rows.append((query, matches, [(samples[i].image, hit["score"], canonical(samples[i].scene) == key)
+        matches = sum(s.scene.canonical() == key for s in samples)
+        rows.append((query, matches, [(samples[i].image, hit["score"], samples[i].scene.canonical() == key)
                                       for i, hit in zip(picked, hits)]))
     title = [f"bt-run retrieve --top-k {TOP_K} --rerank {RERANK} ({args.precision}), {args.gallery} held-out scenes "
              f"(seed {args.seed}), export of {manifest.checkpoint.alias or args.export.name}",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.accuracy import TaskOutputs, canonical, check_bars, make_eval_set, ranking, recall_at, task_agreement
+from benchmarks.accuracy import TaskOutputs, check_bars, make_eval_set, ranking, recall_at, task_agreement
 
 from .conftest import shapes_weights_present
 
@@ -97,9 +97,9 @@ def test_task_agreement_counts_what_differs():
 def test_recall_and_relevance_by_canonical_scene():
     from bt_export.shapes.data import parse_caption
 
-    a = canonical(parse_caption("a small red circle left of a large blue star"))
-    assert a == canonical(parse_caption("a large blue star right of a small red circle"))
-    assert a != canonical(parse_caption("a small red circle above a large blue star"))
+    a = parse_caption("a small red circle left of a large blue star").canonical()
+    assert a == parse_caption("a large blue star right of a small red circle").canonical()
+    assert a != parse_caption("a small red circle above a large blue star").canonical()
     scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
     relevant = np.array([[True, False, False], [False, False, True]])
     order = ranking(scores)
