@@ -12,7 +12,7 @@ from .configs import valid_names
 from .errors import BtExportError, ParityError, VariantsRejected
 
 INT8_EXCLUDED_HELP = "the measured default in bt_export/precision.py"
-# Exit codes (README, "Bad input"): 0 written; 1 fp32 parity failed, nothing written; 2 bad input, nothing written;
+# Exit codes (docs/errors.md): 0 written; 1 fp32 parity failed, nothing written; 2 bad input, nothing written;
 # 3 written, but reduced-precision variant(s) missed their bounds and were left out (recorded in the manifest).
 EXIT_PARITY, EXIT_INPUT, EXIT_REJECTED = 1, 2, 3
 

@@ -43,7 +43,7 @@ class ExportResult:
 
 # Lowest ONNX Runtime that loads and runs a variant, by the highest default-domain opset in its files. Measured with
 # scripts/ort_floor.py on the tiny export, every variant (fp32, fp16, int8) of each attention mode run on the golden
-# inputs (README "Dependencies"):
+# inputs (docs/development.md, "Minimum ONNX Runtime"):
 #   opset 23 (the default `--attention onnx`, and `ort`): 1.23.0 runs them; 1.22.1, 1.20.1 refuse the opset.
 #   opset 18 (`--attention none --opset 17`, which torch.onnx writes as 18; IR version 10): 1.18.1, 1.19.2, 1.20.1,
 #   1.22.1 run them; 1.17.3 refuses IR version 10.

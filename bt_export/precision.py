@@ -12,10 +12,10 @@
   on AVX2, 0.011 on AVX-512 VNNI). u8×u8 products go through kernels that widen to 16 bits before multiplying
   and accumulate in 32 bits on every x86 ISA, so the integer results do not depend on the CPU. 7-bit signed
   weights (reduce_range) avoid saturation too but cost accuracy (measured: |Δp| 0.022–0.024, MLM top-1 0.76–0.85).
-  Table and commands: README, "int8 on every CPU".
+  Table and commands: docs/export.md, "int8 on every CPU".
   MatMul/Gemm nodes whose "<graph>/<module path>" matches a pattern in `int8_excluded` stay float32; a graph with
   every node excluded is not duplicated, the int8 variant uses its fp32 file. The default was decided by
-  measurement on the full-size base architecture (README, "Precisions").
+  measurement on the full-size base architecture (docs/export.md, "Attention modes and precisions").
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ class GraphSpec:
 
 
 # fp32 tolerances. Bridges and pooled features are LayerNorm-scale activations (O(1)); logits come after a further
-# matmul. Measured on tiny: ≤ 2e-6 everywhere; on the full-size base architecture (random init): see README.
+# matmul. Measured on tiny: ≤ 2e-6 everywhere; on the full-size base architecture (random init): docs/export.md,
+# "Parity".
 FP32_TOLERANCES = {
     "image_bridge": 1e-3, "text_bridge": 1e-3, "image_embeds": 1e-4, "text_embeds": 1e-4,
     "pooler_output": 1e-4, "itm_logits": 1e-4, "mlm_logits": 1e-3, "cross_embeds": 1e-4,

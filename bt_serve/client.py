@@ -1,5 +1,5 @@
 """Client helpers over `tritonclient` (HTTP and gRPC): the request layout bt-serve's models expect, in one place,
-for `bt-serve --smoke`, the load test and the tests. A user's own client needs only the README's ten lines."""
+for `bt-serve --smoke`, the load test and the tests. A user's own client needs only the ten lines in docs/serving.md."""
 
 from __future__ import annotations
 

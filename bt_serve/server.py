@@ -1,7 +1,7 @@
 """Bind an export's task models into NVIDIA Triton Inference Server through PyTriton (its bundled tritonserver:
 HTTP, gRPC, metrics, health endpoints, dynamic batcher). No server of our own; PyTriton is imported only here.
 
-Model contract (README "Serving"; tests/bt_serve pin it):
+Model contract (docs/serving.md; tests/bt_serve pin it):
   itm          image BYTES [1] + text BYTES [1] (batch axis first, dynamic batching) → probability FP32 [1],
                error BYTES [1]
   rerank       image BYTES [1] + texts BYTES [-1], one request = one image against its texts (no batch axis)

@@ -4,8 +4,8 @@ fp32 eager transformers over every photo × caption pair. Prints one Markdown ta
     python3 scripts/int8_recipes.py --checkpoint base-itm-mlm --random-init \\
         --tokenizer ../shared/assets/roberta-base --images ../shared/assets/images [--json out.json]
 
-This is how the int8 default in bt_export/precision.py was chosen (README, "int8 on every CPU"); run it on each CPU
-class you deploy on. Full size: ~5 min and ~6 GB RAM on 2 cores.
+This is how the int8 default in bt_export/precision.py was chosen (docs/export.md, "int8 on every CPU"); run it on
+each CPU class you deploy on. Full size: ~5 min and ~6 GB RAM on 2 cores.
 """
 
 from __future__ import annotations

@@ -127,11 +127,11 @@ class OnnxRuntimeBackend(Backend):
         if not self.options.allow_spinning:
             # Busy-waiting intra-op threads hold the cores after each run: the next graph's threads (its own
             # session, its own pool) then start on busy cores. Measured on 2 cores, full-size pair: 406.5 → 335.1
-            # ms (README "Runtime"). allow_spinning=True restores ONNX Runtime's default.
+            # ms (docs/runtime.md). allow_spinning=True restores ONNX Runtime's default.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if not self.options.prepack_weights:
             # MLAS keeps a second, repacked copy of each MatMul weight: measured +100 MB on the base vision tower
-            # (346 MB of weights); without it the full-size pair runs 13% slower (README "Runtime")
+            # (346 MB of weights); without it the full-size pair runs 13% slower (docs/runtime.md)
             options.add_session_config_entry("session.disable_prepacking", "1")
         try:
             return ort.InferenceSession(str(path), options, providers=self._providers_for(graph))

@@ -5,7 +5,7 @@
 recorded TensorRT version and GPU compute capability are compared with this machine's: a mismatch is a clear error
 that says how to rebuild, never a crash inside TensorRT. `EngineRunner` holds the buffer and shape logic; it talks
 to the engine, the execution context and device memory through their methods only, so it is tested on CPU with a
-test double. Not run on this project's machines (no TensorRT there); see README "TensorRT".
+test double. Not run on this project's machines (no TensorRT there); see docs/tensorrt.md.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def test_export_is_not_committed_when_the_runtime_disagrees(tmp_path, monkeypatc
 
 
 def test_manifest_records_the_opset_actually_written(tmp_path, tiny_export):
-    """The portable recipe (README "Using the export from C++ / Node"): `--attention none --opset 17` is written as
+    """The portable recipe (docs/development.md, "Minimum ONNX Runtime"): `--attention none --opset 17` is written as
     opset 18 and records the lowest ONNX Runtime measured to run it; the default export needs 1.23."""
     out = tmp_path / "export"
     export_checkpoint("tiny", out, attention="none", opset=17, validate=False)

@@ -51,8 +51,8 @@ def test_full_size_fp16_task_parity(base_export):
 
 
 def test_full_size_int8_is_judged_on_this_cpu_and_recorded_either_way(base_export):
-    """Random weights put the MLM top-1 bound out of reach on some CPUs (README, "int8 on every CPU"): the variant
-    is then left out and recorded as rejected, with its rows; the ITM probability it serves stays in bound."""
+    """Random weights put the MLM top-1 bound out of reach on some CPUs (docs/export.md, "int8 on every CPU"): the
+    variant is then left out and recorded as rejected, with its rows; the ITM probability it serves stays in bound."""
     manifest = read_manifest(base_export)
     if "int8" in manifest.variants:
         variant = manifest.variants["int8"]

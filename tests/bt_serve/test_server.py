@@ -1,7 +1,7 @@
 """bt-serve for real: Triton (PyTriton) started from the command line on loopback, every model round-tripped over
 HTTP and gRPC, the load test (concurrent clients → batches formed, no request lost, answers identical to
 bt_runtime), SIGTERM shutdown. The server runs in the serving environment (nvidia-pytriton pins numpy < 2):
-BT_SERVE_PYTHON, else <repo>/.venv-serve/bin/python (README "Serving"); CI sets BT_REQUIRE_SERVE=1, so there a
+BT_SERVE_PYTHON, else <repo>/.venv-serve/bin/python (docs/development.md); CI sets BT_REQUIRE_SERVE=1, so there a
 missing environment fails instead of skipping."""
 
 from __future__ import annotations

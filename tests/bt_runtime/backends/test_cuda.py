@@ -1,6 +1,6 @@
 """ONNX Runtime on CUDA: device selection, the CPU fallback, IOBinding bookkeeping (tested with the CPU provider,
 where bound outputs stay OrtValues too), and the device path of itm_scores. Tests marked `gpu` need
-onnxruntime-gpu and a GPU; the full GPU run is benchmarks/gpu_report.py (README, "GPU")."""
+onnxruntime-gpu and a GPU; the full GPU run is benchmarks/gpu_report.py (docs/gpu.md)."""
 
 from __future__ import annotations
 
