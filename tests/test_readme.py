@@ -90,6 +90,7 @@ def test_quickstart_runs_as_written(tmp_path):
             result = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
                                     timeout=600)
         assert result.returncode == 0, f"{command!r} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert "does not provide the extra" not in result.stderr, f"{command!r}: {result.stderr}"  # pip only warns
         outputs.append((argv[0], result.stdout))
     scores = json.loads(outputs[-1][1])  # bt-run itm prints one {"text", "score"} per --text
     assert [row["text"] for row in scores] == ["a cat on a couch", "a football player"]
