@@ -88,6 +88,10 @@ def check_meaning(m: Manifest) -> None:
                         ("center_crop.height", p.center_crop.height), ("center_crop.width", p.center_crop.width)):
         if value < 1:
             fail(f"preprocessing.{name}: {value}; must be ≥ 1")
+    crop = p.center_crop
+    if (crop.height, crop.width, crop.pad_value) != (p.image_size, p.image_size, 0.0):
+        fail(f"preprocessing.center_crop: height {crop.height}, width {crop.width}, pad_value {crop.pad_value}; "
+             f"expected height = width = image_size ({p.image_size}) and pad_value 0 (what bt_runtime implements)")
     if len(p.mean) != 3 or len(p.std) != 3 or any(s == 0 for s in p.std):
         fail(f"preprocessing.mean/std: {p.mean} / {p.std}; expected three values each, std non-zero")
     if not 0 < p.rescale_factor <= 1:

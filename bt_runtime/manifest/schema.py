@@ -111,9 +111,9 @@ class Resize:
 @dataclass
 class CenterCrop:
     enabled: bool
-    height: int
-    width: int
-    pad_value: float
+    height: int  # = image_size (checked at load: the runtime crops to image_size × image_size)
+    width: int  # = image_size
+    pad_value: float  # 0: the uint8 value padding takes before rescaling (docs/preprocessing.md §4)
 
 
 @dataclass
@@ -126,8 +126,8 @@ class Preprocessing:
     normalize: bool
     mean: list[float]
     std: list[float]
-    layout: str
-    dtype: str
+    layout: Literal["NCHW"]  # pixel_values (batch, 3, height, width)
+    dtype: Literal["float32"]  # of pixel_values, whatever the variant's io_dtype (the graphs cast inside)
     exif_transpose: bool
 
 
