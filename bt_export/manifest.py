@@ -76,7 +76,7 @@ def wiring(specs: dict[str, GraphSpec]) -> Wiring:
             AxisLink(graph, "image_batch", "vision_tower", "batch"),
             AxisLink(graph, "batch", "text_tower", "batch"),
             AxisLink(graph, "seq", "text_tower", "seq"))],
-        broadcast=Broadcast("cross_modal", "image_index", "image_bridge", 0, CROSS_MODAL_BROADCAST),
+        broadcast=Broadcast("cross_modal", "image_index", "image_bridge", 0, CROSS_MODAL_BROADCAST, cross_graphs),
         outputs=outputs, substitutes=substitutes)
 
 

@@ -216,9 +216,11 @@ def _score_first_pair(runtime, samples, refs: EagerReferences, heads: tuple[str,
 
 def _write_golden(runtime, staging: Path, samples, heads: tuple[str, ...]):
     """Golden vectors on sample 0's image (saved as PNG: lossless, so decoding is part of the check) and two texts,
-    one with <mask> when the export has an MLM head."""
+    one with <mask> when the export has an MLM head; then the golden input suite (bt_export.golden_inputs), each
+    image with its preprocessing steps."""
     from bt_runtime import golden
 
+    from .golden_inputs import write_suite
     from .specs import GOLDEN_TOLERANCES
 
     mask = runtime.tokenizer.mask_token
@@ -228,10 +230,14 @@ def _write_golden(runtime, staging: Path, samples, heads: tuple[str, ...]):
     image_file = staging / "golden-source.png"
     samples.images[0].save(image_file)
     try:
-        return golden.write(staging, image_file, texts, golden.compute(runtime, image_file, texts),
-                            GOLDEN_TOLERANCES, golden.producers(runtime.manifest))
+        section = golden.write(staging, image_file, texts, golden.compute(runtime, image_file, texts),
+                               GOLDEN_TOLERANCES, golden.producers(runtime.manifest))
     finally:
         image_file.unlink()
+    section.inputs = [golden.write_input(staging, item.name, path, item.exercises, golden.compute_input(runtime, path),
+                                         GOLDEN_TOLERANCES)
+                      for item, path in write_suite(staging, golden.INPUT_PREFIX)]
+    return section
 
 
 def parity_table(rows: list[ParityRow], title: str = "Parity against eager PyTorch (fp32)"):

@@ -167,9 +167,10 @@ def index_gallery(export_dir: Path = ExportDir,
 
 @app.command()
 def verify(export_dir: Path = ExportDir, precision: str = Precision):
-    """Recompute the export's golden vectors (every preprocessing step, graph output and task output) and compare;
-    exit 1 on any mismatch. The goldens are fp32 outputs with fp32 tolerances: use it on the fp32 variant (reduced
-    precisions are judged by bt-export's task parity). Every file is hashed, whatever the verified-digest cache
+    """Recompute the export's golden vectors (every preprocessing step, graph output and task output, and each
+    golden input suite image's preprocessing steps) and compare; exit 1 on any mismatch. The goldens are fp32
+    outputs with fp32 tolerances: use it on the fp32 variant (reduced precisions are judged by bt-export's task
+    parity). Every file is hashed, whatever the verified-digest cache
     holds."""
     def task():
         from . import integrity

@@ -16,9 +16,10 @@ npm install --prefix examples/node --no-audit --no-fund --onnxruntime-node-insta
 export BT_REQUIRE_NODE_EXAMPLE=1
 # The C++ example: cmake and g++ are on the machine; JSON from Debian; the ONNX Runtime headers come from Debian's
 # libonnxruntime-dev .deb, which examples/cpp/build.sh downloads and checks by sha256 (the library is the wheel's).
-if [ ! -f /usr/include/nlohmann/json.hpp ]; then
+if [ ! -f /usr/include/nlohmann/json.hpp ] || [ ! -f /usr/include/png.h ] || [ ! -f /usr/include/jpeglib.h ]; then
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-  $sudo_ apt-get install -y -q nlohmann-json3-dev || { $sudo_ apt-get update -q && $sudo_ apt-get install -y -q nlohmann-json3-dev; }
+  cpp_packages="nlohmann-json3-dev libpng-dev libjpeg62-turbo-dev"
+  $sudo_ apt-get install -y -q $cpp_packages || { $sudo_ apt-get update -q && $sudo_ apt-get install -y -q $cpp_packages; }
 fi
 export BT_REQUIRE_CPP_EXAMPLE=1
 # bt-serve's own environment (nvidia-pytriton pins numpy < 2; the test environment keeps numpy 2): the serving tests

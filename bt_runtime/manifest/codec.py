@@ -46,6 +46,9 @@ def from_json(tp, value, where: str):
     if (args := _union_args(tp)) is not None:
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the field inside it
+            return from_json(options[0], value, where)
         for option in args:
             if option is type(None):
                 continue

@@ -88,12 +88,19 @@ def check_meaning(m: Manifest) -> None:
                         ("center_crop.height", p.center_crop.height), ("center_crop.width", p.center_crop.width)):
         if value < 1:
             fail(f"preprocessing.{name}: {value}; must be ≥ 1")
+    crop = p.center_crop
+    if (crop.height, crop.width, crop.pad_value) != (p.image_size, p.image_size, 0.0):
+        fail(f"preprocessing.center_crop: height {crop.height}, width {crop.width}, pad_value {crop.pad_value}; "
+             f"expected height = width = image_size ({p.image_size}) and pad_value 0 (what bt_runtime implements)")
     if len(p.mean) != 3 or len(p.std) != 3 or any(s == 0 for s in p.std):
         fail(f"preprocessing.mean/std: {p.mean} / {p.std}; expected three values each, std non-zero")
     if not 0 < p.rescale_factor <= 1:
         fail(f"preprocessing.rescale_factor: {p.rescale_factor}; must be in (0, 1]")
     if m.wiring is not None:
         _check_wiring(m, fail)
+        for graph in m.wiring.broadcast.graphs:
+            if graph not in m.graphs:
+                fail(f"wiring.broadcast.graphs: {graph!r}; valid: graphs of this export {sorted(m.graphs)}")
     if m.golden is not None:
         for i, tensor in enumerate(m.golden.tensors):
             if tensor.graph is not None and tensor.graph not in m.graphs:
@@ -128,6 +135,9 @@ def check_files(manifest: Manifest, directory: Path) -> Manifest:
     if manifest.golden is not None:
         names.append(("golden.image.file", manifest.golden.image.file))
         names += [(f"golden.tensors[{i}].file", t.file) for i, t in enumerate(manifest.golden.tensors)]
+        for i, item in enumerate(manifest.golden.inputs):
+            names.append((f"golden.inputs[{i}].image.file", item.image.file))
+            names += [(f"golden.inputs[{i}].tensors[{k}].file", t.file) for k, t in enumerate(item.tensors)]
     for precision, variant in manifest.variants.items():
         for graph, entry in variant.files.items():
             names.append((f"variants.{precision}.files.{graph}.file", entry.file))

@@ -30,6 +30,7 @@ AlphaRule = Literal["composite_on_white", "drop_alpha"]
 # shapes: the trained reference checkpoint shipped in the package; tiny: random weights, tiny config
 CheckpointKind = Literal["tiny", "alias", "hub", "local", "shapes"]
 TrtPrecision = Literal["fp16", "bf16", "fp32"]
+GoldenDtype = Literal["uint8", "int64", "float32"]  # what golden tensors are stored as (little-endian, C order)
 
 HEAD_NAMES: tuple[str, ...] = typing.get_args(Head)
 RESAMPLE_NAMES: tuple[str, ...] = typing.get_args(Resample)
@@ -110,9 +111,9 @@ class Resize:
 @dataclass
 class CenterCrop:
     enabled: bool
-    height: int
-    width: int
-    pad_value: float
+    height: int  # = image_size (checked at load: the runtime crops to image_size × image_size)
+    width: int  # = image_size
+    pad_value: float  # 0: the uint8 value padding takes before rescaling (docs/preprocessing.md §4)
 
 
 @dataclass
@@ -125,8 +126,8 @@ class Preprocessing:
     normalize: bool
     mean: list[float]
     std: list[float]
-    layout: str
-    dtype: str
+    layout: Literal["NCHW"]  # pixel_values (batch, 3, height, width)
+    dtype: Literal["float32"]  # of pixel_values, whatever the variant's io_dtype (the graphs cast inside)
     exif_transpose: bool
 
 
@@ -160,7 +161,7 @@ class GoldenTensor:
     computed from that output); null for preprocessing steps and tokenizer outputs."""
     name: str
     file: str
-    dtype: str  # uint8, int64, float32
+    dtype: GoldenDtype
     shape: list[int]
     sha256: str
     tolerance: float
@@ -168,11 +169,24 @@ class GoldenTensor:
 
 
 @dataclass
+class GoldenInput:
+    """One image of the golden input suite: a small encoded file in a mode or format the main golden image does not
+    cover (alpha, palette with transparency, grey, CMYK, EXIF orientation, JPEG), with its preprocessing steps
+    (decoded_rgb, resized_rgb, cropped, pixel_values) as golden tensors."""
+    name: str  # short id, e.g. "rgba", "jpeg_exif_rotated"
+    image: FileRef  # the encoded file as shipped
+    exercises: str  # what a port must get right to match it
+    tensors: list[GoldenTensor]
+
+
+@dataclass
 class Golden:
-    """What this export computes on one encoded image and a few texts, step by step (bt-run verify)."""
+    """What this export computes on one encoded image and a few texts, step by step (bt-run verify), and on the
+    golden input suite (`inputs`: preprocessing only; absent in exports made before the suite)."""
     image: FileRef  # the encoded image file as shipped (decoding is part of what is checked)
     texts: list[str]
     tensors: list[GoldenTensor]
+    inputs: list[GoldenInput] = field(default_factory=list)
 
 
 @dataclass
@@ -196,12 +210,15 @@ class AxisLink:
 
 @dataclass
 class Broadcast:
-    """Pair b of `graph` uses row `index_input`[b] of `gathered_input` along `axis` (one image, many texts)."""
+    """Pair b of `graph` uses row `index_input`[b] of `gathered_input` along `axis` (one image, many texts).
+    `graphs`: every graph that takes this input by this rule (`graph` and its substitutes); when absent (exports made
+    before the field), `graph` and the graphs listed in `wiring.substitutes` as replacing it."""
     graph: str
     index_input: str
     gathered_input: str
     axis: int
     rule: str
+    graphs: list[str] = field(default_factory=list)
 
 
 @dataclass

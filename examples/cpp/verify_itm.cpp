@@ -1,20 +1,27 @@
 // ITM on a bt-toolkit export from C++, with only manifest.json, the .onnx files and the golden vectors (the same
 // check as examples/node/verify_itm.mjs): the golden pixel_values / input_ids / attention_mask go through
 // vision_tower → text_tower → cross_modal, each cross-modal input fed as the manifest's `wiring` says, the broadcast
-// input (`image_index`) all zeros (one image against every golden text). Every graph output that has a golden
-// tensor, and the ITM probability, is compared within the manifest's tolerance. Exit 0: all match; 1: mismatch;
-// 2: usage or an export this program cannot read.
+// input (`image_index`) the golden one (all zeros: one image against every golden text). Every graph output that has
+// a golden tensor (mlm_logits at the <mask> positions), the substitutes (cross_modal_pooled) against the goldens of
+// the graph they replace, and the ITM probability are compared within the manifest's tolerance. Then the golden
+// image and the golden input suite go through preprocess.hpp (libpng / libjpeg-turbo decoding, alpha, resize,
+// crop, normalize), every step compared. Exit 0: all match; 1: mismatch; 2: usage or an export this program cannot
+// read.
 //
 //   ./build.sh                      (prints the binary's path)
 //   build/verify_itm EXPORT_DIR [VARIANT]     (VARIANT: fp32 by default; golden tolerances are fp32's)
+//   BT_EXAMPLE_FAST_JPEG=1 build/verify_itm EXPORT_DIR   (a JPEG decoder that differs from Pillow's: must FAIL)
 #include <onnxruntime_cxx_api.h>
 
 #include <nlohmann/json.hpp>
+
+#include "preprocess.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -142,13 +149,19 @@ int verify(const std::string& dir, const std::string& variant) {
 
   std::map<std::string, Tensor> golden;
   std::map<std::string, double> tolerance;
-  for (const auto& entry : manifest.at("golden").at("tensors")) {
-    Tensor t{entry.at("dtype"), entry.at("shape").get<std::vector<int64_t>>(),
-             read_file(dir + "/" + entry.at("file").get<std::string>())};
-    if (static_cast<int64_t>(t.bytes.size()) != element_count(t.shape) * static_cast<int64_t>(dtype_of(t.dtype).size))
-      throw std::runtime_error(entry.at("file").get<std::string>() + ": size does not match dtype and shape");
-    tolerance[entry.at("name")] = entry.at("tolerance").get<double>();
-    golden.emplace(entry.at("name"), std::move(t));
+  auto load = [&](const json& entries, const std::string& label) {
+    for (const auto& entry : entries) {
+      Tensor t{entry.at("dtype"), entry.at("shape").get<std::vector<int64_t>>(),
+               read_file(dir + "/" + entry.at("file").get<std::string>())};
+      if (static_cast<int64_t>(t.bytes.size()) != element_count(t.shape) * static_cast<int64_t>(dtype_of(t.dtype).size))
+        throw std::runtime_error(entry.at("file").get<std::string>() + ": size does not match dtype and shape");
+      tolerance[label + entry.at("name").get<std::string>()] = entry.at("tolerance").get<double>();
+      golden.emplace(label + entry.at("name").get<std::string>(), std::move(t));
+    }
+  };
+  load(manifest.at("golden").at("tensors"), "");
+  for (const auto& input : manifest.at("golden").value("inputs", json::array())) {
+    load(input.at("tensors"), "input:" + input.at("name").get<std::string>() + ":");
   }
 
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "bt-verify-itm");
@@ -176,8 +189,7 @@ int verify(const std::string& dir, const std::string& variant) {
   }
   const json& broadcast = wiring.at("broadcast");
   const int64_t texts = golden.at("input_ids").shape.at(0);
-  Tensor index{"int64", {texts}, std::vector<char>(static_cast<size_t>(texts) * sizeof(int64_t), 0)};  // all zeros
-  inputs["cross_modal"][broadcast.at("index_input")] = index;
+  inputs["cross_modal"][broadcast.at("index_input")] = golden.at("image_index");  // all zeros: one image
   for (const auto& name : cross.inputs()) {
     if (!inputs["cross_modal"].count(name)) {
       std::fprintf(stderr, "manifest.wiring says nothing that feeds cross_modal input %s\n", name.c_str());
@@ -187,19 +199,39 @@ int verify(const std::string& dir, const std::string& variant) {
   outputs["cross_modal"] = cross.run(inputs["cross_modal"]);
 
   int failed = 0;
-  auto compare = [&](const std::string& name, const std::vector<double>& got, const std::vector<int64_t>& shape) {
+  auto compare = [&](const std::string& name, const std::vector<double>& got, const std::vector<int64_t>& shape,
+                     const std::string& label = "") {
     const Tensor& expected = golden.at(name);
     const std::vector<double> want = as_doubles(expected);
     double worst = shape == expected.shape ? 0.0 : INFINITY;
     for (size_t i = 0; i < want.size() && i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
     const bool ok = std::isfinite(worst) && worst <= tolerance.at(name);
     failed += ok ? 0 : 1;
-    std::printf("%s %-16s max |d| %.2e (tolerance %g)\n", ok ? "ok  " : "FAIL", name.c_str(), worst,
-                tolerance.at(name));
+    std::printf("%s %-36s max |d| %.2e (tolerance %g)\n", ok ? "ok  " : "FAIL", (label.empty() ? name : label).c_str(),
+                worst, tolerance.at(name));
   };
   for (const auto& graph : {"vision_tower", "text_tower", "cross_modal"}) {
     for (const auto& [name, tensor] : outputs[graph]) {
-      if (golden.count(name)) compare(name, as_doubles(tensor), tensor.shape);  // mlm_logits: not shipped
+      if (golden.count(name)) compare(name, as_doubles(tensor), tensor.shape);
+    }
+  }
+  // mlm_logits (T, S, V) is shipped at the <mask> positions only, in (text, position) order
+  if (outputs["cross_modal"].count("mlm_logits") && golden.count("mlm_logits_at_mask")) {
+    const Tensor& mlm = outputs["cross_modal"].at("mlm_logits");
+    const int64_t vocab = mlm.shape.at(2), mask_id = manifest.at("tokenizer").at("mask_token_id").get<int64_t>();
+    const std::vector<double> logits = as_doubles(mlm), ids = as_doubles(golden.at("input_ids"));
+    std::vector<double> at_mask;
+    for (size_t k = 0; k < ids.size(); ++k) {
+      if (static_cast<int64_t>(ids[k]) == mask_id) at_mask.insert(at_mask.end(), &logits[k * vocab], &logits[(k + 1) * vocab]);
+    }
+    compare("mlm_logits_at_mask", at_mask, {static_cast<int64_t>(at_mask.size()) / vocab, vocab});
+  }
+  // head-specific graphs give the outputs of the graph they replace (wiring.substitutes), on the same feeds
+  for (const auto& sub : wiring.value("substitutes", json::array())) {
+    const std::string name = sub.at("graph");
+    Graph graph = open(name);
+    for (const auto& [output, tensor] : graph.run(inputs["cross_modal"])) {
+      if (golden.count(output)) compare(output, as_doubles(tensor), tensor.shape, name + ":" + output);
     }
   }
   // column 1 of itm_logits is the match (manifest.wiring.outputs.itm_logits): softmax → probability
@@ -213,6 +245,45 @@ int verify(const std::string& dir, const std::string& variant) {
     }
     std::printf("\n");
     compare("itm_probability", probability, {texts});
+  }
+
+  // The golden image and the golden input suite: decode, then every preprocessing step (docs/preprocessing.md)
+  const json& pre = manifest.at("preprocessing");
+  // BT_EXAMPLE_FAST_JPEG=1 decodes JPEGs as a faster, different decoder would (libjpeg's fast IDCT, no fancy
+  // upsampling): the JPEG goldens must then fail (tests/examples/test_cpp.py)
+  const char* fast_env = std::getenv("BT_EXAMPLE_FAST_JPEG");
+  const bool fast_jpeg = fast_env != nullptr && std::string(fast_env) == "1";
+  if (pre.at("exif_transpose").get<bool>()) throw std::runtime_error("exif_transpose is true: this example does not rotate");
+  if (pre.at("resize").at("resample") != "bicubic") throw std::runtime_error("this example implements bicubic only");
+  bt::Preprocessing p;
+  p.resize = pre.at("resize").at("enabled");
+  p.crop = pre.at("center_crop").at("enabled");
+  p.normalize = pre.at("normalize");
+  p.image_size = pre.at("image_size");
+  p.shortest_edge = pre.at("resize").at("shortest_edge");
+  p.longest_edge = pre.at("resize").at("longest_edge");
+  p.size_divisor = pre.at("resize").at("size_divisor");
+  p.rescale_factor = pre.at("rescale_factor");
+  for (int c = 0; c < 3; ++c) {
+    p.mean[c] = pre.at("mean").at(c).get<float>();
+    p.std[c] = pre.at("std").at(c).get<float>();
+  }
+  std::vector<std::pair<std::string, std::string>> images = {{"", manifest.at("golden").at("image").at("file")}};
+  for (const auto& input : manifest.at("golden").value("inputs", json::array())) {
+    images.emplace_back("input:" + input.at("name").get<std::string>() + ":", input.at("image").at("file"));
+  }
+  for (const auto& [label, file] : images) {
+    const std::vector<char> bytes = read_file(dir + "/" + file);
+    const bool png = file.size() > 4 && file.substr(file.size() - 4) == ".png";
+    const bt::Rgb decoded = png ? bt::decode_png(bytes, pre.at("alpha")) : bt::decode_jpeg(bytes, fast_jpeg);
+    const bt::Steps steps = bt::preprocess(decoded, p);
+    auto shape_of = [](const bt::Rgb& rgb) { return std::vector<int64_t>{rgb.height, rgb.width, 3}; };
+    const std::vector<int64_t> chw = {3, p.crop ? p.image_size : steps.resized.height,
+                                      p.crop ? p.image_size : steps.resized.width};
+    compare(label + "decoded_rgb", {decoded.pixels.begin(), decoded.pixels.end()}, shape_of(decoded));
+    compare(label + "resized_rgb", {steps.resized.pixels.begin(), steps.resized.pixels.end()}, shape_of(steps.resized));
+    compare(label + "cropped", {steps.cropped.begin(), steps.cropped.end()}, chw);
+    compare(label + "pixel_values", {steps.pixel_values.begin(), steps.pixel_values.end()}, chw);
   }
   return failed ? 1 : 0;
 }

@@ -21,6 +21,7 @@ from bt_runtime.manifest import read_manifest
 def test_tiny_export_layout_and_manifest(tiny_export):
     manifest = read_manifest(tiny_export)
     golden = {manifest.golden.image.file, *(t.file for t in manifest.golden.tensors)}
+    golden |= {f for i in manifest.golden.inputs for f in (i.image.file, *(t.file for t in i.tensors))}
     assert all(name.startswith("golden.") for name in golden)
     graphs = {f"{g}.onnx" for g in ("vision_tower", "text_tower", "cross_modal", "cross_modal_pooled")}
     assert set(p.name for p in tiny_export.iterdir()) == graphs | {f"{g}.data" for g in graphs} | {

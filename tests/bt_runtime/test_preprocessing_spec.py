@@ -101,3 +101,55 @@ def test_spec_pipeline_reproduces_the_golden_pixel_values(tiny_export):
     golden = {t.name: read(manifest, t) for t in manifest.golden.tensors}
     pixels = spec_pixel_values(golden["decoded_rgb"], manifest.preprocessing)
     np.testing.assert_array_equal(pixels, golden["pixel_values"])
+
+
+def spec_composite_on_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Spec §1: Pillow's integer alpha_composite over opaque white, per channel."""
+    color, alpha = color.astype(np.int64), alpha.astype(np.int64)
+    t = 128 * (color * alpha + 255 * (255 - alpha)) + 16384
+    return np.where(alpha == 0, 255, (((t >> 8) + t) >> 8) >> 7).astype(np.uint8)
+
+
+def spec_decoded_rgb(path) -> np.ndarray:
+    """Spec §1 from the file's raw samples (Pillow only decodes: no convert, no alpha_composite)."""
+    image = Image.open(path)
+    raw = np.asarray(image)
+    if image.mode == "RGBA":
+        return spec_composite_on_white(raw[..., :3], raw[..., 3:])
+    if image.mode == "LA":
+        return spec_composite_on_white(np.repeat(raw[..., :1], 3, axis=-1), raw[..., 1:])
+    if image.mode == "P":
+        palette = np.frombuffer(image.palette.tobytes(), np.uint8).reshape(-1, 3)
+        entry_alpha = np.full(len(palette), 255, np.int64)
+        trns = np.frombuffer(image.info["transparency"], np.uint8)
+        entry_alpha[:len(trns)] = trns
+        return spec_composite_on_white(palette[raw], entry_alpha[raw][..., None])
+    if image.mode == "L":
+        return np.repeat(raw[..., None], 3, axis=-1)
+    if image.mode == "CMYK":  # a CMYK JPEG: Pillow has already inverted its samples (Adobe's convention)
+        n = 255 - raw[..., 3:].astype(np.int64)
+        t = raw[..., :3].astype(np.int64) * n + 128
+        return (n - (((t >> 8) + t) >> 8)).astype(np.uint8)
+    assert image.mode == "RGB", image.mode
+    return raw
+
+
+def test_spec_alpha_composite_is_pillows_for_every_value():
+    color, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([color, color, color, alpha], axis=-1).astype(np.uint8)
+    white = Image.new("RGBA", (256, 256), (255, 255, 255, 255))
+    expected = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")))[..., 0]
+    np.testing.assert_array_equal(spec_composite_on_white(color, alpha), expected)
+    rounded = np.floor((color * alpha + 255 * (255 - alpha)) / 255 + 0.5)  # the doc's closed form
+    np.testing.assert_array_equal(rounded, expected)
+
+
+def test_spec_reproduces_every_golden_suite_input(tiny_export):
+    manifest = read_manifest(tiny_export)
+    assert len(manifest.golden.inputs) == 7
+    for item in manifest.golden.inputs:
+        steps = {t.name: read(manifest, t) for t in item.tensors}
+        decoded = spec_decoded_rgb(manifest.path(item.image.file))
+        np.testing.assert_array_equal(decoded, steps["decoded_rgb"], err_msg=item.name)
+        np.testing.assert_array_equal(spec_pixel_values(decoded, manifest.preprocessing), steps["pixel_values"],
+                                      err_msg=item.name)

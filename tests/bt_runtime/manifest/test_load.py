@@ -57,6 +57,11 @@ def test_dump_and_load_round_trip(tiny_export, tmp_path):
     (lambda d: d["checkpoint"].update(heads=["itm", "vqa"]), r"checkpoint\.heads\[1\]: .vqa.; valid: \[.itm."),
     (lambda d: d["tokenizer"].update(extra=1), r"manifest\.tokenizer: unknown field\(s\) \['extra'\]"),
     (lambda d: d.update(variants={}), r"variants: empty"),
+    (lambda d: d["preprocessing"]["center_crop"].update(height=64), r"center_crop: height 64.*image_size"),
+    (lambda d: d["preprocessing"].update(layout="NHWC"), r"preprocessing\.layout: 'NHWC'; valid: \['NCHW'\]"),
+    (lambda d: d["golden"]["tensors"][0].update(dtype="int8"), r"golden\.tensors\[0\]\.dtype: 'int8'; valid"),
+    (lambda d: d["wiring"]["broadcast"].update(graphs=["cross_modal", "nope"]), r"broadcast\.graphs: 'nope'"),
+    (lambda d: d["golden"]["inputs"][0]["image"].update(file="gone.png"), r"missing file.*gone\.png"),
 ])
 def test_bad_fields_are_named(export_copy, edit, message):
     data = manifest_data(export_copy)
