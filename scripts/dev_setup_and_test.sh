@@ -14,8 +14,9 @@ pip_install -e ".[export,test]"
 # package, `skip` avoids its optional CUDA download.
 npm install --prefix examples/node --no-audit --no-fund --onnxruntime-node-install=skip
 export BT_REQUIRE_NODE_EXAMPLE=1
-# The C++ example: cmake and g++ are on the machine; JSON from Debian; the ONNX Runtime headers come from Debian's
-# libonnxruntime-dev .deb, which examples/cpp/build.sh downloads and checks by sha256 (the library is the wheel's).
+# The C++ example: cmake and g++ are on the machine; JSON, libpng and libjpeg-turbo (the JPEG decoder Pillow uses)
+# from Debian; the ONNX Runtime headers come from Debian's libonnxruntime-dev .deb, which examples/cpp/build.sh
+# downloads and checks by sha256 (the library is the wheel's).
 if [ ! -f /usr/include/nlohmann/json.hpp ] || [ ! -f /usr/include/png.h ] || [ ! -f /usr/include/jpeglib.h ]; then
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   cpp_packages="nlohmann-json3-dev libpng-dev libjpeg62-turbo-dev"
