@@ -13,7 +13,7 @@ from bt_export.cli import app
 from bt_export.errors import OutputDirError, ParityError
 from bt_export.export import export_checkpoint
 from bt_export.model import hf_reference
-from bt_export.specs import graph_specs
+from bt_export.specs import FP32_TOLERANCES, graph_specs
 from bt_runtime.integrity import sha256_file
 from bt_runtime.manifest import read_manifest
 
@@ -77,7 +77,7 @@ def test_parity_covers_every_graph_and_every_head(tiny_export):
         if row in runtime_rows:
             continue
         assert row["metric"] == "max_abs_diff" and row["passed"] and row["value"] <= row["bound"]
-        assert row["bound"] <= 1e-3
+        assert row["bound"] == FP32_TOLERANCES[row["output"]]
 
 
 def test_graphs_run_at_new_batch_and_length_and_broadcast_one_image(tiny_export):

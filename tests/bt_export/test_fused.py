@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from bt_export.specs import SAME_MATH_ABS
 from bt_runtime import BridgeTowerRuntime, read_manifest
 
 # one per tower layer; 4 per cross layer (the pooled graph's last layer too: its queries are the class positions)
@@ -59,4 +60,5 @@ def test_fused_and_unfused_exports_score_alike(tiny_export, exports, photos_dir)
     texts = ["two cats on a couch", "a football player"]
     reference = BridgeTowerRuntime.load(exports["none"].output).itm_matrix(photos, texts)
     for directory in (tiny_export, exports["ort"].output):
-        np.testing.assert_allclose(BridgeTowerRuntime.load(directory).itm_matrix(photos, texts), reference, atol=1e-5)
+        np.testing.assert_allclose(BridgeTowerRuntime.load(directory).itm_matrix(photos, texts), reference,
+                                   atol=SAME_MATH_ABS)
