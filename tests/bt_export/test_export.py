@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -140,9 +142,9 @@ def test_missing_parent_directories_are_created(tmp_path):
         export_checkpoint("tiny", blocker / "tiny", validate=False)
 
 
-def test_overwrite_replaces_a_previous_export_atomically(tmp_path):
+def test_overwrite_replaces_a_previous_export_atomically(portable_export, tmp_path):
     out = tmp_path / "export"
-    export_checkpoint("tiny", out, validate=False, precisions=("fp32", "fp16"))
+    shutil.copytree(portable_export, out)  # an earlier export with fp16 (and int8) variants
     assert (out / "vision_tower.fp16.onnx").is_file()
     before = (out / "manifest.json").stat().st_ino
     export_checkpoint("tiny", out, overwrite=True, validate=False)

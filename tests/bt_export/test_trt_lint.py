@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from onnx import TensorProto, helper
 
-from bt_export.export import export_checkpoint
 from bt_export.trt_lint import lint_export, lint_model
 
 
@@ -15,8 +14,8 @@ def test_portable_export_passes_the_lint(portable_export):
     assert "CPU only" in results["int8"][0].problem
 
 
-def test_contrib_attention_fails_the_lint(tmp_path):
-    out = export_checkpoint("tiny", tmp_path / "ort", attention="ort", validate=False).output
+def test_contrib_attention_fails_the_lint(tiny_exports):
+    out = tiny_exports(attention="ort", precisions=("fp32", "int8")).output  # the lint reads the fp32 graphs
     problems = [f.problem for f in lint_export(out)["fp32"]]
     assert len(problems) == 22 and all("com.microsoft::MultiHeadAttention" in p for p in problems)
 
