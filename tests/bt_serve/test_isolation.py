@@ -137,7 +137,7 @@ def test_bt_serve_binds_loopback_unless_told(monkeypatch, tiny_export):
     monkeypatch.setattr(bt_serve.server, "serve", lambda export, options, ready: seen.update(options=options))
     from benchmarks.serve_load import free_ports
 
-    ports = [arg for option, port in zip(("--http-port", "--grpc-port", "--metrics-port"), free_ports(3))
+    ports = [arg for option, port in zip(("--http-port", "--grpc-port", "--metrics-port"), free_ports(3), strict=True)
              for arg in (option, str(port))]
     result = CliRunner().invoke(app, [str(tiny_export), *ports, "--max-text-chars", "100", "--image-formats",
                                       "png,jpeg"])

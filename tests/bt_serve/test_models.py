@@ -20,7 +20,7 @@ def images(photos_dir) -> list[bytes]:
 
 def test_merged_itm_requests_match_the_runtime(models, runtime, images):
     texts = ["two cats on a couch", "a remote control", "a football player"]
-    requests = [{"image": col(image), "text": col(text)} for image, text in zip(images, texts)]
+    requests = [{"image": col(image), "text": col(text)} for image, text in zip(images, texts, strict=True)]
     responses = models.itm(requests)
     expected = runtime.itm_pairs(images, texts)
     assert [r["probability"].shape for r in responses] == [(1, 1)] * 3
