@@ -99,7 +99,7 @@ def itm_accuracy(positive: np.ndarray, negative: np.ndarray, kinds: list[str]) -
 
 
 def mlm_accuracy(predicted: list[str], words: list[str], categories: list[str]) -> dict:
-    correct = np.array([p == w for p, w in zip(predicted, words)])
+    correct = np.array([p == w for p, w in zip(predicted, words, strict=True)])
     per_category = {c: float(correct[[x == c for x in categories]].mean()) for c in dict.fromkeys(categories)}
     return {"top1": float(correct.mean()), "per_category": per_category, "count": int(correct.size)}
 
@@ -136,7 +136,7 @@ def task_agreement(reference: TaskOutputs, other: TaskOutputs, k: int = 10) -> d
             a, b = reference.rankings[name], other.rankings[name]
             top1.append(a[:, 0] == b[:, 0])
             n = min(k, a.shape[1], b.shape[1])
-            overlap += [len(set(x[:n]) & set(y[:n])) / n for x, y in zip(a, b)]
+            overlap += [len(set(x[:n]) & set(y[:n])) / n for x, y in zip(a, b, strict=True)]
         result["retrieval_top1"] = float(np.concatenate(top1).mean())
         result[f"retrieval_top{k}_overlap"] = float(np.mean(overlap))
     if reference.mlm_top1 is not None and other.mlm_top1 is not None:

@@ -16,12 +16,13 @@ ACCURACY = "accuracy"  # not among the defaults: it generates data and scores ev
 
 app = typer.Typer(add_completion=False, help="Latency/throughput of an export against eager PyTorch, same run.")
 console = Console(stderr=True, width=130)
+SCENARIO_NAMES = ", ".join(SCENARIOS)  # for --help, computed once
 
 
 @app.command()
 def bench(
     export_dir: Path = typer.Argument(..., help="Export directory written by bt-export."),
-    scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {', '.join(SCENARIOS)}. "
+    scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {SCENARIO_NAMES}. "
                                        "`accuracy` (on its own): task accuracy on generated shapes scenes."),
     backend: list[str] = typer.Option(None, "--backend", help="Repeatable: torch, torch:bf16, "
                                       "onnxruntime:<precision>[:<provider>], tensorrt:<precision>. Default: torch "

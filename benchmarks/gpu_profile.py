@@ -107,7 +107,7 @@ def main() -> None:
     runtime = BridgeTowerRuntime.load(args.export_dir, precision=args.precision, device="cuda")
     for batch in args.batch:
         feeds = inputs(runtime.manifest, batch, args.seq)
-        plain = lambda: ort_chain(runtime, feeds["pixel_values"], feeds["input_ids"],  # noqa: E731
+        plain = lambda feeds=feeds: ort_chain(runtime, feeds["pixel_values"], feeds["input_ids"],  # noqa: E731
                                   feeds["attention_mask"])["itm_logits"]
         row = {"precision": args.precision, "batch": batch, "seq": args.seq, "iobinding_ms": median_ms(plain),
                "iobinding_profile": profile(plain)}

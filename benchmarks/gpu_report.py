@@ -141,10 +141,12 @@ def bench(eager: Eager, runtimes: dict, image, runs: int) -> list[dict]:
     for batch in (1, 8, 32):
         inputs = eager.inputs([image] * batch, [CAPTION] * batch)
         feeds = {k: v.cpu().numpy() for k, v in inputs.items()}
-        cases = [Case(f"torch:{eager.device}:{p}", lambda p=p: softmax(eager.logits(p, "itm", inputs))[:, 1], batch)
+        cases = [Case(f"torch:{eager.device}:{p}",
+                      lambda p=p, inputs=inputs: softmax(eager.logits(p, "itm", inputs))[:, 1], batch)
                  for p in ("fp32", "fp16", "bf16")]
-        cases += [Case(label, lambda rt=rt: softmax(ort_chain(rt, feeds["pixel_values"], feeds["input_ids"],
-                                                              feeds["attention_mask"])["itm_logits"])[:, 1], batch)
+        cases += [Case(label, lambda rt=rt, feeds=feeds: softmax(ort_chain(
+                           rt, feeds["pixel_values"], feeds["input_ids"], feeds["attention_mask"])["itm_logits"])[:, 1],
+                       batch)
                   for label, rt in runtimes.items()]
         rows += timed("pair", cases, runs, 3, {"batch": batch, "text_tokens": int(feeds["input_ids"].shape[1]),
                                                "note": "preprocessed tensors; host→device copy of inputs included"})
@@ -153,7 +155,8 @@ def bench(eager: Eager, runtimes: dict, image, runs: int) -> list[dict]:
         cases = []
         if count == 32:  # the transformers documentation's loop: processor + model per text
             cases.append(Case(f"torch:{eager.device}:fp32 docs loop",
-                              lambda: np.array([softmax(eager.logits("fp32", "itm", eager.inputs(image, t)))[0, 1]
+                              lambda texts=texts: np.array([softmax(eager.logits("fp32", "itm",
+                                                                                 eager.inputs(image, t)))[0, 1]
                                                 for t in texts]), count))
 
         def batched(precision, texts=texts):
@@ -162,7 +165,7 @@ def bench(eager: Eager, runtimes: dict, image, runs: int) -> list[dict]:
                                    for c in chunks])
 
         cases += [Case(f"torch:{eager.device}:{p} batched", lambda p=p: batched(p), count) for p in ("fp32", "fp16")]
-        cases += [Case(label, lambda rt=rt: rt.itm_scores(image, texts, batch_size=64), count)
+        cases += [Case(label, lambda rt=rt, texts=texts: rt.itm_scores(image, texts, batch_size=64), count)
                   for label, rt in runtimes.items()]
         rows += timed("rerank", cases, max(3, runs // 4), 1,
                       {"num_texts": count, "note": "image + raw texts in, probabilities out (preprocessing and "

@@ -107,7 +107,7 @@ def plot(report: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(groups)), 4))
     width = 0.8 / len(backends)
     for index, backend in enumerate(backends):
-        values = [next((r["summary"]["p50_ms"] for r, label in zip(results, labels)
+        values = [next((r["summary"]["p50_ms"] for r, label in zip(results, labels, strict=True)
                         if label == group and r["backend"] == backend), 0) for group in groups]
         axis.bar([g + index * width for g in range(len(groups))], values, width, label=backend)
     axis.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, rotation=20, ha="right")

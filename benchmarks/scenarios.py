@@ -93,7 +93,8 @@ def _agree_cosine(cases: list[Case], reference: np.ndarray) -> dict[str, dict]:
 
 
 def _reference(backends, cases):
-    torch_case = next(c for c, b in zip(cases, backends) if isinstance(b, TorchBackend) and b.label == "torch")
+    torch_case = next(c for c, b in zip(cases, backends, strict=True)
+                      if isinstance(b, TorchBackend) and b.label == "torch")
     return np.asarray(torch_case.output)
 
 
@@ -122,7 +123,7 @@ def rerank(backends, runtime, image, settings: Settings) -> list[Row]:
     config, lengths = runtime.manifest.config, runtime.tokenizer(texts).lengths
     rows = _rows("rerank", cases, "pairs", None, _agree_probabilities(cases, _reference(backends, cases)),
                  {"num_texts": len(texts), "note": "torch: one processor + model call per text (transformers docs)"})
-    for row, backend in zip(rows, backends):  # each backend is credited with the work it does
+    for row, backend in zip(rows, backends, strict=True):  # each backend is credited with the work it does
         row.flops = rerank_flops(config, lengths, reuses_towers=not isinstance(backend, TorchBackend))
     return rows
 
@@ -138,7 +139,7 @@ def embed(kind: str, backends, runtime, image, settings: Settings) -> list[Row]:
             encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, settings.text_length)] * batch)
             feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
             graph, work = "text_tower", flops.text_tower(config, settings.text_length) * batch
-        cases = [Case(b.label, lambda b=b: b.tower(graph, feeds), batch) for b in backends]
+        cases = [Case(b.label, lambda b=b, graph=graph, feeds=feeds: b.tower(graph, feeds), batch) for b in backends]
         interleave(cases, settings.runs, settings.warmup)
         rows += _rows(f"embed-{kind}", cases, kind, work, _agree_cosine(cases, _reference(backends, cases)),
                       {"batch_size": batch, "output": "embeds" if "itc" in runtime.heads else "bridge"})

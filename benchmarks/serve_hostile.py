@@ -144,7 +144,7 @@ def hostile_test(export_dir: Path, server_python: str, good_clients: int = 7, se
     peaks = []
     with serving(export_dir, server_python, *server_options) as server:
         idle_rss = process_tree_rss(server.process.pid)
-        for phase, hostile in zip(phases, (False, True)):
+        for phase, hostile in zip(phases, (False, True), strict=True):
             log(f"{phase.name}: {seconds:.0f} s")
             stop = threading.Event()
             attacker = threading.Thread(target=run_hostile, args=(payloads, server.host, server.grpc_port, stop,
@@ -161,7 +161,7 @@ def hostile_test(export_dir: Path, server_python: str, good_clients: int = 7, se
         direct = runtime.itm_pairs([image for image, _ in work], [text for _, text in work])
     worst = max((abs(p - direct[i]) for phase in phases for i, p in phase.answers), default=float("nan"))
     summaries = [p.summary() for p in phases]
-    for summary, peak in zip(summaries, peaks):
+    for summary, peak in zip(summaries, peaks, strict=True):
         summary["peak_rss_mb"] = peak / 2**20
     kinds = {}
     for kind, refused, elapsed, message in outcomes:

@@ -21,7 +21,8 @@ from bt_runtime.errors import first_line
 from .configs import KNOWN_CHECKPOINTS, SHAPES_DIR, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
 from .errors import CheckpointError, UnsupportedConfigError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 TOKENIZER_LAYOUTS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 
@@ -170,7 +171,8 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     try:
         config = BridgeTowerConfig.from_pretrained(directory)
     except Exception as err:
-        raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: {err}") from err
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: "
+                              f"{err}") from err
     heads = heads_in_keys(_tensor_names(directory))
     check_supported(config, heads)
     model_cls = with_heads_class(heads)
@@ -249,14 +251,16 @@ def check_supported(config, heads: tuple[str, ...] = ()) -> None:
         problems.append("vision_config.remove_last_layer=True (BridgeTowerModel indexes every vision layer)")
     if vision.num_hidden_layers != text.num_hidden_layers:
         problems.append(f"vision_config.num_hidden_layers={vision.num_hidden_layers} != "
-                        f"text_config.num_hidden_layers={text.num_hidden_layers} (the towers are bridged layer by layer)")
+                        f"text_config.num_hidden_layers={text.num_hidden_layers} "
+                        "(the towers are bridged layer by layer)")
     if not 1 <= config.num_hidden_layers <= text.num_hidden_layers:
         problems.append(f"num_hidden_layers={config.num_hidden_layers} (must be 1..{text.num_hidden_layers})")
     if config.hidden_size != text.hidden_size:
         problems.append(f"hidden_size={config.hidden_size} != text_config.hidden_size={text.hidden_size}")
     vision_heads = vision.hidden_size // 64  # nn.MultiheadAttention(hidden, hidden // 64) in the vision tower
     if vision_heads == 0 or vision.hidden_size % vision_heads:
-        problems.append(f"vision_config.hidden_size={vision.hidden_size} (needs hidden_size // 64 heads that divide it)")
+        problems.append(f"vision_config.hidden_size={vision.hidden_size} "
+                        "(needs hidden_size // 64 heads that divide it)")
     if text.is_decoder or text.add_cross_attention:
         problems.append("text_config.is_decoder/add_cross_attention=True (the text tower is an encoder)")
     if problems:
@@ -308,7 +312,8 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
                                   '{"shortest_edge": N}')
     if kwargs["crop_size"]["shortest_edge"] != size:
         raise CheckpointError(f"{where}: crop_size {kwargs['crop_size']['shortest_edge']} does not "
-                              f"match the model's vision_config.image_size {size} (the vision tower takes {size}×{size})")
+                              f"match the model's vision_config.image_size {size} "
+                              f"(the vision tower takes {size}×{size})")
     if "resample" in kwargs:
         from .manifest import resample_name
 

@@ -63,7 +63,7 @@ def find_blocks(directory: Path, files: dict[str, str]) -> list[str]:
     for graph, file in files.items():
         model = onnx.load(str(directory / file), load_external_data=False)
         nodes = list(model.graph.node)
-        for node, path in zip(nodes, attributed_paths(nodes)):
+        for node, path in zip(nodes, attributed_paths(nodes), strict=True):
             if node.op_type in ("MatMul", "Gemm") and path:
                 block = f"{computes(graph)}/{block_key(path)}"
                 if block not in blocks:
@@ -160,7 +160,7 @@ class Evaluator:
             if file not in self.sessions:
                 self.sessions[file] = cpu_session(file)
             names = [t.name for t in self.specs[name].outputs]
-            self.outputs[key] = dict(zip(names, self.sessions[file].run(names, feeds)))
+            self.outputs[key] = dict(zip(names, self.sessions[file].run(names, feeds), strict=True))
         return self.outputs[key]
 
 

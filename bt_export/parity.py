@@ -59,7 +59,7 @@ class EagerReferences:
 
 def _named(outputs, spec: GraphSpec) -> dict[str, np.ndarray]:
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    return {t.name: o.numpy() for t, o in zip(spec.outputs, outputs)}
+    return {t.name: o.numpy() for t, o in zip(spec.outputs, outputs, strict=True)}
 
 
 @torch.no_grad()
@@ -110,7 +110,7 @@ def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str])
 
     def run(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [t.name for t in specs[name].outputs]
-        return dict(zip(names, sessions[name].run(names, feeds)))
+        return dict(zip(names, sessions[name].run(names, feeds), strict=True))
 
     return run
 

@@ -83,7 +83,7 @@ def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, .
 
     model = onnx.load(str(src), load_external_data=False)
     weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-    paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node))))
+    paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node)), strict=True))
     excluded = [n.name for n in weighted
                 if any(re.search(p, f"{computes(graph)}/{paths[n.name]}") for p in excluded_patterns)]
     if len(excluded) == len(weighted):

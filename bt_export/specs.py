@@ -71,6 +71,17 @@ RUNTIME_FP32_BOUNDS = {"itm_probability_abs": 1e-4, "embedding_cosine_min": 0.99
 GOLDEN_TOLERANCES = {**FP32_TOLERANCES, "pixel_values": GOLDEN_PIXEL_TOLERANCE,
                      "itm_probability": RUNTIME_FP32_BOUNDS["itm_probability_abs"]}
 
+# The same fp32 graph on the same inputs, batched or routed differently (itm_matrix vs itm_scores, batch sizes,
+# device-bound vs host buffers, session options, the served models vs bt_runtime called directly): only the order
+# of the kernels' sums can differ.
+SAME_GRAPH_ABS = 1e-6
+# The same fp32 computation arranged differently (the split towers vs transformers' forward, fused vs unfused
+# attention, the pooled cross-modal stack vs the full one): reassociated sums over a few layers.
+SAME_MATH_ABS = 1e-5
+# bt_runtime's NumPy + Pillow preprocessing vs transformers' BridgeTowerImageProcessor, pixel_values after
+# normalization (every photo and size: tests/bt_runtime/test_images.py)
+PREPROCESSING_ABS = 1e-5
+
 
 def num_image_tokens(config) -> int:
     vision = config.vision_config

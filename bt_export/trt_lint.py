@@ -146,7 +146,7 @@ def _attention(graph, where, node, types, used) -> list[Finding]:
                 attribute.name in ("qk_matmul_output_mode", "softcap") and value):  # defaults (0) are harmless
             findings.append(Finding(graph, where, f"Attention: attribute {attribute.name}={value} unsupported "
                                     "(heads must be dim 1 of 4-D Q/K/V)"))
-    for label, name in zip(("Q", "K", "V", "attn_mask"), node.input):
+    for label, name in zip(("Q", "K", "V", "attn_mask"), node.input, strict=False):
         rank = _rank(types, name) if name else None
         if name and rank is not None and rank != 4:
             findings.append(Finding(graph, where, f"Attention: {label} is {rank}-D; TensorRT needs 4-D"))

@@ -86,7 +86,7 @@ def itm(export_dir: Path = ExportDir, image: Path = typer.Option(..., "--image")
     """Match probability of IMAGE with each --text."""
     def task():
         scores = _load(export_dir, precision).itm_scores(image, text)
-        _emit([{"text": t, "score": float(s)} for t, s in zip(text, scores)])
+        _emit([{"text": t, "score": float(s)} for t, s in zip(text, scores, strict=True)])
     _guard(task)
 
 
@@ -100,7 +100,8 @@ def fill_mask(export_dir: Path = ExportDir, image: Path = typer.Option(..., "--i
         result = _load(export_dir, precision).fill_mask(image, text, top_k=top_k)
         _emit({"sentence": result.sentence,
                "masks": [{"position": m.position, "candidates": [{"token": t, "probability": p}
-                                                                 for t, p in zip(m.tokens, m.probabilities)]}
+                                                                 for t, p in zip(m.tokens, m.probabilities,
+                                                                                 strict=True)]}
                          for m in result.masks]})
     _guard(task)
 

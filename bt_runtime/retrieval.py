@@ -78,7 +78,7 @@ class Retrieval:
             itm = self.match_probabilities(text_features, candidates, np.zeros(len(shortlist), np.int64),
                                            np.arange(len(shortlist)), batch_size, False)
             hits = [RetrievalHit(float(p), index, similarity, float(p))
-                    for p, (similarity, index, _) in zip(itm, shortlist)]
+                    for p, (similarity, index, _) in zip(itm, shortlist, strict=True)]
         return _best(hits, top_k)
 
     def _check_index(self, index, count: int, dims: int) -> np.ndarray:
@@ -102,5 +102,6 @@ class Retrieval:
         candidates = self.encode_images(images, batch_size, positions=order)
         itm = self.match_probabilities(text_features, candidates, np.zeros(keep, np.int64), np.arange(keep),
                                        batch_size, False)
-        hits = [RetrievalHit(float(p), int(i), float(similarities[i]), float(p)) for p, i in zip(itm, order)]
+        hits = [RetrievalHit(float(p), int(i), float(similarities[i]), float(p))
+                for p, i in zip(itm, order, strict=True)]
         return _best(hits, top_k)

@@ -275,5 +275,5 @@ def simulate_itm(root: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np
         session = ort.InferenceSession(str(Path(root) / step.model_name / "1" / config.default_model_filename),
                                        providers=["CPUExecutionProvider"])
         out = session.run(list(step.output_map), {name: values[source] for name, source in step.input_map.items()})
-        values.update({step.output_map[name]: value for name, value in zip(step.output_map, out)})
+        values.update({step.output_map[name]: value for name, value in zip(step.output_map, out, strict=True)})
     return {t.name: values[t.name] for t in ensemble.output}

@@ -129,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             sample.image.save(gallery_dir / f"{i:04d}.png")
         results = rank(args.export, gallery_dir, queries, "itc" in manifest.heads, args.precision)
     rows = []
-    for query, key, hits in zip(queries, wanted, results):
+    for query, key, hits in zip(queries, wanted, results, strict=True):
         picked = [int(Path(hit["image"]).stem) for hit in hits]
         matches = sum(s.scene.canonical() == key for s in samples)
         rows.append((query, matches, [(samples[i].image, hit["score"], samples[i].scene.canonical() == key)
-                                      for i, hit in zip(picked, hits)]))
+                                      for i, hit in zip(picked, hits, strict=True)]))
     title = [f"bt-run retrieve --top-k {TOP_K} --rerank {RERANK} ({args.precision}), {args.gallery} held-out scenes "
              f"(seed {args.seed}), export of {manifest.checkpoint.alias or args.export.name}",
              "score: ITM match probability; green frame: same scene as the query, red: another scene"]

@@ -74,6 +74,13 @@ def tiny_export(tiny_exports) -> Path:
     return tiny_exports().output
 
 
+@pytest.fixture(scope="session")
+def portable_export(tiny_exports) -> Path:
+    """The tiny export in every precision, ONNX Attention (the graphs TensorRT parses): shared by the TensorRT lint,
+    engine-build and precision tests."""
+    return tiny_exports(precisions=CANONICAL_PRECISIONS).output
+
+
 @pytest.fixture
 def export_copy(tiny_export, tmp_path) -> Path:
     """A private copy of the default tiny export, for tests that change or damage it."""
@@ -121,7 +128,7 @@ def base_export(tmp_path_factory):
         result = export_checkpoint("base-itm-mlm", out, random_init=True, parity_images=images,
                                    tokenizer=roberta if roberta.is_dir() else None,
                                    precisions=("fp32", "fp16", "int8"))
-    except VariantsRejected as rejected:  # written without them; tests/bt_export/test_full_size.py looks at why
+    except VariantsRejected as rejected:  # written without them; tests/bt_export/test_export_full_size.py looks at why
         result = rejected.result
     print(f"\nfull-size base-itm-mlm export: {time.perf_counter() - started:.1f} s, {result.disk_bytes / 1e6:.0f} MB")
     return out

@@ -165,7 +165,7 @@ def _regions(scene: Scene) -> list[tuple[float, float, float, float]]:
 def _place(rng, scene: Scene, size: int, tries: int = 64) -> list[tuple[Group, float, float, float]]:
     """(group, cx, cy, r) per object in pixels: inside its region, no two objects touching; [] if it fails."""
     placed: list[tuple[Group, float, float, float]] = []
-    for group, (x0, y0, x1, y1) in zip(scene.groups, _regions(scene)):
+    for group, (x0, y0, x1, y1) in zip(scene.groups, _regions(scene), strict=False):
         for _ in range(group.count):
             r = RADIUS[group.size] * size * rng.uniform(0.9, 1.1)
             cx = rng.uniform(x0 * size + r + 1, x1 * size - r - 1, tries)  # (T,) candidate centres
@@ -225,7 +225,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tu
         r *= 1.15
         angles = turn + np.pi / 2 + np.pi * np.arange(10) / 5
         radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
-        return [(cx + q * np.cos(a), cy - q * np.sin(a)) for q, a in zip(radii, angles)]
+        return [(cx + q * np.cos(a), cy - q * np.sin(a)) for q, a in zip(radii, angles, strict=True)]
     return None
 
 

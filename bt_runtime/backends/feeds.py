@@ -20,7 +20,7 @@ def check_feeds(graph: str, specs: list, feeds: dict[str, np.ndarray]) -> None:
             raise BackendInputError(f"{graph}: input {name!r} has dtype {dtype}; expected {spec.dtype}")
         if len(shape) != len(spec.shape):
             raise BackendInputError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape}")
-        for axis, (size, dim) in enumerate(zip(shape, spec.shape)):
+        for axis, (size, dim) in enumerate(zip(shape, spec.shape, strict=True)):
             if isinstance(dim, int) and size != dim:
                 raise BackendInputError(f"{graph}: input {name!r} has shape {shape}; expected {spec.shape} "
                                    f"(axis {axis} must be {dim})")

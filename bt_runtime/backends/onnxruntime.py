@@ -156,13 +156,13 @@ class OnnxRuntimeBackend(Backend):
         for name in outputs:
             binding.bind_output(name, self.device if name in keep else "cpu", self.device_id if name in keep else 0)
         session.run_with_iobinding(binding)
-        values = dict(zip(outputs, binding.get_outputs()))
+        values = dict(zip(outputs, binding.get_outputs(), strict=True))
         results = {name: value if name in keep else value.numpy() for name, value in values.items()}
         check_outputs(graph, {name: value for name, value in results.items() if name not in keep})
         return results
 
     def _infer(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        return dict(zip(outputs, self.session(graph).run(outputs, feeds)))
+        return dict(zip(outputs, self.session(graph).run(outputs, feeds), strict=True))
 
 
 _WARNED: set[tuple] = set()

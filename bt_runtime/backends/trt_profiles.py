@@ -59,7 +59,7 @@ def input_shapes(graph_io, ranges: dict[str, tuple[int, int, int]]) -> dict[str,
 
 def check_shape_in_profile(name: str, shape: tuple, profile: tuple[tuple, tuple, tuple]) -> None:
     low, _, high = profile
-    if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
+    if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True)):
         raise BackendInputError(f"input {name!r} of shape {tuple(shape)} is outside the engine's optimization profile "
                            f"(min {low}, max {high}); rebuild the engines with wider --batch/--seq ranges "
                            "(bt-run build-engines)")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.accuracy import TaskOutputs, check_bars, make_eval_set, ranking, recall_at, task_agreement
+from benchmarks.accuracy import BARS, TaskOutputs, check_bars, make_eval_set, ranking, recall_at, task_agreement
+from bt_export.specs import RUNTIME_FP32_BOUNDS
 
 from .conftest import shapes_weights_present
 
@@ -52,7 +53,7 @@ def test_eager_and_onnxruntime_fp32_agree(small_report):
     for split in small_report["splits"].values():
         differs = split["results"]["onnxruntime:fp32"]["differs_from_eager"]
         assert {"itm_decisions", "itm_comparisons", "retrieval_top1", "mlm_top1"} <= set(differs)
-        assert all(v <= 0.001 for v in differs.values()), differs
+        assert all(v <= 1 - BARS["eager_fp32_identical"] for v in differs.values()), differs
 
 
 def test_markdown_has_machine_header_and_tables(small_report):
@@ -77,7 +78,8 @@ def test_eager_matrix_matches_the_hf_classes(accuracy_export):
     matrix = scorer.itm_matrix(data.images, data.captions[:3])  # (5, 3)
     rows, cols = np.divmod(np.arange(15), 3)
     pairs = scorer.itm_pairs([data.images[i] for i in rows], [data.captions[j] for j in cols])
-    np.testing.assert_allclose(matrix.ravel(), pairs, atol=1e-4)
+    # one ITM probability computed two ways in fp32 eager: the runtime's end-to-end fp32 bound
+    np.testing.assert_allclose(matrix.ravel(), pairs, atol=RUNTIME_FP32_BOUNDS["itm_probability_abs"])
 
 
 def test_task_agreement_counts_what_differs():
@@ -140,7 +142,7 @@ def test_trained_model_tells_colours_apart(accuracy_export):
     report = run_accuracy(accuracy_export, ["onnxruntime:fp32"], Options(gallery=60, seed=77, queries=10, k=10,
                                                                          combos_gallery=0), log=lambda m: None)
     itm = report["splits"]["heldout"]["results"]["onnxruntime:fp32"]["itm"]
-    assert itm["per_kind"]["colour"] >= 0.9, itm
+    assert itm["per_kind"]["colour"] >= 0.9, itm  # the test's own floor: metrics.json measures 1.0
 
 
 def test_contact_sheet_script(accuracy_export, tmp_path):

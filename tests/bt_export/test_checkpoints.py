@@ -134,7 +134,7 @@ def test_random_init_uses_the_official_architecture_without_building_it():
 def test_tiny_is_deterministic():
     first, second = load_checkpoint("tiny"), load_checkpoint("tiny")
     assert first.heads == ("itm", "mlm", "itc")
-    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

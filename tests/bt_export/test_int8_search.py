@@ -89,7 +89,7 @@ def test_every_weighted_node_belongs_to_a_block(searched):
 
     model = onnx.load(str(searched.output / "vision_tower.onnx"), load_external_data=False)
     nodes = list(model.graph.node)
-    weighted = [(n, p) for n, p in zip(nodes, attributed_paths(nodes)) if n.op_type in ("MatMul", "Gemm")]
+    weighted = [(n, p) for n, p in zip(nodes, attributed_paths(nodes), strict=True) if n.op_type in ("MatMul", "Gemm")]
     assert any(not module_path(n) for n, _ in weighted)  # the case this is about exists
     assert all(p for _, p in weighted)
     assert sum(p.startswith("blocks.0.") for _, p in weighted) == 4  # in_proj, out_proj, c_fc, c_proj

@@ -11,21 +11,14 @@ from typer.testing import CliRunner
 
 from bt_export.cli import app
 from bt_export.errors import OutputDirError
-from bt_export.export import export_checkpoint
 from bt_export.staging import check_output_dir
 
 
-@pytest.fixture(scope="module")
-def earlier(tmp_path_factory):
-    out = tmp_path_factory.mktemp("earlier") / "tiny"
-    export_checkpoint("tiny", out, validate=False)
-    return out
-
-
 @pytest.fixture
-def export(earlier, tmp_path):
+def export(tiny_export, tmp_path):
+    """A private copy of an earlier export (the session's shared one)."""
     out = tmp_path / "tiny"
-    shutil.copytree(earlier, out)
+    shutil.copytree(tiny_export, out)
     return out
 
 
@@ -62,7 +55,7 @@ def test_user_files_inside_the_ort_tensorrt_cache_are_refused(export):
 
 
 def test_a_directory_where_a_listed_file_was_is_refused(export):
-    (export / "tokenizer_config.json").unlink()  # golden.image.png in the issue; an export without goldens here
+    (export / "tokenizer_config.json").unlink()  # golden.image.png in the issue: any listed file
     (export / "tokenizer_config.json").mkdir()
     (export / "tokenizer_config.json" / "holiday.jpg").write_bytes(b"mine")
     refused(export, r"tokenizer_config.json \(a directory where the manifest lists a file\)")

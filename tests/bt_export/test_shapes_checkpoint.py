@@ -12,6 +12,8 @@ from bt_export.configs import SHAPES_DIR
 from bt_export.shapes import data
 
 SEED = 20  # any held-out seed works; a fixed one keeps the test deterministic
+# The accuracy floors below are this test's own: below the shipped metrics.json (colour 1.0, size 0.996, shape
+# 0.832, ITC r@5 0.945, MLM position 1.0) by enough for 48 held-out scenes, far above chance.
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -95,6 +97,7 @@ def test_shipped_metrics_are_what_the_weights_give():
     metrics = evaluate(loaded.model, Tokenizer.from_file(str(SHAPES_DIR / "tokenizer.json")), cfg)
     for section in ("itm_hard_negatives",):
         for kind, value in shipped[section].items():
+            # 0.01: the test's own allowance for eager float sums on another CPU, about one scene in 100
             assert abs(metrics[section][kind]["pairwise"] - value["pairwise"]) <= 0.01, kind
     for head in ("itc", "itm"):
         for k, value in shipped["retrieval_text_to_image"][head].items():

@@ -4,6 +4,7 @@ behind for long, the umask is respected, and bad output paths fail before any wo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -30,9 +31,9 @@ def test_overwrite_refuses_a_directory_that_is_not_an_export(tmp_path):
     assert (out / "thesis.txt").read_text() == "three years of work" and (out / "sub").is_dir()
 
 
-def test_overwrite_refuses_a_parent_of_exports_and_an_export_with_foreign_files(tmp_path):
+def test_overwrite_refuses_a_parent_of_exports_and_an_export_with_foreign_files(tiny_export, tmp_path):
     parent = tmp_path / "exports"
-    export_checkpoint("tiny", parent / "one", validate=False)
+    shutil.copytree(tiny_export, parent / "one")
     with pytest.raises(OutputDirError, match="not a bt export"):
         check_output_dir(parent, overwrite=True)
     (parent / "one" / "notes.md").write_text("mine")

@@ -7,6 +7,7 @@ import torch
 
 from bt_export.attention import attention_implementation, reference_attention
 from bt_export.model import hf_reference, with_heads_class
+from bt_export.specs import SAME_MATH_ABS
 from bt_export.towers import CrossModalStack, TextTower, VisionTower
 
 from .checkpoint_dirs import small_config
@@ -52,22 +53,22 @@ def test_split_forward_equals_hf_classes(overrides):
     image_bridge, text_bridge = (vision[0], text[0]) if itc else (vision, text)
     pooler, itm, mlm, *cross = CrossModalStack(model)(text_bridge, image_bridge, mask, torch.arange(3))
     kwargs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels)
-    torch.testing.assert_close(pooler, hf_reference(model, None)(**kwargs).pooler_output, atol=1e-5, rtol=0)
-    torch.testing.assert_close(itm, hf_reference(model, "itm")(**kwargs).logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(mlm, hf_reference(model, "mlm")(**kwargs).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooler, hf_reference(model, None)(**kwargs).pooler_output, atol=SAME_MATH_ABS, rtol=0)
+    torch.testing.assert_close(itm, hf_reference(model, "itm")(**kwargs).logits, atol=SAME_MATH_ABS, rtol=0)
+    torch.testing.assert_close(mlm, hf_reference(model, "mlm")(**kwargs).logits, atol=SAME_MATH_ABS, rtol=0)
     # the head-specific stack (last layer at the class positions, no MLM head) gives the same pooled outputs
     pooled = CrossModalStack(model, mlm=False)(text_bridge, image_bridge, mask, torch.arange(3))
     assert len(pooled) == 2 + len(cross)  # pooler_output, itm_logits [, cross_embeds]: no mlm_logits
-    torch.testing.assert_close(pooled[0], pooler, atol=1e-5, rtol=0)
-    torch.testing.assert_close(pooled[1], itm, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled[0], pooler, atol=SAME_MATH_ABS, rtol=0)
+    torch.testing.assert_close(pooled[1], itm, atol=SAME_MATH_ABS, rtol=0)
     if not itc:
         return
-    torch.testing.assert_close(pooled[2], cross[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled[2], cross[0], atol=SAME_MATH_ABS, rtol=0)
     text_embeds, image_embeds, cross = text[1], vision[1], cross[0]
     contrastive = hf_reference(model, "itc")(**kwargs)
-    torch.testing.assert_close(text_embeds, contrastive.text_embeds, atol=1e-5, rtol=0)
-    torch.testing.assert_close(image_embeds, contrastive.image_embeds, atol=1e-5, rtol=0)
-    torch.testing.assert_close(cross, contrastive.cross_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(text_embeds, contrastive.text_embeds, atol=SAME_MATH_ABS, rtol=0)
+    torch.testing.assert_close(image_embeds, contrastive.image_embeds, atol=SAME_MATH_ABS, rtol=0)
+    torch.testing.assert_close(cross, contrastive.cross_embeds, atol=SAME_MATH_ABS, rtol=0)
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def test_image_index_scores_one_image_against_many_texts():
     _, itm, _, _ = CrossModalStack(model)(text_bridge, image_bridge, mask, torch.zeros(3, dtype=torch.long))
     expected = hf_reference(model, "itm")(input_ids=ids, attention_mask=mask,
                                           pixel_values=pixels[:1].expand(3, -1, -1, -1))
-    torch.testing.assert_close(itm, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(itm, expected.logits, atol=SAME_MATH_ABS, rtol=0)
 
 
 @torch.no_grad()

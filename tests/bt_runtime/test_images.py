@@ -1,4 +1,5 @@
-"""NumPy + Pillow preprocessing vs transformers' BridgeTowerImageProcessor (Pillow backend): max |Δ| ≤ 1e-5."""
+"""NumPy + Pillow preprocessing vs transformers' BridgeTowerImageProcessor (Pillow backend): max |Δ| within
+bt_export.specs.PREPROCESSING_ABS."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bt_export.specs import PREPROCESSING_ABS
 from bt_runtime.errors import ImageInputError
 from bt_runtime.images import ImagePreprocessor, resize_shape
 
-TOLERANCE = 1e-5
 SIZES = [288, 294, 96]  # base, large (crop larger than the floored resize: zero padding), tiny
 
 
@@ -35,7 +36,7 @@ def assert_matches_hf(image, size: int):
     actual = ours(size).pixel_values(image)
     assert actual.shape == expected.shape == (3, size, size)
     assert actual.dtype == np.float32
-    assert np.max(np.abs(actual - expected)) <= TOLERANCE
+    assert np.max(np.abs(actual - expected)) <= PREPROCESSING_ABS
 
 
 def synthetic(mode: str, width: int, height: int) -> Image.Image:

@@ -68,7 +68,7 @@ class DocTokenizer:
             return self.cache[piece]
         symbols = list(piece)
         while len(symbols) > 1:
-            pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
+            pairs = {(a, b) for a, b in zip(symbols, symbols[1:], strict=False)}
             best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
             if best not in self.ranks:
                 break

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bt_export.specs import SAME_GRAPH_ABS
 from bt_serve.models import Limits, RequestError, TaskModels
 
 # (format, mode) pairs Pillow can write; "La" comes from the associated-alpha TIFF helper
@@ -73,10 +74,10 @@ def test_no_row_fails_another(runtime, good, rows, at):
     requests.insert(at, {"image": _column([good[0]]), "text": _column([good[1]])})
     responses = models.itm(requests)  # never raises: one row (the good one) is answerable
     assert responses[at]["error"][0, 0] == b""
-    assert responses[at]["probability"][0, 0] == pytest.approx(good[2], abs=1e-6)
-    for response, request in zip(responses, requests):
+    assert responses[at]["probability"][0, 0] == pytest.approx(good[2], abs=SAME_GRAPH_ABS)
+    for response, request in zip(responses, requests, strict=True):
         assert response["probability"].shape == (len(request["image"]), 1)
-        for probability, error in zip(response["probability"][:, 0], response["error"][:, 0]):
+        for probability, error in zip(response["probability"][:, 0], response["error"][:, 0], strict=True):
             if error:
                 assert np.isnan(probability) and error.split(b":")[0] in (b"image[0]", b"image[1]", b"image[2]",
                                                                            b"text[0]", b"text[1]", b"text[2]")

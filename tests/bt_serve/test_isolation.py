@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.serve_hostile import associated_alpha_tiff
+from bt_export.specs import SAME_GRAPH_ABS
 from bt_serve.models import Limits, RequestError, TaskModels
 from bt_serve.server import PortInUseError, ServeOptions, check_ports_free
 from tests.bt_runtime.test_limits import EPS
@@ -38,7 +39,7 @@ def itm_merged(models, runtime, photos, hostile_image: bytes, hostile_text: str 
     responses = models.itm(requests)
     want = runtime.itm_pairs(photos, ["two cats", "a man"])
     np.testing.assert_allclose([responses[0]["probability"][0, 0], responses[2]["probability"][0, 0]], want,
-                               atol=1e-6)
+                               atol=SAME_GRAPH_ABS)
     assert responses[0]["error"][0, 0] == responses[2]["error"][0, 0] == b""
     return responses[1]["probability"][0, 0], responses[1]["error"][0, 0].decode()
 
@@ -47,7 +48,7 @@ def test_an_associated_alpha_tiff_is_answered_like_the_runtime_and_fails_no_one(
     tiff = associated_alpha_tiff(200, 128, size=64)
     probability, error = itm_merged(models, runtime, photos, tiff)
     assert error == ""
-    assert probability == pytest.approx(runtime.itm_pairs([tiff], ["a cat"])[0], abs=1e-6)
+    assert probability == pytest.approx(runtime.itm_pairs([tiff], ["a cat"])[0], abs=SAME_GRAPH_ABS)
 
 
 @pytest.mark.parametrize("hostile, says", [
@@ -113,7 +114,7 @@ class _Runtime:
 def test_whatever_a_decoder_raises_is_that_rows_error_only(runtime, photos):
     models = TaskModels(_Runtime(runtime))
     responses = models.embed_image([{"image": col(photos[0])}, {"image": col(b"boom")}])
-    np.testing.assert_allclose(responses[0]["embedding"][0], runtime.embed_images(photos[:1])[0], atol=1e-6)
+    np.testing.assert_allclose(responses[0]["embedding"][0], runtime.embed_images(photos[:1])[0], atol=SAME_GRAPH_ABS)
     assert np.isnan(responses[1]["embedding"]).all()
     assert responses[1]["error"][0, 0] == b"image[0]: cannot be decoded (ZeroDivisionError: a plugin bug)"
 
@@ -136,7 +137,7 @@ def test_bt_serve_binds_loopback_unless_told(monkeypatch, tiny_export):
     monkeypatch.setattr(bt_serve.server, "serve", lambda export, options, ready: seen.update(options=options))
     from benchmarks.serve_load import free_ports
 
-    ports = [arg for option, port in zip(("--http-port", "--grpc-port", "--metrics-port"), free_ports(3))
+    ports = [arg for option, port in zip(("--http-port", "--grpc-port", "--metrics-port"), free_ports(3), strict=True)
              for arg in (option, str(port))]
     result = CliRunner().invoke(app, [str(tiny_export), *ports, "--max-text-chars", "100", "--image-formats",
                                       "png,jpeg"])

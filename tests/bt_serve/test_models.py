@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bt_export.specs import SAME_GRAPH_ABS
 from bt_serve.models import RequestError
 from bt_serve.server import model_specs
 from tests.bt_serve.conftest import col
@@ -19,18 +20,18 @@ def images(photos_dir) -> list[bytes]:
 
 def test_merged_itm_requests_match_the_runtime(models, runtime, images):
     texts = ["two cats on a couch", "a remote control", "a football player"]
-    requests = [{"image": col(image), "text": col(text)} for image, text in zip(images, texts)]
+    requests = [{"image": col(image), "text": col(text)} for image, text in zip(images, texts, strict=True)]
     responses = models.itm(requests)
     expected = runtime.itm_pairs(images, texts)
     assert [r["probability"].shape for r in responses] == [(1, 1)] * 3
-    np.testing.assert_allclose([r["probability"][0, 0] for r in responses], expected, atol=1e-6)
+    np.testing.assert_allclose([r["probability"][0, 0] for r in responses], expected, atol=SAME_GRAPH_ABS)
     assert all(r["error"][0, 0] == b"" for r in responses)
 
 
 def test_a_request_with_several_rows_keeps_its_order(models, runtime, images):
     texts = ["a cat", "a camera man"]
     [response] = models.itm([{"image": col(*images[:2]), "text": col(*texts)}])
-    np.testing.assert_allclose(response["probability"][:, 0], runtime.itm_pairs(images[:2], texts), atol=1e-6)
+    np.testing.assert_allclose(response["probability"][:, 0], runtime.itm_pairs(images[:2], texts), atol=SAME_GRAPH_ABS)
 
 
 def test_a_bad_image_merged_with_good_requests_fails_only_itself(models, runtime, images):
@@ -41,7 +42,7 @@ def test_a_bad_image_merged_with_good_requests_fails_only_itself(models, runtime
     responses = models.itm(requests)
     good = runtime.itm_pairs([images[0], images[2]], ["a cat", "a man"])
     np.testing.assert_allclose([responses[0]["probability"][0, 0], responses[3]["probability"][0, 0]], good,
-                               atol=1e-6)
+                               atol=SAME_GRAPH_ABS)
     assert np.isnan(responses[1]["probability"][0, 0]) and np.isnan(responses[2]["probability"][0, 0])
     assert b"image[0]" in responses[1]["error"][0, 0] and b"not UTF-8" in responses[2]["error"][0, 0]
     assert responses[0]["error"][0, 0] == responses[3]["error"][0, 0] == b""
@@ -69,7 +70,7 @@ def test_rerank_matches_itm_scores(models, runtime, images):
     texts = ["a cat", "two cats on a couch", "a red bus"]
     [response] = models.rerank([{"image": np.array([images[0]], dtype=object),
                                  "texts": np.array([t.encode() for t in texts], dtype=object)}])
-    np.testing.assert_allclose(response["probabilities"], runtime.itm_scores(images[0], texts), atol=1e-6)
+    np.testing.assert_allclose(response["probabilities"], runtime.itm_scores(images[0], texts), atol=SAME_GRAPH_ABS)
     with pytest.raises(RequestError, match="texts: empty"):
         models.rerank([{"image": np.array([images[0]], dtype=object), "texts": np.array([], dtype=object)}])
     with pytest.raises(RequestError, match="texts\\[1\\]: not UTF-8"):
@@ -80,9 +81,9 @@ def test_rerank_matches_itm_scores(models, runtime, images):
 def test_embeddings_match_the_runtime(models, runtime, images):
     responses = models.embed_image([{"image": col(images[0])}, {"image": col(images[1])}])
     np.testing.assert_allclose(np.concatenate([r["embedding"] for r in responses]),
-                               runtime.embed_images(images[:2]), atol=1e-6)
+                               runtime.embed_images(images[:2]), atol=SAME_GRAPH_ABS)
     [text] = models.embed_text([{"text": col("a cat")}])
-    np.testing.assert_allclose(text["embedding"][0], runtime.embed_texts(["a cat"])[0], atol=1e-6)
+    np.testing.assert_allclose(text["embedding"][0], runtime.embed_texts(["a cat"])[0], atol=SAME_GRAPH_ABS)
     mixed = models.embed_image([{"image": col(images[0])}, {"image": col(b"bad")}])
     assert np.isnan(mixed[1]["embedding"]).all() and b"image[0]" in mixed[1]["error"][0, 0]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.serve_load import free_ports, load_test
+from bt_serve import smoke
 
 
 def _bt_serve(python: str, export: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -45,7 +46,7 @@ def test_load_batches_concurrent_requests_and_loses_none(serve_python, tiny_expo
     sequential, concurrent = report["phases"]
     assert report["lost"] == 0, report["errors"]
     assert sequential["requests"] > 0 and concurrent["requests"] > 0
-    assert report["max_abs_diff_vs_direct"] <= 1e-5
+    assert report["max_abs_diff_vs_direct"] <= smoke.TOLERANCE
     assert sequential["batches"] == {"1": sequential["requests"]}
     assert max(int(size) for size in concurrent["batches"]) > 1  # the dynamic batcher merged requests
     assert sum(int(k) * v for k, v in concurrent["batches"].items()) == concurrent["requests"]
@@ -63,7 +64,7 @@ def test_load_on_the_full_size_export(serve_python, base_export, capsys):
     with capsys.disabled():
         print("\n" + markdown(report))
     assert report["lost"] == 0, report["errors"]
-    assert report["max_abs_diff_vs_direct"] <= 1e-5
+    assert report["max_abs_diff_vs_direct"] <= smoke.TOLERANCE
 
 
 def test_bad_ports_are_refused_before_anything_starts(tiny_export):
@@ -88,7 +89,7 @@ def test_a_hostile_client_fails_no_good_request(serve_python, tiny_export):
     report = hostile_test(tiny_export, serve_python, good_clients=7, seconds=6, max_requests=500, max_hostile=14,
                           log=lambda message: None)
     assert report["good_lost"] == 0, report["good_errors"]
-    assert report["max_abs_diff_vs_direct"] <= 1e-5
+    assert report["max_abs_diff_vs_direct"] <= smoke.TOLERANCE
     hostile = {row["kind"]: row for row in report["hostile"]}
     assert len(hostile) == 7 and all(row["sent"] >= 1 for row in hostile.values())
     assert hostile.pop("associated-alpha TIFF (La)")["refused"] == 0

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bt_export.specs import GOLDEN_TOLERANCES
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
 
 
@@ -67,7 +69,7 @@ def test_cpp_example_fails_on_a_mismatch(verify_itm, tiny_export, tmp_path):
     shutil.copytree(tiny_export, copy)
     logits = copy / "golden.itm_logits.bin"
     values = np.fromfile(logits, dtype="<f4")
-    values[0] += 1e-3  # ten times the tolerance
+    values[0] += 10 * GOLDEN_TOLERANCES["itm_logits"]
     values.tofile(logits)
     result = subprocess.run([str(verify_itm), str(copy)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr

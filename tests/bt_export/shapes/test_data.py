@@ -17,13 +17,13 @@ def _pixels(samples):
 def test_same_seed_same_samples_and_prefix_property():
     a, b = data.make_samples(3, 20), data.make_samples(3, 30)
     assert [s.caption for s in a] == [s.caption for s in b[:20]]
-    assert all(np.array_equal(x, y) for x, y in zip(_pixels(a), _pixels(b)))
+    assert all(np.array_equal(x, y) for x, y in zip(_pixels(a), _pixels(b), strict=False))
     assert [s.caption for s in data.make_samples(4, 20)] != [s.caption for s in a]
 
 
 def test_splits_are_different_streams():
     train, heldout = data.make_samples(0, 20), data.make_samples(0, 20, split="heldout")
-    assert not any(np.array_equal(x, y) for x, y in zip(_pixels(train), _pixels(heldout)))
+    assert not any(np.array_equal(x, y) for x, y in zip(_pixels(train), _pixels(heldout), strict=True))
 
 
 @pytest.mark.parametrize("size", [64, 96])
@@ -45,7 +45,7 @@ def test_heldout_combos_never_in_train_stream_and_always_in_their_split():
 
 def _differences(a: data.Scene, b: data.Scene) -> list[str]:
     diffs = [f.name for f in fields(a) if f.name != "groups" and getattr(a, f.name) != getattr(b, f.name)]
-    for ga, gb in zip(a.groups, b.groups):
+    for ga, gb in zip(a.groups, b.groups, strict=False):
         diffs += [f.name for f in fields(ga) if getattr(ga, f.name) != getattr(gb, f.name)]
     return diffs
 

@@ -1,5 +1,6 @@
-"""TensorRT on CPU: the compatibility lint on real exports and on broken graphs, the build plan for TensorRT 10
-and 11, and the manifest section. GPU tests (marked gpu) build engines; they skip without tensorrt and a GPU."""
+"""bt_runtime.backends.trt_build on CPU: the build plan for TensorRT 10 and 11, the manifest's tensorrt section, and
+`bt-run build-engines` without TensorRT. The GPU test (marked gpu) builds engines; it skips without tensorrt and a
+GPU."""
 
 from __future__ import annotations
 
@@ -8,61 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
-from bt_export.export import export_checkpoint
-from bt_export.trt_lint import lint_export, lint_model
 from bt_runtime import read_manifest
 from bt_runtime.backends.trt_build import build_plan, write_tensorrt_section
 from bt_runtime.errors import BackendError, BackendInputError
 from bt_runtime.manifest import EngineFile, TensorRTEngines
-
-
-@pytest.fixture(scope="module")
-def portable_export(tiny_exports):
-    return tiny_exports(attention="onnx", precisions=("fp32", "fp16", "int8")).output
-
-
-def test_portable_export_passes_the_lint(portable_export):
-    results = lint_export(portable_export)
-    assert results["fp32"] == [] and results["fp16"] == []
-    assert "CPU only" in results["int8"][0].problem
-
-
-def test_contrib_attention_fails_the_lint(tmp_path):
-    out = export_checkpoint("tiny", tmp_path / "ort", attention="ort", validate=False).output
-    problems = [f.problem for f in lint_export(out)["fp32"]]
-    assert len(problems) == 22 and all("com.microsoft::MultiHeadAttention" in p for p in problems)
-
-
-def _model(nodes, inputs, outputs, opset=23, initializers=()):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def test_lint_catches_each_attention_restriction():
-    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["batch", 7, 64])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7, 64])
-    three_d = helper.make_node("Attention", ["q", "q", "q"], ["y", "present_k"], q_num_heads=4, kv_num_heads=4,
-                               softcap=2.0)
-    problems = [f.problem for f in lint_model(_model([three_d], [q], [y]), "g", {"batch"})]
-    assert any("Q is 3-D" in p for p in problems)
-    assert any("q_num_heads" in p for p in problems) and any("softcap=2.0" in p for p in problems)
-    assert any("single output" in p for p in problems)
-
-
-def test_lint_catches_ops_dtypes_opset_and_uncovered_axes():
-    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", "seq"])
-    d = helper.make_tensor_value_info("d", TensorProto.DOUBLE, ["batch", "seq"])
-    nodes = [helper.make_node("CumSum", ["x", "axis"], ["c"]), helper.make_node("Cast", ["c"], ["d"], to=11),
-             helper.make_node("MatMulInteger", ["x", "x"], ["m"])]
-    axis = helper.make_tensor("axis", TensorProto.INT64, [], [1])
-    problems = [str(f) for f in lint_model(_model(nodes, [x], [d], opset=25, initializers=[axis]), "g", {"batch"})]
-    assert any("opset 25" in p for p in problems)
-    assert any("CumSum on INT64" in p for p in problems)
-    assert any("MatMulInteger is unsupported" in p for p in problems)
-    assert any("DOUBLE" in p for p in problems)
-    assert any("dynamic axis 'seq'" in p for p in problems)
 
 
 def _manifest(variants):
