@@ -17,12 +17,13 @@ row's image raises while decoding is that row's error.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bt_runtime.errors import USER_FACING, BtRuntimeError, first_line
-from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS, check_text_length
+from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS, check_text_length, text_limit
 
 FILL_MASK_TOP_K = 5
 # A 61 Mpx camera JPEG is 20-30 MB; larger requests are refused before Pillow sees a byte (docs/limits.md).
@@ -121,14 +122,25 @@ def _rows(requests, inputs: dict[str, str], limits: Limits) -> list[Row]:
     return rows
 
 
+def _with_text_limit(model, max_chars: int):
+    """`model` with the tokenizer's length check at `max_chars` for its own calls only (bt_runtime.text)."""
+    @functools.wraps(model)
+    def call(requests):
+        with text_limit(max_chars):
+            return model(requests)
+    return call
+
+
 class TaskModels:
     """The callables of one export. `runtime` is shared by every model instance (ONNX Runtime sessions are
     thread-safe); nothing here holds per-request state."""
 
     def __init__(self, runtime, limits: Limits = Limits()):
         self.runtime, self.limits = runtime, limits
-        # rows are length-checked here, per row; the tokenizer (which checks whole batches) must never refuse one
-        runtime.tokenizer.max_chars = max(runtime.tokenizer.max_chars, limits.max_text_chars)
+        # Rows are length-checked per row (_text); the tokenizer (which checks whole batches) gets the same limit for
+        # the calls each model makes (text_limit), so the shared runtime's tokenizer.max_chars is never changed.
+        for name in ("itm", "embed_image", "embed_text", "rerank", "fill_mask"):
+            setattr(self, name, _with_text_limit(getattr(self, name), limits.max_text_chars))
 
     # ---- helpers ----
 

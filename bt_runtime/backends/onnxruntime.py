@@ -17,6 +17,7 @@ from ..cpu import isa_class
 from ..errors import BackendError, BackendInputError, first_line
 from ..integrity import verify_sha256
 from ..manifest import Manifest
+from ..onnx_refs import check_external_data
 from .base import Backend, OnnxRuntimeOptions
 from .feeds import check_feeds, check_outputs
 
@@ -118,6 +119,8 @@ class OnnxRuntimeBackend(Backend):
             remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
             for name, sha256 in [(entry.file, entry.sha256)] + [(r.file, r.sha256) for r in entry.external_data]:
                 verify_sha256(self.manifest.path(name), sha256, remedy)
+            check_external_data(path, [r.file for r in entry.external_data],  # only files hashed just above
+                                f"variants.{self.precision}.files.{graph}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
