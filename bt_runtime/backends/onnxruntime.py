@@ -19,7 +19,7 @@ from ..integrity import verify_sha256
 from ..manifest import Manifest
 from ..onnx_refs import check_external_data
 from .base import Backend, OnnxRuntimeOptions
-from .feeds import check_feeds, check_outputs
+from .feeds import check_declared, check_feeds, check_outputs
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                        "all": "ORT_ENABLE_ALL"}
@@ -137,10 +137,12 @@ class OnnxRuntimeBackend(Backend):
             # (346 MB of weights); without it the full-size pair runs 13% slower (README "Runtime")
             options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            return ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
+            session = ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
                                f"{first_line(err, 300)}") from err
+        check_declared(graph, entry.file, self.graph_io(graph), session)
+        return session
 
     def close(self) -> None:
         self._sessions.clear()
