@@ -69,15 +69,15 @@ def _as_bytes(value, name: str) -> bytes:
 
 
 def _image(value, name: str, limits: Limits) -> bytes:
-    data = _as_bytes(value, name)
+    data = value if isinstance(value, (bytes, np.bytes_)) else _as_bytes(value, name)  # sized before any copy
     if len(data) > limits.max_image_bytes:
         raise RequestError(f"{name}: {len(data):,} bytes is above bt-serve's --max-image-bytes "
                            f"({limits.max_image_bytes:,}); send a smaller encoding")
-    return data
+    return _as_bytes(data, name)
 
 
 def _text(value, name: str, limits: Limits = Limits()) -> str:
-    data = _as_bytes(value, name)
+    data = value if isinstance(value, (bytes, np.bytes_)) else _as_bytes(value, name)  # sized before any copy
     if len(data) > limits.max_text_chars * UTF8_MAX_BYTES_PER_CHAR:  # surely too long: refused without decoding
         raise RequestError(f"{name}: {len(data):,} bytes is above bt-serve's --max-text-chars "
                            f"({limits.max_text_chars:,} characters)")
