@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from bt_runtime.errors import BtRuntimeError
+from bt_runtime.integrity import sha256_file
 from bt_runtime.manifest import Manifest, TensorInfo, read_manifest
-from bt_runtime.outputs import check_output_path, sha256_file
+from bt_runtime.outputs import check_output_path
 
 MARKER = "bt-triton-repo.json"  # what bt-run wrote: every entry, recursively, files with their sha256
 MARKER_FORMAT = "bt-triton-repo/2"
