@@ -122,12 +122,13 @@ def _rows(requests, inputs: dict[str, str], limits: Limits) -> list[Row]:
     return rows
 
 
-def _with_text_limit(model, max_chars: int):
-    """`model` with the tokenizer's length check at `max_chars` for its own calls only (bt_runtime.text)."""
+def _text_limited(model):
+    """A TaskModels model whose tokenizer calls check texts against the model's own --max-text-chars
+    (bt_runtime.text.text_limit: this call only), so the shared runtime's tokenizer.max_chars is never changed."""
     @functools.wraps(model)
-    def call(requests):
-        with text_limit(max_chars):
-            return model(requests)
+    def call(self, requests):
+        with text_limit(self.limits.max_text_chars):
+            return model(self, requests)
     return call
 
 
@@ -136,11 +137,8 @@ class TaskModels:
     thread-safe); nothing here holds per-request state."""
 
     def __init__(self, runtime, limits: Limits = Limits()):
+        # rows are length-checked per row (_text); the models' tokenizer calls get the same limit (_text_limited)
         self.runtime, self.limits = runtime, limits
-        # Rows are length-checked per row (_text); the tokenizer (which checks whole batches) gets the same limit for
-        # the calls each model makes (text_limit), so the shared runtime's tokenizer.max_chars is never changed.
-        for name in ("itm", "embed_image", "embed_text", "rerank", "fill_mask"):
-            setattr(self, name, _with_text_limit(getattr(self, name), limits.max_text_chars))
 
     # ---- helpers ----
 
@@ -178,6 +176,7 @@ class TaskModels:
 
     # ---- models ----
 
+    @_text_limited
     def itm(self, requests) -> list[dict]:
         """image (BYTES [1]) + text (BYTES [1]) per row → probability (FP32 [1]), error (BYTES [1])."""
         rows = _rows(requests, {"image": "image", "text": "text"}, self.limits)
@@ -192,6 +191,7 @@ class TaskModels:
         return self._respond(requests, rows, {"probability": list(probabilities)}, {"probability": (1,)},
                              {"probability": np.nan})
 
+    @_text_limited
     def embed_image(self, requests) -> list[dict]:
         """image (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
         rows = _rows(requests, {"image": "image"}, self.limits)
@@ -201,6 +201,7 @@ class TaskModels:
         return self._respond(requests, rows, {"embedding": embeds}, {"embedding": (size,)},
                              {"embedding": np.full(size, np.nan, np.float32)})
 
+    @_text_limited
     def embed_text(self, requests) -> list[dict]:
         """text (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
         rows = _rows(requests, {"text": "text"}, self.limits)
@@ -210,6 +211,7 @@ class TaskModels:
         return self._respond(requests, rows, {"embedding": embeds}, {"embedding": (size,)},
                              {"embedding": np.full(size, np.nan, np.float32)})
 
+    @_text_limited
     def rerank(self, requests) -> list[dict]:
         """One image (BYTES [1]) and many texts (BYTES [-1]) per request (no batch axis) → probabilities (FP32
         [-1]), in the order of `texts`; the vision tower runs once per request."""
@@ -229,6 +231,7 @@ class TaskModels:
             responses.append({"probabilities": probabilities.astype(np.float32)})
         return responses
 
+    @_text_limited
     def fill_mask(self, requests) -> list[dict]:
         """image (BYTES [1]) + text with <mask> (BYTES [1]) per request (no batch axis) → sentence (BYTES [1]),
         tokens (BYTES [M, K]), token_ids (INT64 [M, K]), probabilities (FP32 [M, K]) for the M masks, top K."""
