@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 
@@ -83,11 +84,21 @@ def export_graph(model: torch.nn.Module, spec: GraphSpec, inputs: tuple[torch.Te
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Save a fully loaded model with its weights in `<file>.data` (same permissions as the graph file)."""
+    from onnx.external_data_helper import _get_all_tensors, convert_model_to_external_data, uses_external_data
+
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=EXTERNAL_DATA_MIN_BYTES)
+    # onnx refuses a `location` that exists relative to the *working directory* (FileExistsError when bt-export
+    # runs where a vision_tower.onnx.data lies): convert under a name no directory holds, then name the file
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=f".{uuid.uuid4().hex}.data",
+                                   size_threshold=EXTERNAL_DATA_MIN_BYTES)
+    for tensor in _get_all_tensors(model):  # private in onnx, but the only walk that reaches every tensor
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data.name
+    onnx.save_model(model, str(path))
     if data.exists():
         shutil.copymode(path, data)  # onnx writes it 0600; a server running as another user must read it
 

@@ -71,6 +71,8 @@ def _guard(task):
     """One line on stderr and exit 2 for bad input; an unexpected exception keeps its traceback, marked as a bug."""
     try:
         task()
+    except typer.Exit:  # a task's own exit code (verify: 1 on a mismatch); typer.Exit is a RuntimeError
+        raise
     except USER_FACING as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from None

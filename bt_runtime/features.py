@@ -66,7 +66,7 @@ def check_image_list(value, name: str) -> None:
 
 
 def check_positive(value, name: str) -> None:
-    if not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # True is an int: refused, not 1
         raise BtRuntimeError(f"{name} must be a positive integer, got {value!r}")
 
 

@@ -83,9 +83,11 @@ class Tasks:
         check_positive(top_k, "top_k")
         text_features = self.encode_texts([text], name="text")
         positions = np.flatnonzero(text_features.input_ids[0] == self.tokenizer.mask_token_id)
-        if positions.size == 0:
-            raise TextInputError(f"text: the {self.tokenizer.mask_token} in {shorten(text)} was cut off by truncation "
-                                 f"at {self.tokenizer.max_length} tokens")
+        written = text.count(self.tokenizer.mask_token)  # each occurrence is one added token (never split)
+        if positions.size < written:  # never answer fewer masks than were asked for
+            raise TextInputError(f"text: {written - positions.size} of the {written} {self.tokenizer.mask_token} in "
+                                 f"{shorten(text)} are cut off by truncation at {self.tokenizer.max_length} tokens; "
+                                 "shorten the text before the last mask")
         logits = self.cross_modal(text_features, self.encode_image(image), np.zeros(1, np.int64),
                                   np.zeros(1, np.int64), ["mlm_logits"])["mlm_logits"][0][0]  # (S, V)
         probabilities = softmax(logits[positions])  # (M, V)

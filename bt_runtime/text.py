@@ -4,10 +4,14 @@ RobertaTokenizerFast / BridgeTowerProcessor), padded per batch and truncated at 
 Texts longer than `max_chars` characters are refused before tokenizing, not truncated: the tokenizer reads the whole
 text before it truncates (a 16 MB text took 19 s and 3.2 GB), and cutting characters ourselves could change which
 tokens the model sees (tokens span characters), so results would silently differ from transformers'. A caller
-with longer documents raises `runtime.tokenizer.max_chars` or cuts them where it chooses."""
+with longer documents raises `runtime.tokenizer.max_chars` or cuts them where it chooses; a caller that checks
+lengths itself for the calls it makes (bt-serve, per row) uses `text_limit(n)`, which changes no shared state."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,21 @@ from .integrity import verify_sha256
 # The model reads at most max_length tokens (512 for BridgeTower: ~2,000 characters of English); 20,000 characters
 # leave 10× headroom and tokenize in ~25 ms, so one request cannot hold a worker for seconds.
 DEFAULT_MAX_TEXT_CHARS = 20_000
+# The limit of the calls made inside `text_limit` (this thread or task only); None: each tokenizer's max_chars.
+_CALL_MAX_CHARS: ContextVar[int | None] = ContextVar("bt_call_max_chars", default=None)
+
+
+@contextlib.contextmanager
+def text_limit(max_chars: int) -> Iterator[None]:
+    """Texts tokenized inside this block (by any TextTokenizer, in this thread or asyncio task only) are checked
+    against `max_chars` instead of the tokenizer's own `max_chars`: a per-call limit, never a shared setting."""
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise TextInputError(f"max_chars must be a positive integer, got {max_chars!r}")
+    token = _CALL_MAX_CHARS.set(max_chars)
+    try:
+        yield
+    finally:
+        _CALL_MAX_CHARS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -53,8 +72,10 @@ class TextTokenizer:
         info = manifest.tokenizer
         path = manifest.path(info.file)
         if verify_checksums:
-            verify_sha256(path, manifest.listed_file(info.file).sha256,
-                          "Re-export it, or pass verify_checksums=False to load it anyway.")
+            manifest.listed_file(info.file)  # the tokenizer must be listed with its sha256
+            for ref in manifest.files:  # tokenizer.json and its companions (tokenizer_config.json): every listed file
+                verify_sha256(manifest.path(ref.file), ref.sha256,
+                              "Re-export it, or pass verify_checksums=False to load it anyway.")
         tokenizer = cls(path, info.max_length, info.pad_token_id, info.mask_token, info.mask_token_id)
         if tokenizer.tokenizer.token_to_id(info.mask_token) != info.mask_token_id:
             raise ManifestError(f"{str(path)!r}: {info.mask_token!r} is not token {info.mask_token_id} as the manifest "
@@ -62,7 +83,8 @@ class TextTokenizer:
         return tokenizer
 
     def __call__(self, texts: list[str], name: str = "texts") -> Encoded:
-        check_texts(texts, name, self.max_chars)
+        call_limit = _CALL_MAX_CHARS.get()
+        check_texts(texts, name, self.max_chars if call_limit is None else call_limit)
         encodings = self.tokenizer.encode_batch(list(texts))
         longest = max(len(e.ids) for e in encodings)
         input_ids = np.full((len(texts), longest), self.pad_token_id, dtype=np.int64)

@@ -17,12 +17,13 @@ row's image raises while decoding is that row's error.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bt_runtime.errors import USER_FACING, BtRuntimeError, first_line
-from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS, check_text_length
+from bt_runtime.text import DEFAULT_MAX_TEXT_CHARS, check_text_length, text_limit
 
 FILL_MASK_TOP_K = 5
 # A 61 Mpx camera JPEG is 20-30 MB; larger requests are refused before Pillow sees a byte (docs/limits.md).
@@ -68,15 +69,15 @@ def _as_bytes(value, name: str) -> bytes:
 
 
 def _image(value, name: str, limits: Limits) -> bytes:
-    data = _as_bytes(value, name)
+    data = value if isinstance(value, (bytes, np.bytes_)) else _as_bytes(value, name)  # sized before any copy
     if len(data) > limits.max_image_bytes:
         raise RequestError(f"{name}: {len(data):,} bytes is above bt-serve's --max-image-bytes "
                            f"({limits.max_image_bytes:,}); send a smaller encoding")
-    return data
+    return _as_bytes(data, name)
 
 
 def _text(value, name: str, limits: Limits = Limits()) -> str:
-    data = _as_bytes(value, name)
+    data = value if isinstance(value, (bytes, np.bytes_)) else _as_bytes(value, name)  # sized before any copy
     if len(data) > limits.max_text_chars * UTF8_MAX_BYTES_PER_CHAR:  # surely too long: refused without decoding
         raise RequestError(f"{name}: {len(data):,} bytes is above bt-serve's --max-text-chars "
                            f"({limits.max_text_chars:,} characters)")
@@ -121,14 +122,23 @@ def _rows(requests, inputs: dict[str, str], limits: Limits) -> list[Row]:
     return rows
 
 
+def _text_limited(model):
+    """A TaskModels model whose tokenizer calls check texts against the model's own --max-text-chars
+    (bt_runtime.text.text_limit: this call only), so the shared runtime's tokenizer.max_chars is never changed."""
+    @functools.wraps(model)
+    def call(self, requests):
+        with text_limit(self.limits.max_text_chars):
+            return model(self, requests)
+    return call
+
+
 class TaskModels:
     """The callables of one export. `runtime` is shared by every model instance (ONNX Runtime sessions are
     thread-safe); nothing here holds per-request state."""
 
     def __init__(self, runtime, limits: Limits = Limits()):
+        # rows are length-checked per row (_text); the models' tokenizer calls get the same limit (_text_limited)
         self.runtime, self.limits = runtime, limits
-        # rows are length-checked here, per row; the tokenizer (which checks whole batches) must never refuse one
-        runtime.tokenizer.max_chars = max(runtime.tokenizer.max_chars, limits.max_text_chars)
 
     # ---- helpers ----
 
@@ -166,6 +176,7 @@ class TaskModels:
 
     # ---- models ----
 
+    @_text_limited
     def itm(self, requests) -> list[dict]:
         """image (BYTES [1]) + text (BYTES [1]) per row → probability (FP32 [1]), error (BYTES [1])."""
         rows = _rows(requests, {"image": "image", "text": "text"}, self.limits)
@@ -180,6 +191,7 @@ class TaskModels:
         return self._respond(requests, rows, {"probability": list(probabilities)}, {"probability": (1,)},
                              {"probability": np.nan})
 
+    @_text_limited
     def embed_image(self, requests) -> list[dict]:
         """image (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
         rows = _rows(requests, {"image": "image"}, self.limits)
@@ -189,6 +201,7 @@ class TaskModels:
         return self._respond(requests, rows, {"embedding": embeds}, {"embedding": (size,)},
                              {"embedding": np.full(size, np.nan, np.float32)})
 
+    @_text_limited
     def embed_text(self, requests) -> list[dict]:
         """text (BYTES [1]) per row → embedding (FP32 [E], L2-normalized), error (BYTES [1])."""
         rows = _rows(requests, {"text": "text"}, self.limits)
@@ -198,6 +211,7 @@ class TaskModels:
         return self._respond(requests, rows, {"embedding": embeds}, {"embedding": (size,)},
                              {"embedding": np.full(size, np.nan, np.float32)})
 
+    @_text_limited
     def rerank(self, requests) -> list[dict]:
         """One image (BYTES [1]) and many texts (BYTES [-1]) per request (no batch axis) → probabilities (FP32
         [-1]), in the order of `texts`; the vision tower runs once per request."""
@@ -217,6 +231,7 @@ class TaskModels:
             responses.append({"probabilities": probabilities.astype(np.float32)})
         return responses
 
+    @_text_limited
     def fill_mask(self, requests) -> list[dict]:
         """image (BYTES [1]) + text with <mask> (BYTES [1]) per request (no batch axis) → sentence (BYTES [1]),
         tokens (BYTES [M, K]), token_ids (INT64 [M, K]), probabilities (FP32 [M, K]) for the M masks, top K."""

@@ -32,9 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from bt_runtime.errors import BtRuntimeError
+from bt_runtime.integrity import sha256_file
 from bt_runtime.manifest import Manifest, TensorInfo, read_manifest
+from bt_runtime.outputs import check_output_path
 
-MARKER = "bt-triton-repo.json"
+MARKER = "bt-triton-repo.json"  # what bt-run wrote: every entry, recursively, files with their sha256
+MARKER_FORMAT = "bt-triton-repo/2"
+STAGING_BYTES = len(".") + len(".partial-") + 8  # `.NAME.partial-XXXXXXXX` (tempfile.mkdtemp) beside REPO
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
 
 
@@ -135,22 +139,82 @@ def _copy_external_data(manifest: Manifest, entry, directory: Path) -> None:
         shutil.copyfile(manifest.path(data.file), directory / data.file)
 
 
+def _record(root: Path) -> dict:
+    """Every entry under `root` (the marker aside): directories by path, regular files by path → sha256."""
+    files, directories = {}, []
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if name == MARKER:
+            continue
+        if path.is_dir():
+            directories.append(name)
+        else:
+            files[name] = sha256_file(path)
+    return {"directories": directories, "files": files}
+
+
+def _read_marker(output: Path, given: str) -> dict:
+    """The content record of an earlier `triton-repo`, or a one-line error when the marker is not one."""
+    path = output / MARKER
+    why = None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        data, why = None, f"unreadable ({type(err).__name__})"
+    if why is None and not (isinstance(data, dict) and data.get("format") == MARKER_FORMAT
+                            and isinstance(data.get("files"), dict) and isinstance(data.get("directories"), list)):
+        why = (f"not a {MARKER_FORMAT} record (a repository written before bt-run recorded content, or edited)"
+               if isinstance(data, dict) else f"a JSON {type(data).__name__}, not a {MARKER_FORMAT} record")
+    if why is not None:
+        raise BtRuntimeError(f"{given!r}: its {MARKER} is {why}; --overwrite replaces only what bt-run recorded "
+                             "writing. Remove the directory yourself, or choose another")
+    return data
+
+
+def _foreign_entries(output: Path, record: dict) -> list[str]:
+    """Entries under `output` that the record does not hold as they are now: unlisted paths, a file where a
+    directory was written (or the reverse), a link, a file whose sha256 changed."""
+    files, directories = record["files"], set(record["directories"])
+    foreign = []
+    for directory, subdirs, names in os.walk(output):  # links to directories are listed, never followed
+        for name in sorted(subdirs + names):
+            path = Path(directory, name)
+            relative = path.relative_to(output).as_posix()
+            if relative == MARKER:
+                continue
+            if path.is_symlink():
+                foreign.append(f"{relative} (a symbolic link)")
+            elif path.is_dir():
+                if relative not in directories:
+                    foreign.append(f"{relative}/")
+            elif relative not in files or not path.is_file():
+                foreign.append(relative)
+            elif sha256_file(path) != files[relative]:
+                foreign.append(f"{relative} (changed since bt-run wrote it: its sha256 differs)")
+    return foreign
+
+
 def _check_destination(output: Path, overwrite: bool) -> Path:
-    given, output = str(output), Path(os.path.abspath(output))
+    given = str(output)
+    output = check_output_path(output, "REPO", STAGING_BYTES)
     if output.exists() and not output.is_dir():
         raise BtRuntimeError(f"{given!r} exists and is not a directory")
     if output.is_dir() and any(output.iterdir()):
         if not (output / MARKER).is_file():
             raise BtRuntimeError(f"{given!r} is not empty and is not a repository written by bt-run triton-repo; "
                                  "choose an empty or new directory")
-        listed = set(json.loads((output / MARKER).read_text()).get("entries", [])) | {MARKER}
-        foreign = sorted(p.name for p in output.iterdir() if p.name not in listed)
         if not overwrite:
             raise BtRuntimeError(f"{given!r} already holds a model repository; pass --overwrite to replace it")
+        foreign = _foreign_entries(output, _read_marker(output, given))
         if foreign:
-            raise BtRuntimeError(f"{given!r} holds entries bt-run did not write: {foreign[:8]}; --overwrite would "
-                                 "delete them. Move them away, or choose another directory")
+            raise BtRuntimeError(f"{given!r} holds entries bt-run did not write: {foreign[:8]}"
+                                 f"{'…' if len(foreign) > 8 else ''}; --overwrite would delete them. Move them away, "
+                                 "or choose another directory")
     return output
+
+
+def _cannot_write(output: Path, err: OSError) -> str:
+    return f"REPO {str(output)!r}: cannot write ({err.strerror or type(err).__name__}: {err.filename or ''})"
 
 
 def write(export_dir: str | Path, output: str | Path, precision: str = "fp32", max_batch: int = 16,
@@ -166,17 +230,29 @@ def write(export_dir: str | Path, output: str | Path, precision: str = "fp32", m
     if precision not in manifest.variants:
         raise BtRuntimeError(f"precision {precision!r} is not in this export; valid: {list(manifest.precisions)}")
     output = _check_destination(Path(output), overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    except OSError as err:
+        raise BtRuntimeError(_cannot_write(output, err)) from None
     try:
         models = _write_into(staging, manifest, precision, max_batch, queue_delay_us, instances, kind)
-        (staging / MARKER).write_text(json.dumps({"export": str(Path(export_dir).resolve()), "precision": precision,
-                                                  "entries": models}, indent=2) + "\n")
         validate(staging)
+        marker = {"format": MARKER_FORMAT, "export": str(Path(export_dir).resolve()), "precision": precision,
+                  "entries": models, **_record(staging)}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         os.chmod(staging, 0o755)
+        _check_destination(output, overwrite)  # nothing foreign appeared there while we worked
+        previous = None
         if output.exists():
-            shutil.rmtree(output)
+            previous = output.with_name(f".{output.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            output.rename(previous)
         staging.rename(output)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    except OSError as err:  # disk full, permissions changed while writing: nothing half-written stays
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BtRuntimeError(_cannot_write(output, err)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -50,3 +50,26 @@ def check_outputs(graph: str, outputs: dict[str, np.ndarray]) -> None:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise BackendError(f"{graph}: output {name!r} contains NaN or Inf; the inputs may be out of range or "
                                "the graph damaged")
+
+
+def check_declared(graph: str, file: str, io, session) -> None:
+    """The manifest's inputs/outputs of `graph` against what the ONNX Runtime session of its file declares (names,
+    dtypes, ranks, fixed dims): a manifest edited after export is a one-line error naming the field, not ONNX
+    Runtime's InvalidArgument mid-run. Symbolic dims are not compared (exporters name them freely)."""
+    from ..errors import ManifestError
+
+    for kind, specs, declared in (("inputs", io.inputs, session.get_inputs()), ("outputs", io.outputs,
+                                                                             session.get_outputs())):
+        actual = {d.name: d for d in declared}
+        if sorted(actual) != sorted(s.name for s in specs):
+            raise ManifestError(f"manifest.graphs.{graph}.{kind}: {sorted(s.name for s in specs)}; {file} declares "
+                                f"{sorted(actual)} (the manifest does not describe this graph: re-export)")
+        for spec in specs:
+            node = actual[spec.name]
+            dtype = _ORT_TYPES.get(node.type, node.type)
+            fixed = [d if isinstance(d, int) else None for d in node.shape]
+            wanted = [d if isinstance(d, int) else None for d in spec.shape]
+            if dtype != spec.dtype or len(fixed) != len(wanted) or any(
+                    a is not None and b is not None and a != b for a, b in zip(fixed, wanted, strict=True)):
+                raise ManifestError(f"manifest.graphs.{graph}.{kind}.{spec.name}: {spec.dtype} {spec.shape}; {file} "
+                                    f"declares {dtype} {list(node.shape)} (re-export)")

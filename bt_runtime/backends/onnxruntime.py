@@ -17,8 +17,9 @@ from ..cpu import isa_class
 from ..errors import BackendError, BackendInputError, first_line
 from ..integrity import verify_sha256
 from ..manifest import Manifest
+from ..onnx_refs import check_external_data
 from .base import Backend, OnnxRuntimeOptions
-from .feeds import check_feeds, check_outputs
+from .feeds import check_declared, check_feeds, check_outputs
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                        "all": "ORT_ENABLE_ALL"}
@@ -118,6 +119,8 @@ class OnnxRuntimeBackend(Backend):
             remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
             for name, sha256 in [(entry.file, entry.sha256)] + [(r.file, r.sha256) for r in entry.external_data]:
                 verify_sha256(self.manifest.path(name), sha256, remedy)
+            check_external_data(path, [r.file for r in entry.external_data],  # only files hashed just above
+                                f"variants.{self.precision}.files.{graph}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
@@ -134,10 +137,12 @@ class OnnxRuntimeBackend(Backend):
             # (346 MB of weights); without it the full-size pair runs 13% slower (docs/runtime.md)
             options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            return ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
+            session = ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
                                f"{first_line(err, 300)}") from err
+        check_declared(graph, entry.file, self.graph_io(graph), session)
+        return session
 
     def close(self) -> None:
         self._sessions.clear()

@@ -18,6 +18,10 @@ from .codec import from_json, schema_of, to_json
 from .schema import GRAPH_NAMES, MANIFEST_NAME, OPTIONAL_GRAPH_NAMES, SCHEMA_VERSION, Manifest
 
 SCHEMA_FILE = Path(__file__).parents[1] / "manifest.schema.json"
+GOLDEN_ITEMSIZE = {"uint8": 1, "int32": 4, "int64": 8, "float16": 2, "float32": 4}  # what golden files may hold
+# BridgeTower resizes to at most 1333/800 × the crop (479 px for 288); 4× leaves room for other processors while a
+# resize stays far below a MemoryError (a 10^9-px edge was one)
+MAX_RESIZE_FACTOR = 4
 _REEXPORT = "re-export the checkpoint with this bt-export (golden vectors and checksums are regenerated with it)."
 _OLDER = {
     1: "Version 1 exports cannot be upgraded in place (checksums of every file and the HF reference must be "
@@ -96,6 +100,7 @@ def check_meaning(m: Manifest) -> None:
         fail(f"preprocessing.mean/std: {p.mean} / {p.std}; expected three values each, std non-zero")
     if not 0 < p.rescale_factor <= 1:
         fail(f"preprocessing.rescale_factor: {p.rescale_factor}; must be in (0, 1]")
+    _check_bounds(m, fail)
     if m.wiring is not None:
         _check_wiring(m, fail)
         for graph in m.wiring.broadcast.graphs:
@@ -107,6 +112,33 @@ def check_meaning(m: Manifest) -> None:
                 fail(f"golden.tensors[{i}].graph: {tensor.graph!r}; valid: null or one of {sorted(m.graphs)}")
     if m.tokenizer.max_length < 3:
         fail(f"tokenizer.max_length: {m.tokenizer.max_length}; must be ≥ 3")
+    if m.golden is not None:
+        for i, tensor in enumerate(m.golden.tensors):
+            if tensor.dtype not in GOLDEN_ITEMSIZE:
+                fail(f"golden.tensors[{i}].dtype: {tensor.dtype!r}; valid: {sorted(GOLDEN_ITEMSIZE)}")
+            if any(d < 0 for d in tensor.shape):
+                fail(f"golden.tensors[{i}].shape: {tensor.shape} has a negative dimension")
+
+
+def _check_bounds(m: Manifest, fail) -> None:
+    """Values the graphs bound, checked here so that a hand-edited manifest is a one-line error naming the field
+    instead of ONNX Runtime's InvalidArgument mid-run or a MemoryError (docs/limits.md, "Manifests")."""
+    t, c = m.tokenizer, m.config
+    if t.max_length > c.max_text_length:
+        fail(f"tokenizer.max_length: {t.max_length}; the text tower has positions for at most {c.max_text_length} "
+             "tokens (config.max_text_length)")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
+        value = getattr(t, name)
+        if not 0 <= value < min(t.vocab_size, c.vocab_size):
+            fail(f"tokenizer.{name}: {value}; must be a token id in [0, {min(t.vocab_size, c.vocab_size)})")
+    p, r = m.preprocessing, m.preprocessing.resize
+    pixels = next((x for x in m.graphs["vision_tower"].inputs if x.name == "pixel_values"), None)
+    if pixels is not None and [d for d in pixels.shape[-2:] if isinstance(d, int)] not in ([], [p.image_size] * 2):
+        fail(f"preprocessing.image_size: {p.image_size}; the vision tower's pixel_values is {pixels.shape}")
+    if r.enabled and not r.size_divisor <= r.shortest_edge <= r.longest_edge <= MAX_RESIZE_FACTOR * p.image_size:
+        fail(f"preprocessing.resize: shortest_edge {r.shortest_edge}, longest_edge {r.longest_edge}, size_divisor "
+             f"{r.size_divisor}; need size_divisor ≤ shortest_edge ≤ longest_edge ≤ {MAX_RESIZE_FACTOR} × image_size "
+             f"({MAX_RESIZE_FACTOR * p.image_size})")
 
 
 def _check_wiring(m: Manifest, fail) -> None:
@@ -154,6 +186,13 @@ def check_files(manifest: Manifest, directory: Path) -> Manifest:
     if absent:
         raise ManifestError(f"export directory {str(directory)!r} is missing file(s) named in its manifest: "
                             f"{sorted(set(absent))}")
+    for i, tensor in enumerate(manifest.golden.tensors if manifest.golden is not None else []):
+        size, expected = (directory / tensor.file).stat().st_size, GOLDEN_ITEMSIZE[tensor.dtype]
+        for d in tensor.shape:
+            expected *= d
+        if size != expected:
+            raise ManifestError(f"{str(path)!r}: golden.tensors[{i}] ({tensor.name}): {tensor.file} holds {size} "
+                                f"bytes; {tensor.shape} × {tensor.dtype} is {expected}")
     if manifest.tokenizer.file not in {ref.file for ref in manifest.files}:
         raise ManifestError(f"{str(path)!r}: tokenizer.file {manifest.tokenizer.file!r} is not listed under `files` "
                             "with a sha256")

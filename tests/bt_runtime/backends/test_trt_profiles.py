@@ -49,10 +49,18 @@ def test_runtime_passes_tensorrt_ep_options_per_graph(tiny_export, monkeypatch):
     from bt_runtime import BridgeTowerRuntime
 
     captured = {}
+    real = ort.InferenceSession
 
     class Session:
         def __init__(self, path, options, providers):
             captured[path.rsplit("/", 1)[-1]] = providers
+            self.declared = real(path, providers=["CPUExecutionProvider"])  # what the graph declares, checked at load
+
+        def get_inputs(self):
+            return self.declared.get_inputs()
+
+        def get_outputs(self):
+            return self.declared.get_outputs()
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -1,0 +1,43 @@
+"""Checks on a path a command is about to write (`bt-run index -o`, `bt-run triton-repo REPO`), made before any
+work: a symbolic link (dangling or not), a name too long for the staging file beside it, or a parent that cannot be
+written is a one-line error naming the path, never a traceback after minutes of work (docs/limits.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BtRuntimeError
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path("/")
+
+
+def check_output_path(output: Path, option: str, staging_bytes: int) -> Path:
+    """`output` made absolute (by name: links in it are not resolved), or an error naming `option` and the path.
+    `staging_bytes`: how many bytes the staging name written beside it adds to `output.name`."""
+    given = str(output)
+    output = Path(os.path.abspath(output))
+    if output == output.parent:
+        raise BtRuntimeError(f"{option} {given!r}: the filesystem root cannot be written")
+    ancestor = _existing_ancestor(output.parent)
+    try:
+        limit = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError):  # not a directory: reported below
+        limit = 255
+    size = len(os.fsencode(output.name))
+    if size + staging_bytes > limit:
+        raise BtRuntimeError(f"{option} {given[:60]!r}…: the name is {size} bytes; at most {limit - staging_bytes} "
+                             f"(the filesystem's {limit}, less {staging_bytes} for the staging name beside it)")
+    if output.is_symlink():
+        raise BtRuntimeError(f"{option} {given!r} is a symbolic link (to {os.readlink(output)!r}); give the real "
+                             "path (links are neither followed nor replaced)")
+    if not ancestor.is_dir():
+        raise BtRuntimeError(f"{option} {given!r}: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BtRuntimeError(f"{option} {given!r}: {str(ancestor)!r} is not writable")
+    return output
