@@ -94,5 +94,6 @@ def test_a_hostile_client_fails_no_good_request(serve_python, tiny_export):
     assert len(hostile) == 7 and all(row["sent"] >= 1 for row in hostile.values())
     assert hostile.pop("associated-alpha TIFF (La)")["refused"] == 0
     assert all(row["refused"] == row["sent"] for row in hostile.values()), hostile
-    assert report["phases"][1]["peak_rss_mb"] < report["idle_rss_mb"] + 2048
+    # the bound docs/limits.md states for this setup (measured 2.47 GB peak in the 40 s interleaved run)
+    assert report["phases"][1]["peak_rss_mb"] < 2560
     assert report["server_shutdown_rc"] == 0
