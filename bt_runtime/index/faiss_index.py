@@ -1,6 +1,7 @@
 """A FAISS index over a finished job's shards, chosen the way autofaiss chooses (github.com/criteo/autofaiss,
 "index selection"): exact inner product below EXACT_BELOW vectors; above, an IVF index whose coarse quantizer is
-an HNSW graph, with SQ8 codes when they fit the memory budget and PQ codes when they do not; trained on a sample,
+an HNSW graph, with exact (Flat) codes when they fit the memory budget, else SQ8, else PQ codes (SQ8 alone
+reaches recall@10 ≈ 0.83 on 2·10^5 random 32-d vectors, measured: benchmarks/results/scale-tiny-2core.md); trained on a sample,
 its search breadth (nprobe) tuned on held-out vectors to reach TARGET_RECALL, and read memory-mapped at query time.
 
 Files next to the shards: faiss.index, faiss-rows.arrow (image id and source of each FAISS row, memory-mapped) and
@@ -24,7 +25,7 @@ FORMAT = "bt-faiss-index/1"
 INDEX_FILE, ROWS_FILE, MANIFEST_FILE = "faiss.index", "faiss-rows.arrow", "faiss.json"
 EXACT_BELOW = 100_000  # autofaiss: a flat index is fast enough below ~100k vectors and needs no training
 TARGET_RECALL = 0.95  # recall@10 vs exact that nprobe is tuned to reach on held-out vectors
-TRAIN_SAMPLE = 64  # training vectors per IVF list (FAISS warns below 39; autofaiss samples similarly)
+TRAIN_SAMPLE = 40  # training vectors per IVF list (FAISS warns below 39)
 HELD_OUT = 1000  # queries for the build-time recall measurement
 DEFAULT_MEMORY_GIB = 16.0  # codes budget when none is given (--index-memory-gib)
 
@@ -38,7 +39,7 @@ class IndexManifest:
     dim: int
     factory: str
     metric: str
-    nprobe: int  # 0 for an exact index
+    nprobe: int  # 0 for an exact index; the HNSW quantizer's efSearch is 2·nprobe (set_nprobe)
     recall_at_10: float  # vs exact, on `recall_queries` held-out vectors, at `nprobe`
     recall_queries: int
     build_seconds: float
@@ -49,7 +50,9 @@ def choose_factory(count: int, dim: int, memory_bytes: int) -> str:
     """The FAISS factory string for `count` vectors of `dim` floats within `memory_bytes` of codes."""
     if count < EXACT_BELOW and count * dim * 4 <= memory_bytes:
         return "Flat"
-    nlist = 2 ** round(math.log2(max(256, min(4 * math.sqrt(count), 65536))))  # autofaiss: ~4·√n lists
+    nlist = 2 ** round(math.log2(max(256, min(2 * math.sqrt(count), 65536))))  # ~2·√n lists (autofaiss: 2-16·√n)
+    if count * dim * 4 <= memory_bytes:
+        return f"IVF{nlist}_HNSW32,Flat"  # exact codes: only the choice of lists approximates
     if count * dim <= memory_bytes:
         return f"IVF{nlist}_HNSW32,SQ8"
     # the largest PQ code (bytes per vector) that fits and divides dim
@@ -74,14 +77,7 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
         raise BtRuntimeError(f"{directory}: every image of the job is an error row; nothing to index")
     count, dim = vectors.shape
     factory = factory or choose_factory(count, dim, memory_bytes)
-    rng = np.random.default_rng(seed)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        nlist = faiss.extract_index_ivf(index).nlist
-        sample = rng.choice(count, size=min(count, TRAIN_SAMPLE * nlist), replace=False)
-        index.train(vectors[np.sort(sample)])
-    index.add(vectors)
-    nprobe, recall, queries = tune(index, vectors, rng)
+    index, nprobe, recall, queries = train_and_add(vectors, factory, np.random.default_rng(seed))
     faiss.write_index(index, str(Path(directory) / INDEX_FILE))
     rows = pa.table({"id": table.column("id").take(good), "source": table.column("source").take(good)})
     with pa.OSFile(str(Path(directory) / ROWS_FILE), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
@@ -92,6 +88,20 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
     if log:
         log(f"FAISS {factory}: {count} vectors, recall@10 {recall:.3f} at nprobe {nprobe}")
     return manifest
+
+
+def train_and_add(vectors: np.ndarray, factory: str, rng) -> tuple[object, int, float, int]:
+    """A FAISS index of `factory` (inner product) trained on a sample of `vectors`, holding all of them, with its
+    nprobe tuned (`tune`): (index, nprobe, recall@10, queries)."""
+    import faiss
+
+    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        nlist = faiss.extract_index_ivf(index).nlist
+        sample = rng.choice(len(vectors), size=min(len(vectors), TRAIN_SAMPLE * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    return (index, *tune(index, vectors, rng))
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -120,11 +130,19 @@ def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RE
         return 0, recall_at(index.search(queries, truth.shape[1])[1], truth), len(queries)
     nprobe, recall = 1, 0.0
     while True:
-        ivf.nprobe = nprobe
+        set_nprobe(index, nprobe)
         recall = recall_at(index.search(queries, truth.shape[1])[1], truth)
         if recall >= target or nprobe >= ivf.nlist:
             return nprobe, recall, len(queries)
         nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    """nprobe lists, found by the HNSW coarse quantizer with efSearch 2·nprobe (autofaiss's rule: with its
+    default efSearch of 16 the graph returns too few lists, and recall stalls at ~0.84 however large nprobe is)."""
+    import faiss
+
+    faiss.ParameterSpace().set_index_parameters(index, f"nprobe={nprobe},quantizer_efSearch={max(16, 2 * nprobe)}")
 
 
 @dataclass
@@ -168,7 +186,7 @@ def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIn
     flags = faiss.IO_FLAG_MMAP_IFC if manifest.factory == "Flat" else faiss.IO_FLAG_MMAP
     index = faiss.read_index(str(directory / INDEX_FILE), flags | faiss.IO_FLAG_READ_ONLY)
     if manifest.nprobe:
-        faiss.extract_index_ivf(index).nprobe = manifest.nprobe
+        set_nprobe(index, manifest.nprobe)
     rows = pa.ipc.open_file(pa.memory_map(str(directory / ROWS_FILE))).read_all()
     if index.ntotal != manifest.count or rows.num_rows != manifest.count:
         raise BtRuntimeError(f"--index {directory}: {index.ntotal} vectors and {rows.num_rows} rows for a count of "

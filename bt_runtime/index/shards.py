@@ -1,6 +1,6 @@
 """The index job's output directory: `job.json` (what was asked: inputs, export, precision, shard size) and one
 Parquet file per shard — shard k is the fixed slice [k·S, (k+1)·S) of the sorted input list, with columns
-id (string), source (string), embedding (fixed-size list of float32, null for an error row) and error (string, null
+id (string), source (string), embedding (fixed-size list of float32, zeros for an error row: Parquet readers refuse null fixed-size lists) and error (string, null
 for a good row). A shard file is written whole or not at all (staged, then renamed), so after any crash the files
 present are complete and a rerun with the same arguments embeds only the missing shards."""
 
@@ -95,13 +95,13 @@ def read_job(directory: Path) -> Job:
 
 def write_shard(directory: Path, shard: int, ids: list[str], sources: list[str], embeddings: np.ndarray,
                 errors: list[str], embedding_size: int) -> Path:
-    """One shard, atomically. embeddings (n, E) float32; rows whose error is non-empty get a null embedding."""
+    """One shard, atomically. embeddings (n, E) float32; rows whose error is non-empty get a zero embedding."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    good = np.array([not e for e in errors])
-    flat = pa.array(np.ascontiguousarray(embeddings, np.float32).reshape(-1), pa.float32())
-    column = pa.FixedSizeListArray.from_arrays(flat, embedding_size, mask=pa.array(~good))
+    vectors = np.array(embeddings, np.float32).reshape(len(ids), embedding_size)  # (n, E), a copy
+    vectors[[k for k, e in enumerate(errors) if e]] = 0.0
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedding_size)
     table = pa.table({"id": pa.array(ids, pa.string()), "source": pa.array(sources, pa.string()),
                       "embedding": column, "error": pa.array([e or None for e in errors], pa.string())},
                      schema=schema(embedding_size))
