@@ -1,8 +1,7 @@
-"""A FAISS index over a finished job's shards, chosen the way autofaiss chooses (github.com/criteo/autofaiss,
-"index selection"): exact inner product below EXACT_BELOW vectors; above, an IVF index whose coarse quantizer is
-an HNSW graph, with exact (Flat) codes when they fit the memory budget, else SQ8, else PQ codes (SQ8 alone
-reaches recall@10 ≈ 0.83 on 2·10^5 random 32-d vectors, measured: benchmarks/results/scale-tiny-2core.md); trained on a sample,
-its search breadth (nprobe) tuned on held-out vectors to reach TARGET_RECALL, and read memory-mapped at query time.
+"""A FAISS index over a finished job's shards, chosen the way autofaiss chooses (github.com/criteo/autofaiss, "index
+selection"): exact inner product below EXACT_BELOW vectors; above, an IVF index whose coarse quantizer is an HNSW
+graph, with exact (Flat) codes when they fit the memory budget, else SQ8, else PQ codes; trained on a sample, its
+search breadth (nprobe) tuned on held-out vectors to reach TARGET_RECALL, and read memory-mapped at query time.
 
 Files next to the shards: faiss.index, faiss-rows.arrow (image id and source of each FAISS row, memory-mapped) and
 faiss.json (this index's manifest: the export's tower sha256s and precision, count, factory, metric, nprobe and the
@@ -135,6 +134,12 @@ def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RE
         if recall >= target or nprobe >= ivf.nlist:
             return nprobe, recall, len(queries)
         nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def extract_nlist(index) -> int:
+    import faiss
+
+    return faiss.extract_index_ivf(index).nlist
 
 
 def set_nprobe(index, nprobe: int) -> None:

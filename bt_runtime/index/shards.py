@@ -1,8 +1,9 @@
-"""The index job's output directory: `job.json` (what was asked: inputs, export, precision, shard size) and one
-Parquet file per shard — shard k is the fixed slice [k·S, (k+1)·S) of the sorted input list, with columns
-id (string), source (string), embedding (fixed-size list of float32, zeros for an error row: Parquet readers refuse null fixed-size lists) and error (string, null
-for a good row). A shard file is written whole or not at all (staged, then renamed), so after any crash the files
-present are complete and a rerun with the same arguments embeds only the missing shards."""
+"""The index job's output directory: `job.json` (what was asked: inputs, export, precision, shard size) and one Parquet
+file per shard — shard k is the fixed slice [k·S, (k+1)·S) of the sorted input list, with columns id (string), source
+(string), embedding (fixed-size list of float32; zeros for an error row: pyarrow 25 cannot read back null fixed-size
+lists from Parquet) and error (string, null for a good row). A shard file is written whole or not at all (staged,
+then renamed), so after any crash the files present are complete and a rerun with the same arguments embeds only the
+missing shards."""
 
 from __future__ import annotations
 
