@@ -1,8 +1,8 @@
 """Two-stage retrieval over an index directory: FAISS shortlist of the query's text embedding → ITM rerank of the
 shortlisted images, each read from its source and sent through the vision tower again. Image bridges are not kept
-in the index: per image they are C·N·D values (tens of MB at large size, where the vision tower costs ~0.9 s per
-image on 2 cores), so storing them costs more disk than re-running the tower costs time — measured in
-benchmarks/results/scale-tiny-2core.md."""
+in the index: at large size one is 2.7 M values (5.4 MB in fp16), 1,000× the image's embedding, so at 10^5+ images
+storage, not the ~0.9 s of vision tower per shortlisted image, is the binding cost (docs/scale.md, "Retrieval and
+the rerank")."""
 
 from __future__ import annotations
 
