@@ -25,7 +25,7 @@ INDEX_FILE, ROWS_FILE, MANIFEST_FILE = "faiss.index", "faiss-rows.arrow", "faiss
 EXACT_BELOW = 100_000  # autofaiss: a flat index is fast enough below ~100k vectors and needs no training
 TARGET_RECALL = 0.95  # recall@10 vs exact that nprobe is tuned to reach on held-out vectors
 TRAIN_SAMPLE = 40  # training vectors per IVF list (FAISS warns below 39)
-HELD_OUT = 1000  # queries for the build-time recall measurement
+HELD_OUT = 500  # queries for the build-time recall measurement
 DEFAULT_MEMORY_GIB = 16.0  # codes budget when none is given (--index-memory-gib)
 
 
@@ -76,7 +76,16 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
         raise BtRuntimeError(f"{directory}: every image of the job is an error row; nothing to index")
     count, dim = vectors.shape
     factory = factory or choose_factory(count, dim, memory_bytes)
-    index, nprobe, recall, queries = train_and_add(vectors, factory, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    index, nprobe, recall, queries = train_and_add(vectors, factory, rng)
+    if nprobe and 2 * nprobe > extract_nlist(index) and count * dim * 4 <= memory_bytes:
+        # the target recall needs more than half the lists (embeddings without cluster structure): an exact scan
+        # is then both faster and exact (benchmarks/results/scale-2core.md, random vectors)
+        if log:
+            log(f"FAISS {factory}: recall@10 {TARGET_RECALL} needs nprobe {nprobe} of {extract_nlist(index)}; "
+                "using an exact index instead")
+        factory = "Flat"
+        index, nprobe, recall, queries = train_and_add(vectors, factory, rng)
     faiss.write_index(index, str(Path(directory) / INDEX_FILE))
     rows = pa.table({"id": table.column("id").take(good), "source": table.column("source").take(good)})
     with pa.OSFile(str(Path(directory) / ROWS_FILE), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
