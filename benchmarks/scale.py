@@ -20,7 +20,7 @@ SCALE_SCENARIOS = ("index", "search")
 def _gallery(folder: Path, count: int, seed: int = 11) -> list[str]:
     from bt_export.shapes.data import make_samples
 
-    samples = make_samples(seed, count, image_size=64, split="test")
+    samples = make_samples(seed, count, image_size=64, split="heldout")
     for sample in samples:
         sample.image.save(folder / f"shape{sample.index:05d}.png")
     return [s.caption for s in samples]

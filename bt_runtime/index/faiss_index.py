@@ -156,7 +156,11 @@ def set_nprobe(index, nprobe: int) -> None:
     default efSearch of 16 the graph returns too few lists, and recall stalls at ~0.84 however large nprobe is)."""
     import faiss
 
-    faiss.ParameterSpace().set_index_parameters(index, f"nprobe={nprobe},quantizer_efSearch={max(16, 2 * nprobe)}")
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(16, 2 * nprobe)
 
 
 @dataclass
