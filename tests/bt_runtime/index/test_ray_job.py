@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bt_runtime.index import shards
+from bt_runtime.index import ray_job, shards
 from bt_runtime.index.inputs import from_arguments
 from bt_runtime.index.job import index_images
 from bt_runtime.index.ray_job import Embedder, RayOptions
@@ -65,17 +65,18 @@ def dies_once(marker: Path) -> type:
 def test_a_killed_actor_is_restarted_and_every_image_is_written_once(local_ray, runtime, tiny_export, gallery,
                                                                      local_job, tmp_path):
     marker = tmp_path / "died"
-    output = tmp_path / "index"
-    import bt_runtime.index.ray_job as ray_job
-
-    job_inputs = from_arguments([str(gallery)], None, None)
-    job = shards.Job(shards.JOB_FORMAT, "--images x", job_inputs.fingerprint(), len(job_inputs.ids), 64, "fp32",
+    listed = sorted(str(p) for p in gallery.iterdir())[:96]  # a subset: the property needs no more
+    (tmp_path / "list.txt").write_text("\n".join(listed))
+    job_inputs = from_arguments(None, str(tmp_path / "list.txt"), None)
+    job = shards.Job(shards.JOB_FORMAT, "--list", job_inputs.fingerprint(), len(job_inputs.ids), 32, "fp32",
                      shards.towers_sha256(runtime, "fp32"), runtime.manifest.config.contrastive_hidden_size)
+    output = tmp_path / "index"
     pending = shards.open_job(output, job)
-    local_ray.get_runtime_context()  # the module's Ray, not a new one
     ray_job.run(tiny_export, runtime, job_inputs, job, output, pending, 16, "cpu",
                 RayOptions(workers=1, cpus_per_worker=1.0, preprocess_cpus=0.5), embedder=dies_once(marker))
     assert marker.exists()  # an actor did die
     table = shards.read_shards(output, job)
-    assert sorted(table.column("id").to_pylist()) == job_inputs.ids  # each exactly once
-    _check_equal(table, local_job)
+    assert table.column("id").to_pylist() == job_inputs.ids == listed  # each exactly once, in order
+    position = {image_id: k for k, image_id in enumerate(local_job.column("id").to_pylist())}
+    expected = local_job.take([position[i] for i in listed])
+    _check_equal(table, expected)
