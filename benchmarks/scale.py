@@ -98,8 +98,9 @@ def _unit(rng, count: int, dim: int) -> np.ndarray:
 
 
 def _clustered(rng, count: int, dim: int, centres: np.ndarray, spread: float = 0.02) -> np.ndarray:
-    """Unit vectors around `centres` (per-dimension noise `spread`: cosine to the centre ≈ 0.9 at dim 512; at 0.05, ≈ 0.66, IVF needed every list), a
-    stand-in for real embeddings, which cluster; random unit vectors have no structure an ANN index can use."""
+    """Unit vectors around `centres` (per-dimension noise `spread`: cosine to the centre ≈ 0.9 at dim 512; at 0.05,
+    ≈ 0.66, and IVF needed every list), a stand-in for real embeddings, which cluster; random unit vectors have no
+    structure an ANN index can use."""
     out = np.empty((count, dim), np.float32)
     for start in range(0, count, 100_000):
         n = min(100_000, count - start)
