@@ -37,3 +37,27 @@ def test_recall_at_10_on_random_vectors_with_the_chosen_factory():
     queries = _unit(rng, 300, dim)  # fresh random queries, not database vectors
     truth = faiss_index.exact_top(vectors, queries, 10)
     assert faiss_index.recall_at(index.search(queries, 10)[1], truth) >= 0.95
+
+
+def test_build_falls_back_to_exact_when_ivf_needs_most_lists(tmp_path, monkeypatch):
+    """Random vectors have no clusters: an IVF reaching recall 0.95 scans over half its lists, so build() keeps an
+    exact index; the index directory then opens memory-mapped and answers like an exact search."""
+    pytest.importorskip("pyarrow")
+    from bt_runtime.index import shards
+
+    monkeypatch.setattr(faiss_index, "EXACT_BELOW", 1000)
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 6000, 64)
+    job = shards.Job(shards.JOB_FORMAT, "--list x", "0" * 64, len(vectors), 2000, "fp32", {"vision_tower": "v"}, 64)
+    shards.open_job(tmp_path, job)
+    for k in range(3):
+        rows = range(2000 * k, 2000 * (k + 1))
+        shards.write_shard(tmp_path, k, [f"img{r:05d}" for r in rows], [f"/g/{r}.png" for r in rows],
+                           vectors[2000 * k:2000 * (k + 1)], [""] * 2000, 64)
+    assert faiss_index.choose_factory(len(vectors), 64, 2**30).startswith("IVF")
+    built = faiss_index.build(tmp_path, 2**30)
+    assert built.factory == "Flat" and built.recall_at_10 == 1.0
+    opened = faiss_index.open_index(tmp_path, {"vision_tower": "v"}, "fp32")
+    scores, rows = opened.search(vectors[:3], 10)
+    np.testing.assert_array_equal(rows[:, 0], [0, 1, 2])
+    assert opened.ids(rows[:, 0]) == ["img00000", "img00001", "img00002"]
