@@ -47,13 +47,13 @@ def test_build_falls_back_to_exact_when_ivf_needs_most_lists(tmp_path, monkeypat
 
     monkeypatch.setattr(faiss_index, "EXACT_BELOW", 1000)
     rng = np.random.default_rng(5)
-    vectors = _unit(rng, 6000, 64)
-    job = shards.Job(shards.JOB_FORMAT, "--list x", "0" * 64, len(vectors), 2000, "fp32", {"vision_tower": "v"}, 64)
+    vectors = _unit(rng, 12_000, 64)
+    job = shards.Job(shards.JOB_FORMAT, "--list x", "0" * 64, len(vectors), 4000, "fp32", {"vision_tower": "v"}, 64)
     shards.open_job(tmp_path, job)
     for k in range(3):
-        rows = range(2000 * k, 2000 * (k + 1))
+        rows = range(4000 * k, 4000 * (k + 1))
         shards.write_shard(tmp_path, k, [f"img{r:05d}" for r in rows], [f"/g/{r}.png" for r in rows],
-                           vectors[2000 * k:2000 * (k + 1)], [""] * 2000, 64)
+                           vectors[4000 * k:4000 * (k + 1)], [""] * 4000, 64)
     assert faiss_index.choose_factory(len(vectors), 64, 2**30).startswith("IVF")
     built = faiss_index.build(tmp_path, 2**30)
     assert built.factory == "Flat" and built.recall_at_10 == 1.0
