@@ -239,7 +239,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     if "search" in report:
         r = report["search"]
-        lines += [f"## FAISS on random unit vectors, dim {r['dim']}: {r['queries']} single queries from the "
+        lines += [f"## FAISS on unit vectors, dim {r['dim']}: {r['queries']} single queries from the "
                   f"memory-mapped index, {r['faiss_threads']} FAISS threads", "",
                   "| data | vectors | factory | kept by `bt-run index` | nprobe / lists | build s | file MB | p50 ms "
                   "| p99 ms | recall@10 |", "|---|---|---|---|---|---|---|---|---|---|"]
