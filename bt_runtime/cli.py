@@ -188,6 +188,9 @@ def index_gallery(export_dir: Path = ExportDir,
             os.environ[DEVICE_ENV] = device
         inputs = from_arguments(images, list_file, parquet)
         chosen = os.environ.get(DEVICE_ENV, "cpu")
+        if ray is None and (workers != 1 or cpus_per_worker != 1.0):
+            raise BtRuntimeError("--workers / --cpus-per-worker size the Ray actor pool; add --ray auto (or a "
+                                 "cluster address), or drop them for the in-process job")
         if workers < 1 or cpus_per_worker <= 0:
             raise BtRuntimeError(f"--workers {workers} / --cpus-per-worker {cpus_per_worker}: expected ≥ 1 and > 0")
         options = None if ray is None else RayOptions(
