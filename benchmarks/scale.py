@@ -264,7 +264,10 @@ def run_scale(export_dir: Path, chosen: list[str], images: int, sizes: list[int]
     """`bt-bench EXPORT --scenario index|search`: the report dict (see `markdown`)."""
     from bt_runtime.manifest import read_manifest
 
-    report = {"scenarios": chosen, "machine": machine()}
+    load = os.getloadavg()[0]  # other work on the machine: a load above the core count means contended numbers
+    report = {"scenarios": chosen, "machine": machine(),
+              "note": f"load average {load:.1f} on {os.cpu_count()} cores at the start"
+                      f"{' (contended: other work shared the machine)' if load > (os.cpu_count() or 1) else ''}"}
     if "index" in chosen:
         report["index"] = index_benchmark(export_dir, images, log=log)
     if "search" in chosen:
