@@ -69,6 +69,7 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
     import pyarrow as pa
 
     started = time.perf_counter()
+    (Path(directory) / MANIFEST_FILE).unlink(missing_ok=True)  # it marks a complete index: gone until this one is
     job = shards.read_job(directory)
     table = shards.read_shards(directory, job)
     good, vectors = shards.embeddings_of(table)
@@ -92,7 +93,7 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
         writer.write_table(rows)
     manifest = IndexManifest(FORMAT, job.towers_sha256, job.precision, count, dim, factory, "inner_product",
                              nprobe, recall, queries, round(time.perf_counter() - started, 3), memory_bytes)
-    (Path(directory) / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+    shards.write_atomic(Path(directory) / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2).encode())  # last
     if log:
         log(f"FAISS {factory}: {count} vectors, recall@10 {recall:.3f} at nprobe {nprobe}")
     return manifest
@@ -181,6 +182,16 @@ class SearchIndex:
 
     def sources(self, rows) -> list[str]:
         return self.rows.column("source").take(np.asarray(rows)).to_pylist()
+
+
+def read_manifest(directory: Path) -> IndexManifest | None:
+    """The index manifest in `directory`, or None when there is no readable one (then the index is rebuilt)."""
+    try:
+        manifest = IndexManifest(**json.loads((Path(directory) / MANIFEST_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    complete = all((Path(directory) / name).is_file() for name in (INDEX_FILE, ROWS_FILE))
+    return manifest if manifest.format == FORMAT and complete else None
 
 
 def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIndex:

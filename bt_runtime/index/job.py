@@ -37,7 +37,11 @@ def index_images(runtime, export_dir: Path, inputs: Inputs, output: Path, *, bat
         from . import ray_job
 
         embedded = ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, device, ray, log)
-    built = faiss_index.build(output, memory_bytes, log=log)
+    previous = faiss_index.read_manifest(output) if not embedded else None
+    if previous is not None and previous.memory_budget_bytes == memory_bytes:
+        built = previous  # a rerun of a finished job: the index over the same shards is already there
+    else:
+        built = faiss_index.build(output, memory_bytes, log=log)
     table = shards.read_shards(output, job)
     errors = [e for e in table.column("error").to_pylist() if e]
     return {"output": str(output), "images": job.count, "embedded_now": embedded, "shards": job.shards,

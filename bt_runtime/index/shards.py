@@ -77,7 +77,7 @@ def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
         raise BtRuntimeError(f"--output {directory} exists and is not an index job directory; choose an empty or "
                              "new directory")
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(asdict(job), indent=2).encode())
+    write_atomic(path, json.dumps(asdict(job), indent=2).encode())
     return [k for k in range(job.shards) if not shard_path(directory, k).is_file()]
 
 
@@ -150,7 +150,7 @@ def _fsync(path: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     staged = _staging(path)
     try:
         with open(staged, "wb") as handle:

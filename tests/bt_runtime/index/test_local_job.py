@@ -41,6 +41,10 @@ def test_a_rerun_embeds_only_the_missing_shards(runtime, tiny_export, gallery, b
     assert sum(embedded) == summary["embedded_now"] == 64  # shard 2 only
     assert {k: shards.shard_path(output, k).stat().st_mtime_ns for k in (0, 1, 3)} == untouched
     assert shards.read_shards(output).equals(shards.read_shards(built[0]))
+    index_file = output / faiss_index.INDEX_FILE
+    before = index_file.stat().st_mtime_ns
+    again = index_images(runtime, tiny_export, from_arguments([str(gallery)], None, None), output, shard_size=64)
+    assert again["embedded_now"] == 0 and index_file.stat().st_mtime_ns == before  # finished: nothing redone
 
 
 def test_another_job_in_the_directory_is_refused(runtime, tiny_export, gallery, built, tmp_path):
