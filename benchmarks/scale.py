@@ -157,7 +157,7 @@ def _measure(faiss, faiss_index, kind, vectors, probes, truth, factory, chosen, 
         faiss.write_index(index, path)
         del index
         size_mb = Path(path).stat().st_size / 2**20
-        flags = faiss.IO_FLAG_MMAP_IFC if factory == "Flat" else faiss.IO_FLAG_MMAP
+        flags = faiss_index.mmap_flags(faiss, factory)
         mapped = faiss.read_index(path, flags | faiss.IO_FLAG_READ_ONLY)
         if nprobe:
             faiss_index.set_nprobe(mapped, nprobe)

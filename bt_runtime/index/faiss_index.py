@@ -184,6 +184,14 @@ class SearchIndex:
         return self.rows.column("source").take(np.asarray(rows)).to_pylist()
 
 
+def mmap_flags(faiss, factory: str) -> int:
+    """read_index flags that map the codes instead of reading them: IO_FLAG_MMAP_IFC maps a flat index's codes
+    (a faiss without the flag reads them into memory), IO_FLAG_MMAP an IVF index's inverted lists."""
+    if factory == "Flat":
+        return getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    return faiss.IO_FLAG_MMAP
+
+
 def read_manifest(directory: Path) -> IndexManifest | None:
     """The index manifest in `directory`, or None when there is no readable one (then the index is rebuilt)."""
     try:
@@ -212,7 +220,7 @@ def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIn
         theirs = manifest.towers_sha256.get("vision_tower", "?")[:12]
         raise BtRuntimeError(f"--index {directory} was built from another export or precision ({manifest.precision}, "
                              f"vision tower {theirs}…) than this {precision} one; rebuild it with `bt-run index`")
-    flags = faiss.IO_FLAG_MMAP_IFC if manifest.factory == "Flat" else faiss.IO_FLAG_MMAP
+    flags = mmap_flags(faiss, manifest.factory)
     index = faiss.read_index(str(directory / INDEX_FILE), flags | faiss.IO_FLAG_READ_ONLY)
     if manifest.nprobe:
         set_nprobe(index, manifest.nprobe)
