@@ -13,6 +13,7 @@ from .accuracy_run import Options
 from .scenarios import SCENARIOS, Settings
 
 ACCURACY = "accuracy"  # not among the defaults: it generates data and scores every pair of a gallery (minutes)
+SCALE = ("index", "search")  # not among the defaults either: Ray jobs and 10^6-vector FAISS indexes (benchmarks.scale)
 
 app = typer.Typer(add_completion=False, help="Latency/throughput of an export against eager PyTorch, same run.")
 console = Console(stderr=True, width=130)
@@ -23,7 +24,12 @@ SCENARIO_NAMES = ", ".join(SCENARIOS)  # for --help, computed once
 def bench(
     export_dir: Path = typer.Argument(..., help="Export directory written by bt-export."),
     scenario: list[str] = typer.Option(None, "--scenario", help=f"Repeatable; default all: {SCENARIO_NAMES}. "
-                                       "`accuracy` (on its own): task accuracy on generated shapes scenes."),
+                                       "`accuracy` (on its own): task accuracy on generated shapes scenes. "
+                                       "`index` / `search` (without the others): benchmarks.scale."),
+    vectors: str = typer.Option("100000,1000000", "--vectors", help="`search`: FAISS index sizes."),
+    dim: int = typer.Option(None, "--dim", help="`search`: vector size (default: the export's embedding size)."),
+    factory: list[str] = typer.Option(None, "--factory", help="`search`: FAISS factories measured besides the "
+                                      "chosen one (repeatable)."),
     backend: list[str] = typer.Option(None, "--backend", help="Repeatable: torch, torch:bf16, "
                                       "onnxruntime:<precision>[:<provider>], tensorrt:<precision>. Default: torch "
                                       "(+ torch:bf16 on BF16 CPUs) + every variant of the export."),
@@ -65,6 +71,9 @@ def bench(
             console.print("[red]error:[/red] --plot needs matplotlib: pip install -e '.[bench]' (or drop --plot)")
             raise typer.Exit(2)
     chosen = list(scenario) if scenario else list(SCENARIOS)
+    if set(chosen) & set(SCALE):
+        return _scale(export_dir, chosen, gallery or 256, vectors, dim, list(factory or []), json_path,
+                      markdown_path)
     if ACCURACY in chosen:
         if len(chosen) > 1:
             _refuse(f"--scenario accuracy runs on its own (its report is a different table), got {chosen}")
@@ -124,6 +133,28 @@ def bench(
 def _refuse(message: str):
     console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
+
+
+def _scale(export_dir: Path, chosen: list[str], images: int, vectors: str, dim: int | None, factories: list[str],
+           json_path: Path | None, markdown_path: Path | None) -> None:
+    import json
+
+    from .scale import markdown, run_scale
+
+    if not set(chosen) <= set(SCALE):
+        _refuse(f"--scenario index/search run without the other scenarios, got {chosen}")
+    try:
+        sizes = [int(v) for v in vectors.split(",")]
+    except ValueError:
+        _refuse(f"--vectors {vectors!r}: expected comma-separated counts, e.g. 100000,1000000")
+    report = run_scale(export_dir, chosen, images, sizes, dim, factories,
+                       log=lambda message: console.print(f"[dim]{escape(message)}[/dim]"))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    if markdown_path:
+        markdown_path.write_text(text)
+    print(text)
 
 
 def _accuracy(export_dir: Path, backend: list[str] | None, options: Options, json_path: Path | None,

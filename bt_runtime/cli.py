@@ -128,7 +128,8 @@ def embed(export_dir: Path = ExportDir, image: list[Path] = typer.Option(None, "
 @app.command()
 def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--query"),
              images: list[Path] = typer.Option(None, "--images", help="Image files or directories."),
-             index: Path = typer.Option(None, "--index", help="Gallery index from `bt-run index` (replaces --images)."),
+             index: Path = typer.Option(None, "--index", help="Index from `bt-run index`: a directory (FAISS) "
+                                        "or a .npz file (replaces --images)."),
              top_k: int = typer.Option(10, "--top-k"), rerank: int = typer.Option(50, "--rerank"),
              precision: str = Precision):
     """Rank --images (or the gallery of --index) for the text --query: ITC shortlist, ITM rerank; ITM only without
@@ -139,6 +140,10 @@ def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--que
         if bool(images) == bool(index):
             raise BtRuntimeError("retrieve: give either --images or --index (a gallery indexed by `bt-run index`)")
         runtime = _load(export_dir, precision)
+        if index and index.is_dir():
+            hits = runtime.retrieve(query, top_k=top_k, rerank=rerank, index=index)
+            _emit([{"image": h.image_id, "score": h.score, "itc": h.itc_score, "itm": h.itm_score} for h in hits])
+            return
         if index:
             embeddings, gallery = gallery_index.read(index, runtime)
             hits = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank, index=embeddings)
@@ -152,20 +157,67 @@ def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--que
 
 @app.command("index")
 def index_gallery(export_dir: Path = ExportDir,
-                  images: list[Path] = typer.Option(..., "--images", help="Image files or directories."),
-                  output: Path = typer.Option(..., "--output", "-o", help="Index file to write (.npz)."),
-                  overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index file."),
+                  images: list[str] = typer.Option(None, "--images", help="Image directories, files or globs."),
+                  list_file: str = typer.Option(None, "--list", help="A file with one image path per line."),
+                  parquet: str = typer.Option(None, "--parquet", help="PATH:COLUMN of a Parquet file (image paths "
+                                              "or encoded images)."),
+                  output: Path = typer.Option(..., "--output", "-o", help="Index directory (or a single-file .npz "
+                                              "index of --images, in-process)."),
+                  ray: str = typer.Option(None, "--ray", help="Run on Ray Data: auto (RAY_ADDRESS, else a local "
+                                          "Ray) or a cluster address (ray://HEAD:10001)."),
+                  workers: int = typer.Option(1, "--workers", help="Embedding actors (with --ray)."),
+                  cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="Ray CPUs (and ONNX Runtime "
+                                                        "threads) per actor."),
+                  batch_size: int = typer.Option(16, "--batch-size", help="Images per vision-tower run."),
+                  shard_size: int = typer.Option(1024, "--shard-size", help="Images per Parquet shard."),
+                  device: str = typer.Option(None, "--device", help="cpu or cuda (default: BT_DEVICE, else cpu)."),
+                  memory_gib: float = typer.Option(16.0, "--index-memory-gib", help="Memory budget of the FAISS "
+                                                   "index's codes."),
+                  overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
                   precision: str = Precision):
-    """Embed every image of --images once (contrastive checkpoints) into an index for `retrieve --index`."""
+    """Embed every image once (contrastive checkpoints) into an index for `retrieve --index`: Parquet shards
+    (resumed by a rerun of the same command) and a FAISS index over them (docs/scale.md)."""
     def task():
-        from . import gallery_index
+        import os
 
-        gallery_index.check_output(output, overwrite)
-        gallery = _gallery(images)
+        if output.suffix == ".npz":
+            return _index_npz(export_dir, images, output, overwrite, precision,
+                              list_file or parquet or ray or device)
+        from .index.inputs import from_arguments
+        from .index.job import index_images
+        from .index.ray_job import RayOptions
+
+        if device:
+            os.environ[DEVICE_ENV] = device
+        inputs = from_arguments(images, list_file, parquet)
+        chosen = os.environ.get(DEVICE_ENV, "cpu")
+        if ray is None and (workers != 1 or cpus_per_worker != 1.0):
+            raise BtRuntimeError("--workers / --cpus-per-worker size the Ray actor pool; add --ray auto (or a "
+                                 "cluster address), or drop them for the in-process job")
+        if workers < 1 or cpus_per_worker <= 0:
+            raise BtRuntimeError(f"--workers {workers} / --cpus-per-worker {cpus_per_worker}: expected ≥ 1 and > 0")
+        options = None if ray is None else RayOptions(
+            ray, workers, cpus_per_worker, 1.0 if chosen.startswith("cuda") else 0.0)
         runtime = _load(export_dir, precision)
-        gallery_index.write(output, runtime, gallery, runtime.embed_images(gallery, progress=True), overwrite)
-        console.print(f"indexed {len(gallery)} images into {output}")
+        _emit(index_images(runtime, export_dir, inputs, output, batch_size=batch_size, shard_size=shard_size,
+                           device=chosen, ray=options, memory_bytes=int(memory_gib * 2**30), overwrite=overwrite,
+                           log=lambda m: console.print(f"[dim]{escape(m)}[/dim]")))
     _guard(task)
+
+
+def _index_npz(export_dir: Path, images: list[str] | None, output: Path, overwrite: bool, precision: str,
+               other) -> None:
+    """The single-file .npz index (in-process, --images only), kept for galleries that fit one process."""
+    from . import gallery_index
+
+    if other or not images:
+        raise BtRuntimeError(f"--output {output}: a .npz index takes --images only, in-process; for --list, "
+                             "--parquet, --ray or --device give a directory as --output")
+    gallery_index.check_output(output, overwrite)
+    gallery = _gallery([Path(p) for p in images])
+    runtime = _load(export_dir, precision)
+    gallery_index.write(output, runtime, gallery, runtime.embed_images(gallery, progress=True), overwrite)
+    console.print(f"indexed {len(gallery)} images into {output}")
 
 
 @app.command()

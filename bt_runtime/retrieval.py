@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +19,7 @@ class RetrievalHit:
     index: int = field(compare=False)  # position in the `images` list
     itc_score: float | None = field(default=None, compare=False)
     itm_score: float | None = field(default=None, compare=False)
+    image_id: str | None = field(default=None, compare=False)  # with an index directory: the image's id (its path)
 
 
 def _best(hits: list[RetrievalHit], top_k: int) -> list[RetrievalHit]:
@@ -28,8 +30,8 @@ def _best(hits: list[RetrievalHit], top_k: int) -> list[RetrievalHit]:
 class Retrieval:
     """retrieve() of BridgeTowerRuntime (it uses the features' and tasks' methods)."""
 
-    def retrieve(self, query: str, images: list, top_k: int = 10, rerank: int = 50, batch_size: int = 16,
-                 progress: bool = False, index: np.ndarray | None = None) -> list[RetrievalHit]:
+    def retrieve(self, query: str, images: list | None = None, top_k: int = 10, rerank: int = 50,
+                 batch_size: int = 16, progress: bool = False, index=None) -> list[RetrievalHit]:
         """Best images for a text query, best first.
 
         With ITC heads: cosine similarity shortlists max(rerank, top_k) images, ITM reranks them (rerank=0: ITC
@@ -40,7 +42,17 @@ class Retrieval:
         comes from it and only the shortlisted images go through the vision tower (ITM needs their bridges), so a
         query costs one text, one matrix-vector product and `rerank` pairs whatever the gallery's size.
         Equal scores rank the higher image index first, with or without an index.
+        index may instead be a directory written by `bt-run index` (no `images`): its FAISS index shortlists,
+        the shortlisted images are read from their sources for the ITM rerank, and hits carry `image_id`
+        (`index` is then the FAISS row) — docs/scale.md.
         """
+        if isinstance(index, (str, Path)):
+            if images is not None:
+                raise BtRuntimeError("retrieve: give images or an index directory, not both (the index names its "
+                                     "images)")
+            from .index.search import retrieve_from_index
+
+            return retrieve_from_index(self, query, index, top_k, rerank, batch_size)
         if "itc" not in self.heads or rerank:
             self._require("itm", "retrieve")
         if index is not None:

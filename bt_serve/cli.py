@@ -49,6 +49,8 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
          image_formats: str = typer.Option(",".join(DEFAULT_FORMATS), "--image-formats",
                                            help="Comma-separated Pillow formats an image may be decoded as; "
                                                 "others are refused before their decoder runs."),
+         index: Path = typer.Option(None, "--index", help="An index directory from `bt-run index`: adds the "
+                                                         "`retrieve` model (docs/scale.md)."),
          log_file: Path = typer.Option(None, "--log-file", help="Triton's log (default: stdout; --smoke: a "
                                                                  "temporary file)."),
          smoke: bool = typer.Option(False, "--smoke", help="Start, round-trip every model over HTTP and gRPC "
@@ -92,7 +94,8 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                            max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
                            threads=threads, precision=precision, device=device,
                            log_file=str(log_file) if log_file else None, max_text_chars=max_text_chars,
-                           max_image_bytes=max_image_bytes, max_pixels=max_pixels, image_formats=formats)
+                           max_image_bytes=max_image_bytes, max_pixels=max_pixels, image_formats=formats,
+                           index=str(index) if index else None)
     if smoke and log_file is None:  # keep stdout for the JSON report
         import tempfile
 

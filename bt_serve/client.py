@@ -58,6 +58,13 @@ def fill_mask(module, client, image: bytes, text: str) -> dict:
             "token_ids": result.as_numpy("token_ids"), "probabilities": result.as_numpy("probabilities")}
 
 
+def retrieve(module, client, text: str, top_k: int = 10, rerank: int = 50) -> tuple[list[str], np.ndarray]:
+    """One query to `retrieve` (bt-serve --index) → (image ids, scores), best first."""
+    result = client.infer("retrieve", [bytes_input(module, "text", [text.encode("utf-8")], batch_first=False)],
+                          parameters={"top_k": top_k, "rerank": rerank})
+    return [i.decode("utf-8") for i in result.as_numpy("image_ids").reshape(-1)], result.as_numpy("scores")
+
+
 def wait_ready(host: str, http_port: int, models: list[str], timeout_s: float = 120.0, process=None) -> None:
     """Poll the HTTP health endpoints until the server and `models` are ready; raise on timeout or if `process`
     (the server's Popen) exits first."""

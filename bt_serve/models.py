@@ -252,3 +252,51 @@ class TaskModels:
                 "token_ids": np.array([m.token_ids for m in result.masks], dtype=np.int64),
                 "probabilities": np.array([m.probabilities for m in result.masks], dtype=np.float32)})
         return responses
+
+
+# ---- retrieve (an index directory from `bt-run index`: docs/scale.md) ----
+
+RETRIEVE_DEFAULTS = {"top_k": 10, "rerank": 50}  # those of BridgeTowerRuntime.retrieve
+RETRIEVE_MAX = 1000  # top_k / rerank above this are refused: each reranked image is a vision-tower run
+
+
+def _count_parameter(parameters, name: str) -> int:
+    value = (parameters or {}).get(name, RETRIEVE_DEFAULTS[name])
+    if isinstance(value, str) and value.strip().isdigit():  # HTTP clients may send parameters as strings
+        value = int(value)
+    low = 1 if name == "top_k" else 0
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= RETRIEVE_MAX:
+        raise RequestError(f"parameter {name}: {value!r}; expected an integer from {low} to {RETRIEVE_MAX}")
+    return value
+
+
+class RetrieveModel:
+    """retrieve: text BYTES [1] (one query per request, no batch axis; request parameters top_k, rerank) →
+    image_ids BYTES [-1] and scores FP32 [-1], best first: the FAISS shortlist of an index directory, reranked by
+    ITM (BridgeTowerRuntime.retrieve(..., index=DIR)). The index is opened (memory-mapped, checked against the
+    export) once, when the model is made."""
+
+    def __init__(self, runtime, index_dir, limits: Limits = Limits()):
+        from bt_runtime.index.search import open_for
+
+        self.runtime, self.directory, self.limits = runtime, index_dir, limits
+        self.index = open_for(runtime, index_dir)
+
+    def __call__(self, requests) -> list[dict]:
+        from bt_runtime.index.search import retrieve_from_index
+
+        responses = []
+        for request in requests:
+            text = _column(request, "text").reshape(-1)
+            if text.size != 1:
+                raise RequestError(f"text: expected exactly one query, got {text.size}")
+            parameters = getattr(request, "parameters", None)
+            top_k, rerank = _count_parameter(parameters, "top_k"), _count_parameter(parameters, "rerank")
+            query = _text(text[0], "text", self.limits)
+            try:
+                hits = retrieve_from_index(self.runtime, query, self.directory, top_k, rerank, 16, self.index)
+            except USER_FACING as err:
+                raise RequestError(str(err)) from None
+            responses.append({"image_ids": np.array([h.image_id.encode("utf-8") for h in hits], dtype=object),
+                              "scores": np.array([h.score for h in hits], dtype=np.float32)})
+        return responses

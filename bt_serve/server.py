@@ -10,6 +10,8 @@ Model contract (docs/serving.md; tests/bt_serve pin it):
   embed_text   text BYTES [1] (dynamic batching) → embedding FP32 [E], error BYTES [1]        (ITC exports)
   fill_mask    image BYTES [1] + text BYTES [1] (no batch axis) → sentence BYTES [1], tokens BYTES [-1, -1],
                token_ids INT64 [-1, -1], probabilities FP32 [-1, -1]                          (MLM exports)
+  retrieve     text BYTES [1] (no batch axis; parameters top_k, rerank) → image_ids BYTES [-1], scores FP32 [-1]
+               (with --index DIR: an index from `bt-run index`, docs/scale.md)
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ServeOptions:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # per encoded image row, refused before Pillow sees it
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header before any pixel is decoded
     image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow formats an image may be decoded as
+    index: str | None = None  # an index directory from `bt-run index`: serves the `retrieve` model
 
 
 def check_ports_free(address: str, ports: dict[str, int]) -> None:
@@ -94,6 +97,14 @@ def model_specs(heads: tuple[str, ...], embedding_size: int | None) -> list[dict
                       "outputs": [t("sentence", bytes, (1,)), t("tokens", bytes, (-1, -1)),
                                   t("token_ids", np.int64, (-1, -1)), t("probabilities", np.float32, (-1, -1))]})
     return specs
+
+
+def retrieve_spec() -> dict:
+    """The `retrieve` model, served with --index."""
+    return {"name": "retrieve", "batched": False,
+            "inputs": [{"name": "text", "dtype": bytes, "shape": (1,)}],
+            "outputs": [{"name": "image_ids", "dtype": bytes, "shape": (-1,)},
+                        {"name": "scores", "dtype": np.float32, "shape": (-1,)}]}
 
 
 def use_this_pythons_libpython() -> str | None:
@@ -155,6 +166,12 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
                                  "a head-less BridgeTowerModel), so there is nothing to serve")
         models = TaskModels(runtime, Limits(max_text_chars=options.max_text_chars,
                                             max_image_bytes=options.max_image_bytes))
+        callables = {spec["name"]: getattr(models, spec["name"]) for spec in specs}
+        if options.index:  # opened and checked against the export before Triton starts
+            from .models import RetrieveModel
+
+            callables["retrieve"] = RetrieveModel(runtime, options.index, models.limits)
+            specs.append(retrieve_spec())
         warm(runtime)
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -179,7 +196,7 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
             with Triton(config=config, security_config=security) as triton:
                 for spec in specs:
                     # one callable object per instance: PyTriton binds each to its own proxy and handshake socket
-                    infers = [_as_triton_error(getattr(models, spec["name"])) for _ in range(options.instances)]
+                    infers = [_as_triton_error(callables[spec["name"]]) for _ in range(options.instances)]
                     batching = (ModelConfig(max_batch_size=options.max_batch, batcher=DynamicBatcher(
                         max_queue_delay_microseconds=options.queue_delay_us)) if spec["batched"] else
                         ModelConfig(batching=False))

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
 # The CPU build of torch first: an unconstrained torch from PyPI is a multi-GB CUDA build (docs/development.md).
 pip_install "torch==2.13.0"
-pip_install -e ".[export,test]"
+pip_install -e ".[export,test,scale]"
 # The Node example's runtime (tests/examples/test_node.py must run here, not skip): the CPU build ships in the
 # package, `skip` avoids its optional CUDA download.
 npm install --prefix examples/node --no-audit --no-fund --onnxruntime-node-install=skip

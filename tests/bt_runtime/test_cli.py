@@ -72,14 +72,18 @@ def test_index_refusals_name_the_file(tiny_export, photos_dir, tmp_path):
 
     both = invoke("retrieve", tiny_export, "--query", "q", "--images", photos_dir, "--index", tmp_path / "x.npz")
     assert both.exit_code == 2 and "either --images or --index" in both.output
-    assert "must end in .npz" in invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x").output
+    npz_ray = invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x.npz", "--ray", "auto")
+    assert npz_ray.exit_code == 2 and "give a directory as --output" in npz_ray.output
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("not an index")
     from bt_runtime import BridgeTowerRuntime
 
     calls = []
     patch = pytest.MonkeyPatch()  # a refused target is refused before any image is embedded
     patch.setattr(BridgeTowerRuntime, "embed_images", lambda *a, **k: calls.append(a))
     try:
-        assert invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x").exit_code == 2
+        refused = invoke("index", tiny_export, "--images", photos_dir, "-o", tmp_path / "x")
+        assert refused.exit_code == 2 and "not an index job directory" in refused.output
     finally:
         patch.undo()
     assert calls == []

@@ -1,0 +1,231 @@
+"""A FAISS index over a finished job's shards, chosen the way autofaiss chooses (github.com/criteo/autofaiss, "index
+selection"): exact inner product below EXACT_BELOW vectors; above, an IVF index whose coarse quantizer is an HNSW
+graph, with exact (Flat) codes when they fit the memory budget, else SQ8, else PQ codes; trained on a sample, its
+search breadth (nprobe) tuned on held-out vectors to reach TARGET_RECALL, and read memory-mapped at query time.
+
+Files next to the shards: faiss.index, faiss-rows.arrow (image id and source of each FAISS row, memory-mapped) and
+faiss.json (this index's manifest: the export's tower sha256s and precision, count, factory, metric, nprobe and the
+recall@10 vs exact measured at build). An index is refused for a runtime of another export or precision."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BtRuntimeError
+from . import shards
+
+FORMAT = "bt-faiss-index/1"
+INDEX_FILE, ROWS_FILE, MANIFEST_FILE = "faiss.index", "faiss-rows.arrow", "faiss.json"
+EXACT_BELOW = 100_000  # autofaiss: a flat index is fast enough below ~100k vectors and needs no training
+TARGET_RECALL = 0.95  # recall@10 vs exact that nprobe is tuned to reach on held-out vectors
+TRAIN_SAMPLE = 40  # training vectors per IVF list (FAISS warns below 39)
+HELD_OUT = 500  # queries for the build-time recall measurement
+DEFAULT_MEMORY_GIB = 16.0  # codes budget when none is given (--index-memory-gib)
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    format: str
+    towers_sha256: dict
+    precision: str
+    count: int
+    dim: int
+    factory: str
+    metric: str
+    nprobe: int  # 0 for an exact index; the HNSW quantizer's efSearch is 2·nprobe (set_nprobe)
+    recall_at_10: float  # vs exact, on `recall_queries` held-out vectors, at `nprobe`
+    recall_queries: int
+    build_seconds: float
+    memory_budget_bytes: int
+
+
+def choose_factory(count: int, dim: int, memory_bytes: int) -> str:
+    """The FAISS factory string for `count` vectors of `dim` floats within `memory_bytes` of codes."""
+    if count < EXACT_BELOW and count * dim * 4 <= memory_bytes:
+        return "Flat"
+    nlist = 2 ** round(math.log2(max(256, min(2 * math.sqrt(count), 65536))))  # ~2·√n lists (autofaiss: 2-16·√n)
+    if count * dim * 4 <= memory_bytes:
+        return f"IVF{nlist}_HNSW32,Flat"  # exact codes: only the choice of lists approximates
+    if count * dim <= memory_bytes:
+        return f"IVF{nlist}_HNSW32,SQ8"
+    # the largest PQ code (bytes per vector) that fits and divides dim
+    fitting = [m for m in range(1, dim + 1) if dim % m == 0 and count * m <= memory_bytes]
+    if not fitting:
+        raise BtRuntimeError(f"--index-memory-gib: {memory_bytes / 2**30:.2f} GiB cannot hold {count} vectors even "
+                             "at 1 byte each; give a larger budget")
+    return f"IVF{nlist}_HNSW32,PQ{max(fitting)}x8"
+
+
+def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), factory: str | None = None,
+          seed: int = 0, log=None) -> IndexManifest:
+    """Build the FAISS index of the finished job in `directory` (its good rows, in input order)."""
+    import faiss
+    import pyarrow as pa
+
+    started = time.perf_counter()
+    (Path(directory) / MANIFEST_FILE).unlink(missing_ok=True)  # it marks a complete index: gone until this one is
+    job = shards.read_job(directory)
+    table = shards.read_shards(directory, job)
+    good, vectors = shards.embeddings_of(table)
+    if not len(good):
+        raise BtRuntimeError(f"{directory}: every image of the job is an error row; nothing to index")
+    count, dim = vectors.shape
+    factory = factory or choose_factory(count, dim, memory_bytes)
+    rng = np.random.default_rng(seed)
+    index, nprobe, recall, queries = train_and_add(vectors, factory, rng)
+    if nprobe and 2 * nprobe > extract_nlist(index) and count * dim * 4 <= memory_bytes:
+        # the target recall needs more than half the lists (embeddings without cluster structure): an exact scan
+        # is then both faster and exact (benchmarks/results/scale-2core.md, random vectors)
+        if log:
+            log(f"FAISS {factory}: recall@10 {TARGET_RECALL} needs nprobe {nprobe} of {extract_nlist(index)}; "
+                "using an exact index instead")
+        factory = "Flat"
+        index, nprobe, recall, queries = train_and_add(vectors, factory, rng)
+    faiss.write_index(index, str(Path(directory) / INDEX_FILE))
+    rows = pa.table({"id": table.column("id").take(good), "source": table.column("source").take(good)})
+    with pa.OSFile(str(Path(directory) / ROWS_FILE), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    manifest = IndexManifest(FORMAT, job.towers_sha256, job.precision, count, dim, factory, "inner_product",
+                             nprobe, recall, queries, round(time.perf_counter() - started, 3), memory_bytes)
+    shards.write_atomic(Path(directory) / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2).encode())  # last
+    if log:
+        log(f"FAISS {factory}: {count} vectors, recall@10 {recall:.3f} at nprobe {nprobe}")
+    return manifest
+
+
+def train_and_add(vectors: np.ndarray, factory: str, rng) -> tuple[object, int, float, int]:
+    """A FAISS index of `factory` (inner product) trained on a sample of `vectors`, holding all of them, with its
+    nprobe tuned (`tune`): (index, nprobe, recall@10, queries)."""
+    import faiss
+
+    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        nlist = faiss.extract_index_ivf(index).nlist
+        sample = rng.choice(len(vectors), size=min(len(vectors), TRAIN_SAMPLE * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    return (index, *tune(index, vectors, rng))
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact inner-product top-k row numbers (ground truth), in blocks of queries."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    return flat.search(queries, k)[1]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's exact top-k that the index found (recall@k)."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RECALL) -> tuple[int, float, int]:
+    """The smallest nprobe (powers of two) whose recall@k vs exact on held-out vectors reaches `target`:
+    (nprobe, recall, queries). Queries are database vectors not drawn for training: an image's nearest neighbours
+    are what a query near it gets."""
+    queries = vectors[rng.choice(len(vectors), size=min(HELD_OUT, len(vectors)), replace=False)]
+    truth = exact_top(vectors, queries, min(k, len(vectors)))
+    try:
+        ivf = __import__("faiss").extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index: exact
+        return 0, recall_at(index.search(queries, truth.shape[1])[1], truth), len(queries)
+    nprobe, recall = 1, 0.0
+    while True:
+        set_nprobe(index, nprobe)
+        recall = recall_at(index.search(queries, truth.shape[1])[1], truth)
+        if recall >= target or nprobe >= ivf.nlist:
+            return nprobe, recall, len(queries)
+        nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def extract_nlist(index) -> int:
+    import faiss
+
+    return faiss.extract_index_ivf(index).nlist
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    """nprobe lists, found by the HNSW coarse quantizer with efSearch 2·nprobe (autofaiss's rule: with its
+    default efSearch of 16 the graph returns too few lists, and recall stalls at ~0.84 however large nprobe is)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(16, 2 * nprobe)
+
+
+@dataclass
+class SearchIndex:
+    """A built index, memory-mapped: search(queries, k) → (scores, FAISS rows); ids/sources of rows on demand."""
+
+    directory: Path
+    manifest: IndexManifest
+    index: object
+    rows: object  # pyarrow Table over the memory-mapped faiss-rows.arrow
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, found = self.index.search(np.ascontiguousarray(queries, np.float32), min(k, self.manifest.count))
+        return scores, found  # (Q, k), (Q, k); -1 where fewer than k were found
+
+    def ids(self, rows) -> list[str]:
+        return self.rows.column("id").take(np.asarray(rows)).to_pylist()
+
+    def sources(self, rows) -> list[str]:
+        return self.rows.column("source").take(np.asarray(rows)).to_pylist()
+
+
+def mmap_flags(faiss, factory: str) -> int:
+    """read_index flags that map the codes instead of reading them: IO_FLAG_MMAP_IFC maps a flat index's codes
+    (a faiss without the flag reads them into memory), IO_FLAG_MMAP an IVF index's inverted lists."""
+    if factory == "Flat":
+        return getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    return faiss.IO_FLAG_MMAP
+
+
+def read_manifest(directory: Path) -> IndexManifest | None:
+    """The index manifest in `directory`, or None when there is no readable one (then the index is rebuilt)."""
+    try:
+        manifest = IndexManifest(**json.loads((Path(directory) / MANIFEST_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    complete = all((Path(directory) / name).is_file() for name in (INDEX_FILE, ROWS_FILE))
+    return manifest if manifest.format == FORMAT and complete else None
+
+
+def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIndex:
+    """The index in `directory`, memory-mapped, checked against the runtime's export and precision."""
+    import faiss
+    import pyarrow as pa
+
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = IndexManifest(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise BtRuntimeError(f"--index {directory}: no readable {MANIFEST_FILE} ({type(err).__name__}); build the "
+                             "index with `bt-run index ... --output DIR`") from None
+    if manifest.format != FORMAT:
+        raise BtRuntimeError(f"--index {directory}: format {manifest.format!r}, expected {FORMAT!r}")
+    if manifest.precision != precision or manifest.towers_sha256 != towers_sha256:
+        theirs = manifest.towers_sha256.get("vision_tower", "?")[:12]
+        raise BtRuntimeError(f"--index {directory} was built from another export or precision ({manifest.precision}, "
+                             f"vision tower {theirs}…) than this {precision} one; rebuild it with `bt-run index`")
+    flags = mmap_flags(faiss, manifest.factory)
+    index = faiss.read_index(str(directory / INDEX_FILE), flags | faiss.IO_FLAG_READ_ONLY)
+    if manifest.nprobe:
+        set_nprobe(index, manifest.nprobe)
+    rows = pa.ipc.open_file(pa.memory_map(str(directory / ROWS_FILE))).read_all()
+    if index.ntotal != manifest.count or rows.num_rows != manifest.count:
+        raise BtRuntimeError(f"--index {directory}: {index.ntotal} vectors and {rows.num_rows} rows for a count of "
+                             f"{manifest.count}; rebuild it with `bt-run index`")
+    return SearchIndex(directory, manifest, index, rows)

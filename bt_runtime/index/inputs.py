@@ -1,0 +1,130 @@
+"""What `bt-run index` embeds: image files (a directory or a glob), a list file (one path per line) or a Parquet
+column (image paths as strings, or encoded images as binary), as one sorted list of (image id, source) — the fixed
+order that shards are slices of, so a rerun with the same inputs gives the same shards."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BtRuntimeError
+from ..images import regular_files
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+PARQUET_PREFIX = "parquet:"  # source of an image stored in a Parquet file: parquet:PATH:COLUMN:ROW
+
+
+@dataclass(frozen=True)
+class Inputs:
+    kind: str  # "images", "list" or "parquet"
+    spec: str  # the argument as given (recorded in the job manifest)
+    ids: list[str]  # sorted; unique
+    sources: list[str]  # a file path, or parquet:PATH:COLUMN:ROW
+
+    def fingerprint(self) -> str:
+        """sha256 of the (id, source) list: a rerun resumes only over the very same inputs."""
+        digest = hashlib.sha256()
+        for image_id, source in zip(self.ids, self.sources, strict=True):
+            digest.update(f"{image_id}\0{source}\n".encode())
+        return digest.hexdigest()
+
+
+def from_arguments(images: list[str] | None, list_file: str | None, parquet: str | None) -> Inputs:
+    """The inputs of exactly one of --images (each a directory, a file or a glob), --list and --parquet."""
+    given = [(name, value) for name, value in (("--images", images), ("--list", list_file), ("--parquet", parquet))
+             if value]
+    if len(given) != 1:
+        raise BtRuntimeError("index: give exactly one of --images DIR|GLOB, --list FILE or --parquet PATH:COLUMN, "
+                             f"got {', '.join(n for n, _ in given) or 'none'}")
+    name, value = given[0]
+    if name == "--images":
+        paths = [p for spec in value for p in _image_files(str(spec))]
+        value = " ".join(str(v) for v in value)
+    elif name == "--list":
+        paths = _listed(value)
+    else:
+        return _parquet(value)
+    files = sorted({str(Path(p).absolute()) for p in paths})
+    return Inputs(name[2:], value, files, files)
+
+
+def _image_files(spec: str) -> list[str]:
+    path = Path(spec)
+    if path.is_dir():
+        files = [str(p) for p in regular_files(path, IMAGE_SUFFIXES)]
+    elif any(c in spec for c in "*?["):
+        files = [p for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+    elif path.is_file():
+        files = [spec]
+    else:
+        raise BtRuntimeError(f"--images {spec}: no such directory, file or glob match")
+    if not files:
+        raise BtRuntimeError(f"--images {spec} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _listed(spec: str) -> list[str]:
+    try:
+        lines = Path(spec).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BtRuntimeError(f"--list {spec}: cannot be read as UTF-8 text ({type(err).__name__}); expected one "
+                             "image path per line") from None
+    paths = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise BtRuntimeError(f"--list {spec}: no image path in it (one path per line; # starts a comment)")
+    base = Path(spec).absolute().parent  # relative paths are relative to the list file, not the working directory
+    return [str(base / p) if not Path(p).is_absolute() else p for p in paths]
+
+
+def _parquet(spec: str) -> Inputs:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, _, column = spec.rpartition(":")
+    if not path or not column:
+        raise BtRuntimeError(f"--parquet {spec}: expected PATH:COLUMN (a Parquet file and its image column)")
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise BtRuntimeError(f"--parquet {spec}: {path} is not a readable Parquet file ({type(err).__name__})") \
+            from None
+    if column not in schema.names:
+        raise BtRuntimeError(f"--parquet {spec}: no column {column!r}; columns: {', '.join(schema.names)}")
+    kind = schema.field(column).type
+    values = pq.read_table(path, columns=[column]).column(column)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        files = sorted({str(Path(p).absolute()) for p in values.to_pylist() if p})
+        return Inputs("parquet", spec, files, files)
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        raise BtRuntimeError(f"--parquet {spec}: column {column!r} is {kind}; expected string (image paths) or "
+                             "binary (encoded images)")
+    absolute = str(Path(path).absolute())
+    ids = [f"{absolute}#{row}" for row in range(len(values))]
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return Inputs("parquet", spec, [ids[i] for i in order],
+                  [f"{PARQUET_PREFIX}{absolute}:{column}:{i}" for i in order])
+
+
+def read_bytes(sources: list[str]) -> list[bytes | str]:
+    """Each source's encoded bytes, or a one-line error naming it (a missing file is that row's error)."""
+    out: list[bytes | str] = [b""] * len(sources)
+    parquet: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k, source in enumerate(sources):
+        if source.startswith(PARQUET_PREFIX):
+            path, column, row = source[len(PARQUET_PREFIX):].rsplit(":", 2)
+            parquet.setdefault((path, column), []).append((k, int(row)))
+            continue
+        try:
+            out[k] = Path(source).read_bytes()
+        except OSError as err:
+            out[k] = f"{source}: cannot be read ({err.strerror or type(err).__name__})"
+    for (path, column), wanted in parquet.items():
+        import pyarrow.parquet as pq
+
+        values = pq.read_table(path, columns=[column]).column(column)
+        for k, row in wanted:
+            value = values[row].as_py()
+            out[k] = value if value else f"{sources[k]}: empty image bytes"
+    return out

@@ -1,0 +1,163 @@
+"""The index job's output directory: `job.json` (what was asked: inputs, export, precision, shard size) and one Parquet
+file per shard — shard k is the fixed slice [k·S, (k+1)·S) of the sorted input list, with columns id (string), source
+(string), embedding (fixed-size list of float32; zeros for an error row: pyarrow 25 cannot read back null fixed-size
+lists from Parquet) and error (string, null for a good row). A shard file is written whole or not at all (staged,
+then renamed), so after any crash the files present are complete and a rerun with the same arguments embeds only the
+missing shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BtRuntimeError
+
+JOB_FORMAT = "bt-index-job/1"
+JOB_FILE = "job.json"
+DEFAULT_SHARD_SIZE = 1024  # images per shard: ~4 MB of embeddings at E=1024; a rerun loses at most one per worker
+
+
+@dataclass(frozen=True)
+class Job:
+    format: str
+    inputs: str  # "--images DIR", "--list FILE", "--parquet PATH:COLUMN" as given
+    inputs_sha256: str  # of the sorted (id, source) list (inputs.Inputs.fingerprint)
+    count: int
+    shard_size: int
+    precision: str
+    towers_sha256: dict  # vision_tower / text_tower file sha256 of the export's precision variant
+    embedding_size: int
+
+    @property
+    def shards(self) -> int:
+        return -(-self.count // self.shard_size)
+
+
+def towers_sha256(runtime_or_manifest, precision: str) -> dict:
+    manifest = getattr(runtime_or_manifest, "manifest", runtime_or_manifest)
+    files = manifest.variants[precision].files
+    return {name: files[name].sha256 for name in ("vision_tower", "text_tower") if name in files}
+
+
+def shard_path(directory: Path, shard: int) -> Path:
+    return Path(directory) / f"shard-{shard:06d}.parquet"
+
+
+def schema(embedding_size: int):
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("source", pa.string()),
+                      ("embedding", pa.list_(pa.float32(), embedding_size)), ("error", pa.string())])
+
+
+def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
+    """Create or resume the job in `directory`; returns the shards still to embed. A directory holding another
+    job (other inputs, export or shard size) is refused unless `overwrite` (its shards are then removed)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise BtRuntimeError(f"--output {directory} is not a directory; an index is a directory of shards")
+    path = directory / JOB_FILE
+    if path.is_file():
+        previous = read_job(directory)
+        if previous != job:
+            if not overwrite:
+                changed = [k for k, v in asdict(job).items() if asdict(previous).get(k) != v]
+                raise BtRuntimeError(f"--output {directory} holds another index job (differs in "
+                                     f"{', '.join(changed)}); pass --overwrite to replace it, or another --output")
+            for old in directory.glob("shard-*.parquet"):
+                old.unlink()
+            for old in directory.glob("faiss*"):
+                old.unlink()
+    elif directory.exists() and any(directory.iterdir()):
+        raise BtRuntimeError(f"--output {directory} exists and is not an index job directory; choose an empty or "
+                             "new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(asdict(job), indent=2).encode())
+    return [k for k in range(job.shards) if not shard_path(directory, k).is_file()]
+
+
+def read_job(directory: Path) -> Job:
+    path = Path(directory) / JOB_FILE
+    try:
+        fields = json.loads(path.read_text())
+        job = Job(**fields)
+    except (OSError, ValueError, TypeError) as err:
+        raise BtRuntimeError(f"{directory}: no readable {JOB_FILE} ({type(err).__name__}); not a directory written "
+                             "by `bt-run index`") from None
+    if job.format != JOB_FORMAT:
+        raise BtRuntimeError(f"{path}: format {job.format!r}, expected {JOB_FORMAT!r}")
+    return job
+
+
+def write_shard(directory: Path, shard: int, ids: list[str], sources: list[str], embeddings: np.ndarray,
+                errors: list[str], embedding_size: int) -> Path:
+    """One shard, atomically. embeddings (n, E) float32; rows whose error is non-empty get a zero embedding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.array(embeddings, np.float32).reshape(len(ids), embedding_size)  # (n, E), a copy
+    vectors[[k for k, e in enumerate(errors) if e]] = 0.0
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), embedding_size)
+    table = pa.table({"id": pa.array(ids, pa.string()), "source": pa.array(sources, pa.string()),
+                      "embedding": column, "error": pa.array([e or None for e in errors], pa.string())},
+                     schema=schema(embedding_size))
+    path = shard_path(directory, shard)
+    staged = _staging(path)
+    try:
+        pq.write_table(table, staged)
+        _fsync(staged)
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_shards(directory: Path, job: Job | None = None):
+    """Every row of a finished job, in input order: a pyarrow Table. Refuses an unfinished job by name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    job = job or read_job(directory)
+    missing = [k for k in range(job.shards) if not shard_path(directory, k).is_file()]
+    if missing:
+        raise BtRuntimeError(f"{directory}: {len(missing)} of {job.shards} shards are not written yet (first: "
+                             f"{shard_path(directory, missing[0]).name}); rerun the same `bt-run index` to finish")
+    return pa.concat_tables([pq.read_table(shard_path(directory, k)) for k in range(job.shards)])
+
+
+def embeddings_of(table) -> tuple[np.ndarray, np.ndarray]:
+    """(good row numbers, their embeddings (n, E) float32) of a shard table."""
+    good = np.flatnonzero(~table.column("error").is_valid().to_numpy(zero_copy_only=False))
+    column = table.column("embedding").combine_chunks().take(good)
+    size = column.type.list_size
+    return good, column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(good), size)
+
+
+def _staging(path: Path) -> str:
+    descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    return staged
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    staged = _staging(path)
+    try:
+        with open(staged, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
