@@ -19,7 +19,8 @@ def default_backends(manifest) -> list[str]:
     """torch fp32 (the baseline), torch bf16 where the CPU has bf16 instructions, and every variant of the export
     on ONNX Runtime's default provider."""
     bf16 = any(flag in machine.cpu_info()["flags"] for flag in ("avx512_bf16", "amx_bf16"))
-    naive = ["onnxruntime-naive"] if "itm" in manifest.heads else []  # the peer a user's own export would be
+    # the peers a user's own export would be: the whole model traced, and its one-line int8
+    naive = ["onnxruntime-naive", "onnxruntime-naive:int8"] if "itm" in manifest.heads else []
     return ["torch", *(["torch:bf16"] if bf16 else [])] + [f"onnxruntime:{p}" for p in manifest.precisions] + naive
 
 

@@ -80,14 +80,12 @@ def pair_feeds(refs) -> dict[str, dict[str, np.ndarray]]:
     return {"vision_tower": vision, "text_tower": text, "cross_modal": cross}
 
 
-def time_pairs(directory: Path, specs: dict, file_sets: dict[str, dict[str, str]], refs,
+def time_pairs(directory: Path, cross: str, file_sets: dict[str, dict[str, str]], feeds: dict,
                runs: int = TIMING_RUNS) -> dict[str, float]:
-    """Median ms of one pair (vision → text → the ITM cross-modal graph) per file set, interleaved round by round,
-    with the runtime's CPU session options (no spinning between graphs)."""
+    """Median ms of one pair (vision → text → the `cross` graph) per file set (graph → file in `directory`),
+    interleaved round by round, with the runtime's CPU session options (no spinning between graphs)."""
     import onnxruntime as ort
 
-    cross = POOLED_GRAPH if POOLED_GRAPH in specs else "cross_modal"
-    feeds = pair_feeds(refs)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -133,8 +131,9 @@ def measure_recipes(directory: Path, specs: dict, refs, safe_files: dict[str, st
                                                         for r in failed)
             log(f"int8 recipe {spec.name} left out: {left_out[spec.name]}")
             continue
-        speed = time_pairs(directory, specs, {"fp32": {n: g.file for n, g in specs.items()}, "safe": safe_files,
-                                              spec.name: files}, refs)
+        speed = time_pairs(directory, POOLED_GRAPH if POOLED_GRAPH in specs else "cross_modal",
+                           {"fp32": {n: g.file for n, g in specs.items()}, "safe": safe_files, spec.name: files},
+                           pair_feeds(refs))
         measurement = RecipeMeasurement(
             cpu_class=here, machine=machine_words(), checkpoint=checkpoint, passed=True,
             accuracy={r.metric: round(r.value, 6) for r in rows},

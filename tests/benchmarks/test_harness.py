@@ -53,7 +53,8 @@ def report(tiny_export, photos_dir):
 
     settings = Settings(num_texts=3, gallery=3, batch_sizes=(1, 2), runs=2, warmup=1, top_k=2)
     return run_benchmark(tiny_export, ["pair", "rerank", "embed-images", "embed-texts", "retrieve"],
-                         ["torch", "onnxruntime:fp32", "onnxruntime-naive", "tensorrt:fp16"], settings, [photos_dir],
+                         ["torch", "onnxruntime:fp32", "onnxruntime-naive", "onnxruntime-naive:int8", "tensorrt:fp16"],
+                         settings, [photos_dir],
                          log=lambda m: None)
 
 
@@ -67,6 +68,7 @@ def test_report_schema_and_agreement(report):
     assert ("embed-images", "onnxruntime:fp32") in scenarios and ("retrieve", "torch") in scenarios
     # the naive whole-model export: timed and checked where it can run (pair, rerank), nowhere else
     assert {s for s, b in scenarios if b == "onnxruntime-naive"} == {"pair", "rerank"}
+    assert {s for s, b in scenarios if b == "onnxruntime-naive:int8"} == {"pair", "rerank"}
     for row in report["results"]:
         if row["scenario"] == "retrieve-index":  # the one-time ITC index of the gallery: no eager peer
             assert len(row["samples_s"]) == 1 and row["work"] == 3 and row["speedup_vs_torch"] is None
@@ -142,9 +144,10 @@ def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny
 
     manifest = read_manifest(tiny_export)
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx512_bf16"]})
-    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32", "onnxruntime-naive"]
+    naive = ["onnxruntime-naive", "onnxruntime-naive:int8"]  # every report shows both peers
+    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32", *naive]
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx2"]})
-    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32", "onnxruntime-naive"]
+    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32", *naive]
 
 
 def test_cold_start_rows_per_way_of_loading(tiny_export, photos_dir):
