@@ -41,10 +41,11 @@ def candidates():
 
 
 def scratch_copy(export: Path, into: Path) -> Path:
-    """A directory with links to every file of `export` (recipe files are written beside them)."""
+    """A directory with hard links to every file of `export` (an export holds regular files only; recipe files are
+    written beside them). `into` must be on the export's filesystem."""
     into.mkdir(parents=True)
     for path in export.iterdir():
-        (into / path.name).symlink_to(path.resolve())
+        os.link(path, into / path.name)
     return into
 
 
@@ -71,12 +72,15 @@ class _Spec:  # what bt_export.int8_recipes.write_recipe reads of a graph spec
         self.file = file
 
 
-def write_all(directory: Path, manifest, log) -> dict:
+def write_all(directory: Path, manifest, log, graphs=None) -> dict:
+    """Every candidate's files (only `graphs`, if given: the others stay fp32)."""
     from bt_export.int8_recipes import write_recipe
 
-    specs = {g: _Spec(f.file) for g, f in manifest.variants["fp32"].files.items()}
+    specs = {g: _Spec(f.file) for g, f in manifest.variants["fp32"].files.items() if graphs is None or g in graphs}
     recipes = {}
     for spec in candidates():
+        if graphs is not None and spec.name == "s8-all with decoder":  # the decoder is not in a pair's graphs
+            continue
         log(f"writing {spec.name}")
         safe_name = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         named = type(spec)(safe_name, *[getattr(spec, f) for f in ("cpu_classes", "weights", "per_channel",
@@ -92,15 +96,15 @@ def speed(export: Path, work: Path, rounds: int, log) -> dict:
 
     directory = scratch_copy(export, work / "speed")
     manifest = read_manifest(directory)
-    recipes = write_all(directory, manifest, log)
     runtime = BridgeTowerRuntime.load(directory)
+    cross = runtime.cross_graph(["itm_logits"])
+    recipes = write_all(directory, manifest, log, ("vision_tower", "text_tower", cross))  # what a pair runs
     from benchmarks.scenarios import fixed_text
 
     encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
     feeds = {"vision_tower": {"pixel_values": runtime.preprocess(synthetic_images(1))},
              "text_tower": {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
              "cross_modal": {"attention_mask": encoded.attention_mask, "image_index": np.zeros(1, np.int64)}}
-    cross = runtime.cross_graph(["itm_logits"])
     sets = {"fp32": {g: f.file for g, f in manifest.variants["fp32"].files.items()}}
     sets |= {name: files for name, (_, files) in recipes.items()}
     log(f"timing {len(sets)} file sets, {rounds} interleaved rounds")
@@ -109,7 +113,7 @@ def speed(export: Path, work: Path, rounds: int, log) -> dict:
             "pair_ms": time_pairs(directory, cross, sets, feeds, runs=rounds)}
 
 
-def accuracy(export: Path, work: Path, gallery: int, seed: int, log) -> dict:
+def accuracy(export: Path, work: Path, gallery: int, queries: int, seed: int, log) -> dict:
     import torch
 
     from benchmarks.accuracy import make_eval_set, task_agreement, task_metrics
@@ -122,7 +126,7 @@ def accuracy(export: Path, work: Path, gallery: int, seed: int, log) -> dict:
 
     recipes = write_all(directory, read_manifest(directory), log)
     manifest = recipe_manifest(directory, recipes)
-    data = make_eval_set(seed, gallery, queries=min(100, gallery), image_size=manifest.preprocessing.image_size,
+    data = make_eval_set(seed, gallery, queries=min(queries, gallery), image_size=manifest.preprocessing.image_size,
                          mask_token=manifest.tokenizer.mask_token)
     results, outputs = {}, {}
     runs = [("fp32", "fp32", None)] + [(name, "int8", spec.name) for name, (spec, _) in recipes.items()]
@@ -130,6 +134,7 @@ def accuracy(export: Path, work: Path, gallery: int, seed: int, log) -> dict:
         log(f"accuracy: {label}")
         runtime = BridgeTowerRuntime.load(manifest, precision=precision, int8_recipe=recipe)
         result, decided, _ = evaluate(RuntimeScorer(runtime, label), data, min(20, gallery))
+        runtime.close()
         results[label], outputs[label] = task_metrics(result), decided
     table = {}
     for label in results:
@@ -149,9 +154,12 @@ def main() -> None:
     parser.add_argument("--speed-export", type=Path)
     parser.add_argument("--accuracy-export", type=Path)
     parser.add_argument("--gallery", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="Scratch directory on the exports' filesystem (default: the "
+                                                  "system's temporary directory)")
     args = parser.parse_args()
 
     from benchmarks import machine
@@ -164,12 +172,12 @@ def main() -> None:
               "load_average_start": os.getloadavg(), "versions": machine.versions(),
               "recipes": [{"name": s.name, "weights": s.weights, "per_channel": s.per_channel,
                            "reduce_range": s.reduce_range, "kept_float32": list(s.excluded)} for s in candidates()]}
-    with tempfile.TemporaryDirectory(prefix="int8-recipes-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".int8-recipes-", dir=args.work) as tmp:
         if args.speed_export:
             report["speed"] = speed(args.speed_export, Path(tmp), args.rounds, log)
             args.json.write_text(json.dumps(report, indent=2))
         if args.accuracy_export:
-            report["accuracy"] = accuracy(args.accuracy_export, Path(tmp), args.gallery, args.seed, log)
+            report["accuracy"] = accuracy(args.accuracy_export, Path(tmp), args.gallery, args.queries, args.seed, log)
         shutil.rmtree(tmp, ignore_errors=True)
     report["load_average_end"] = os.getloadavg()
     args.json.write_text(json.dumps(report, indent=2))
