@@ -41,12 +41,9 @@ def candidates():
 
 
 def scratch_copy(export: Path, into: Path) -> Path:
-    """A directory with hard links to every file of `export` (an export holds regular files only; recipe files are
-    written beside them). `into` must be on the export's filesystem."""
-    into.mkdir(parents=True)
-    for path in export.iterdir():
-        os.link(path, into / path.name)
-    return into
+    """A copy of `export` (recipe files are written beside its files): an export holds regular files only, and
+    onnx refuses external data with several hard links."""
+    return Path(shutil.copytree(export, into))
 
 
 def recipe_manifest(directory: Path, recipes: dict):

@@ -191,3 +191,17 @@ def test_distinct_gallery_has_no_two_equal_images(photos_dir):
     photos = [Image.open(p).convert("RGB").resize((64, 48)) for p in sorted(photos_dir.iterdir())]
     gallery = distinct_gallery(photos, 300)
     assert len(gallery) == 300 and len({(im.size, im.tobytes()) for im in gallery}) == 300
+
+
+def test_the_naive_export_has_fp32_and_int8_only(tiny_export):
+    from benchmarks.backends import BackendUnavailable, make_backend
+    from bt_runtime import read_manifest
+
+    with pytest.raises(BackendUnavailable, match=r"fp32 \(`onnxruntime-naive`\) and int8 \(`onnxruntime-naive:int8`\)"):
+        make_backend("onnxruntime-naive:fp16", tiny_export, read_manifest(tiny_export), None, "/nonexistent")
+
+
+def test_the_header_says_when_the_cpu_was_shared(report):
+    shared = dict(report, load_average=[report["machine"]["cpu"]["logical_cores"] + 1.0, 0.0, 0.0])
+    assert "the CPU was shared" in markdown(shared)
+    assert "the CPU was shared" not in markdown(dict(report, load_average=[0.0, 0.0, 0.0]))
