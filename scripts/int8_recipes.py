@@ -46,14 +46,13 @@ def scratch_copy(export: Path, into: Path) -> Path:
     return Path(shutil.copytree(export, into))
 
 
-def recipe_manifest(directory: Path, recipes: dict):
-    """The export's manifest with the candidate recipes added to its int8 (or, absent, an fp32-based) variant."""
+def recipe_manifest(manifest, directory: Path, recipes: dict):
+    """`manifest` (read before the recipes were written) with the candidate recipes added to its int8 (or, absent,
+    an fp32-based) variant."""
     import copy
 
     from bt_export.manifest import graph_file_entry
-    from bt_runtime.manifest import Int8Recipe, read_manifest
-
-    manifest = read_manifest(directory)
+    from bt_runtime.manifest import Int8Recipe
     if "int8" not in manifest.variants:
         manifest.variants["int8"] = copy.deepcopy(manifest.variants["fp32"])
     manifest.variants["int8"].recipes = [
@@ -121,8 +120,9 @@ def accuracy(export: Path, work: Path, gallery: int, queries: int, seed: int, lo
     directory = scratch_copy(export, work / "accuracy")
     from bt_runtime import read_manifest
 
-    recipes = write_all(directory, read_manifest(directory), log)
-    manifest = recipe_manifest(directory, recipes)
+    manifest = read_manifest(directory)
+    recipes = write_all(directory, manifest, log)
+    manifest = recipe_manifest(manifest, directory, recipes)
     data = make_eval_set(seed, gallery, queries=min(queries, gallery), image_size=manifest.preprocessing.image_size,
                          mask_token=manifest.tokenizer.mask_token)
     results, outputs = {}, {}
