@@ -1,5 +1,6 @@
 """What the scenarios time: eager PyTorch (the baseline, through bt_export's loading of the same checkpoint) and
-bt_runtime backends, behind one small interface. Labels: `torch`, `torch:bf16`, `onnxruntime:<precision>[:<provider>]`,
+bt_runtime backends, behind one small interface. Labels: `torch`, `torch:bf16`,
+`onnxruntime:<precision>[@<int8 recipe>][:<provider>]`,
 `onnxruntime-naive[:int8]` (the whole model exported the naive way, int8 by a one-line `quantize_dynamic`; pair and
 rerank only), `tensorrt:<precision>`.
 A backend with a `scenarios` attribute runs only those scenarios."""
@@ -25,7 +26,7 @@ def agreement_bounds(label: str) -> dict[str, float]:
     """Bounds a backend must meet against eager fp32: the export's fp32 or reduced-precision task bounds."""
     from bt_export.specs import RUNTIME_FP32_BOUNDS, VARIANT_BOUNDS
 
-    precision = label.split(":")[1] if ":" in label else "fp32"
+    precision = label.split(":")[1].partition("@")[0] if ":" in label else "fp32"
     precision = {"bf16": "fp16"}.get(precision, precision)
     if precision == "fp32":
         return {"itm_probability_abs": RUNTIME_FP32_BOUNDS["itm_probability_abs"],
@@ -190,7 +191,10 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
         return TorchBackend(eager, label)
     if kind == "onnxruntime":
         precision, _, provider = rest.partition(":")
+        precision, _, recipe = precision.partition("@")  # int8@<recipe>: that recipe, not the CPU class's choice
         precision = precision or "fp32"
+        if recipe and precision != "int8":
+            raise BackendUnavailable(f"{label}: @<recipe> names an int8 recipe (docs/int8.md); {precision} has none")
         if precision not in manifest.precisions:
             raise BackendUnavailable(f"{label}: the export has no {precision} variant ({list(manifest.precisions)})")
         # `cuda` (or `cuda:N`) selects ONNX Runtime's CUDA provider with IOBinding; other names are provider names
@@ -203,8 +207,9 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
                 raise BackendUnavailable(f"{label}: this onnxruntime has no CUDAExecutionProvider "
                                          "(install onnxruntime-gpu)")
         try:
+            extra = {"int8_recipe": recipe} if recipe else {}
             return RuntimeBackend(BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers,
-                                                          device=device), label)
+                                                          device=device, **extra), label)
         except (ValueError, BackendError) as err:
             raise BackendUnavailable(f"{label}: {err}") from err
     if kind == "tensorrt":
