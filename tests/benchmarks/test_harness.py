@@ -205,3 +205,13 @@ def test_the_header_says_when_the_cpu_was_shared(report):
     shared = dict(report, load_average=[report["machine"]["cpu"]["logical_cores"] + 1.0, 0.0, 0.0])
     assert "the CPU was shared" in markdown(shared)
     assert "the CPU was shared" not in markdown(dict(report, load_average=[0.0, 0.0, 0.0]))
+
+
+def test_an_int8_recipe_label_is_for_int8_only(tiny_export):
+    from benchmarks.backends import BackendUnavailable, agreement_bounds, make_backend
+    from bt_export.specs import VARIANT_BOUNDS
+    from bt_runtime import read_manifest
+
+    with pytest.raises(BackendUnavailable, match="@<recipe> names an int8 recipe"):
+        make_backend("onnxruntime:fp32@s8-all", tiny_export, read_manifest(tiny_export), None)
+    assert agreement_bounds("onnxruntime:int8@s8-all") == VARIANT_BOUNDS["int8"]
