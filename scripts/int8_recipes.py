@@ -26,7 +26,14 @@ VISION_ONLY = (r"^text_tower/", r"^cross_modal/")  # bt_export.precision.INT8_EX
 DECODER = (r"^cross_modal/mlm_score\.decoder",)
 
 
+ONLY: list[str] = []  # --only: candidate names to keep (all when empty)
+
+
 def candidates():
+    return [spec for spec in _candidates() if not ONLY or spec.name in ONLY]
+
+
+def _candidates():
     from bt_export.int8_recipes import RecipeSpec
 
     return [  # name, classes it would be for, weights, per channel, reduce_range, kept float32
@@ -157,7 +164,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--work", type=Path, help="Scratch directory on the exports' filesystem (default: the "
                                                   "system's temporary directory)")
+    parser.add_argument("--only", nargs="*", default=[], help="Measure only these candidates (names as listed).")
     args = parser.parse_args()
+    ONLY.extend(args.only)
 
     from benchmarks import machine
     from bt_runtime.cpu import cpu_class, isa_class
