@@ -20,8 +20,8 @@ import numpy as np
 from bt_runtime.cpu import cpu_class
 from bt_runtime.manifest import Int8Recipe, RecipeMeasurement
 
+from . import precision
 from .parity import check_task_parity
-from .precision import variant_file, write_int8
 from .specs import POOLED_GRAPH, VARIANT_BOUNDS
 
 
@@ -64,8 +64,8 @@ def write_recipe(spec: RecipeSpec, directory: Path, specs: dict) -> dict[str, st
     """Write `spec`'s graphs beside the fp32 ones: graph name → file (the fp32 file where every node is excluded)."""
     files = {}
     for name, graph in specs.items():
-        target = variant_file(graph.file, f"int8-{spec.name}")
-        written = write_int8(directory / graph.file, directory / target, name, spec.excluded,
+        target = precision.variant_file(graph.file, f"int8-{spec.name}")
+        written = precision.write_int8(directory / graph.file, directory / target, name, spec.excluded,
                              reduce_range=spec.reduce_range, per_channel=spec.per_channel, weight_type=spec.weights)
         files[name] = target if written is not None else graph.file
     return files
