@@ -38,8 +38,7 @@ def ratios(bench: dict) -> list[str]:
     return lines
 
 
-def recipe_table(recipes: dict) -> list[str]:
-    speed, accuracy = recipes.get("speed", {}), recipes.get("accuracy", {})
+def recipe_table(recipes: dict, speed: dict, accuracy: dict) -> list[str]:
     pair = speed.get("pair_ms", {})
     fp32 = pair.get("fp32")
     lines = [f"Speed: {speed.get('checkpoint')}{' (random init)' if speed.get('random_init') else ''}, one pair "
@@ -54,6 +53,8 @@ def recipe_table(recipes: dict) -> list[str]:
         name = spec["name"]
         ms = pair.get(name)
         row = accuracy.get("recipes", {}).get(name, {})
+        if ms is None and not row:
+            continue
         differs = row.get("differs_from_fp32", {})
         diff = " / ".join(f"{differs[k]:.2%}" if k in differs else "–"
                           for k in ("itm_decisions", "itm_comparisons", "retrieval_top1", "mlm_top1"))
@@ -67,10 +68,16 @@ def recipe_table(recipes: dict) -> list[str]:
     return lines
 
 
+def _load(run: dict, when: str) -> str:
+    value = run.get(f"load_average_{when}")
+    return "–" if value is None else "/".join(f"{x:.1f}" for x in value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path)
-    parser.add_argument("recipes", type=Path)
+    parser.add_argument("recipes", type=Path, nargs="+", help="scripts/int8_recipes.py outputs: one with speed, "
+                                                              "any number with accuracy (one table each)")
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--preamble", type=Path, help="Markdown put after the title (what the run shows, the bars).")
@@ -78,7 +85,8 @@ def main() -> None:
 
     from benchmarks.report import markdown
 
-    bench, recipes = json.loads(args.bench.read_text()), json.loads(args.recipes.read_text())
+    bench, runs = json.loads(args.bench.read_text()), [json.loads(p.read_text()) for p in args.recipes]
+    recipes = next(r for r in runs if "speed" in r)
     klass = recipes["cpu_class"]
     lines = [f"# CPU int8 and fp32 against eager and the naive export: {klass} class", ""]
     if args.preamble:
@@ -86,12 +94,15 @@ def main() -> None:
     lines += ["## Same run: eager, toolkit fp32 / int8, naive fp32 / int8", ""] + ratios(bench) + [""]
     lines += ["## bt-bench output", ""] + [line.replace("# bt-bench:", "### bt-bench:", 1)
                                             for line in markdown(bench).splitlines()] + [""]
-    lines += [f"## int8 recipes on this CPU ({klass}; load average {recipes.get('load_average_start')} → "
-              f"{recipes.get('load_average_end')})", ""] + recipe_table(recipes) + [""]
+    for run in [r for r in runs if "accuracy" in r]:
+        lines += [f"## int8 recipes on this CPU ({klass}), shapes seed {run['accuracy']['seed']}", "",
+                  f"Load average (1/5/15 min, 2 cores): speed run {_load(recipes, 'start')} → {_load(recipes, 'end')}"
+                  f"; accuracy run {_load(run, 'start')} → {_load(run, 'end')}.", ""]
+        lines += recipe_table(run, recipes["speed"], run["accuracy"]) + [""]
     lines += ["AVX2-only and AMX classes: no such machine was available; not measured (the runtime gives them the safe "
               "recipe and says so, docs/int8.md).", ""]
     args.markdown.write_text("\n".join(lines))
-    args.json.write_text(json.dumps({"bench": bench, "recipes": recipes}, indent=1))
+    args.json.write_text(json.dumps({"bench": bench, "recipe_runs": runs}, indent=1))
 
 
 if __name__ == "__main__":
