@@ -1,6 +1,8 @@
 """What the scenarios time: eager PyTorch (the baseline, through bt_export's loading of the same checkpoint) and
-bt_runtime backends, behind one small interface. Labels: `torch`, `torch:bf16`, `onnxruntime:<precision>[:<provider>]`,
-`onnxruntime-naive` (the whole model exported the naive way; pair and rerank only), `tensorrt:<precision>`.
+bt_runtime backends, behind one small interface. Labels: `torch`, `torch:bf16`,
+`onnxruntime:<precision>[@<int8 recipe>][:<provider>]`,
+`onnxruntime-naive[:int8]` (the whole model exported the naive way, int8 by a one-line `quantize_dynamic`; pair and
+rerank only), `tensorrt:<precision>`.
 A backend with a `scenarios` attribute runs only those scenarios."""
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def agreement_bounds(label: str) -> dict[str, float]:
     """Bounds a backend must meet against eager fp32: the export's fp32 or reduced-precision task bounds."""
     from bt_export.specs import RUNTIME_FP32_BOUNDS, VARIANT_BOUNDS
 
-    precision = label.split(":")[1] if ":" in label else "fp32"
+    precision = label.split(":")[1].partition("@")[0] if ":" in label else "fp32"
     precision = {"bf16": "fp16"}.get(precision, precision)
     if precision == "fp32":
         return {"itm_probability_abs": RUNTIME_FP32_BOUNDS["itm_probability_abs"],
@@ -107,11 +109,31 @@ class NaiveExportBackend:
     scenarios: tuple = ("pair", "rerank")
 
     @classmethod
-    def export(cls, eager, directory) -> "NaiveExportBackend":
+    def export(cls, eager, directory, precision: str = "fp32") -> "NaiveExportBackend":
+        """fp32: the traced graph; int8: that graph through a one-line `quantize_dynamic` with s8 weights (its
+        defaults otherwise: per tensor, every MatMul/Gemm), as a user would write it. The graph is written once per
+        directory and shared by both."""
+        import onnxruntime as ort
+
+        path = Path(directory) / "naive_itm.onnx"
+        if not path.exists():
+            cls._trace(eager, path)
+        if precision == "int8":
+            quantized = Path(directory) / "naive_itm.int8.onnx"
+            if not quantized.exists():
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+            path = quantized
+        label = "onnxruntime-naive" + ("" if precision == "fp32" else f":{precision}")
+        # default session options, as the runtime's backends use (threads: ONNX Runtime's default, all cores)
+        return cls(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), eager.processor, label)
+
+    @staticmethod
+    def _trace(eager, path: Path) -> None:
         import copy
         import warnings
 
-        import onnxruntime as ort
         import torch
 
         class Itm(torch.nn.Module):
@@ -127,17 +149,14 @@ class NaiveExportBackend:
         model = Itm(copy.deepcopy(eager.model("itm"))).eval()
         size = eager.loaded.model.config.vision_config.image_size
         ids = torch.tensor([[0, 100, 200, 2]], dtype=torch.int64)
-        path = str(Path(directory) / "naive_itm.onnx")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros(1, 3, size, size)), path,
+            torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros(1, 3, size, size)), str(path),
                               input_names=["input_ids", "attention_mask", "pixel_values"], output_names=["logits"],
                               dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
                                             "attention_mask": {0: "batch", 1: "seq"},
                                             "pixel_values": {0: "batch"}, "logits": {0: "batch"}},
                               opset_version=17, dynamo=False)
-        # default session options, as the runtime's backends use (threads: ONNX Runtime's default, all cores)
-        return cls(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), eager.processor)
 
     def itm_pair(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         logits = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask,
@@ -157,19 +176,25 @@ class NaiveExportBackend:
 def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None):
     kind, _, rest = label.partition(":")
     if kind == "onnxruntime-naive":
+        if rest not in ("", "fp32", "int8"):
+            raise BackendUnavailable(f"{label}: the naive export's precisions are fp32 (`onnxruntime-naive`) and "
+                                     "int8 (`onnxruntime-naive:int8`)")
         if "itm" not in manifest.heads:
             raise BackendUnavailable(f"{label}: the naive whole-model export is of the ITM model; this export has "
                                      "no itm head")
         if workdir is None:
             raise BackendUnavailable(f"{label}: needs a working directory for its graph")
-        return NaiveExportBackend.export(eager, workdir)
+        return NaiveExportBackend.export(eager, workdir, rest or "fp32")
     if kind == "torch":
         if rest not in ("", "bf16"):
             raise BackendUnavailable(f"{label}: torch precisions here are fp32 (`torch`) and `torch:bf16`")
         return TorchBackend(eager, label)
     if kind == "onnxruntime":
         precision, _, provider = rest.partition(":")
+        precision, _, recipe = precision.partition("@")  # int8@<recipe>: that recipe, not the CPU class's choice
         precision = precision or "fp32"
+        if recipe and precision != "int8":
+            raise BackendUnavailable(f"{label}: @<recipe> names an int8 recipe (docs/int8.md); {precision} has none")
         if precision not in manifest.precisions:
             raise BackendUnavailable(f"{label}: the export has no {precision} variant ({list(manifest.precisions)})")
         # `cuda` (or `cuda:N`) selects ONNX Runtime's CUDA provider with IOBinding; other names are provider names
@@ -182,8 +207,9 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
                 raise BackendUnavailable(f"{label}: this onnxruntime has no CUDAExecutionProvider "
                                          "(install onnxruntime-gpu)")
         try:
+            extra = {"int8_recipe": recipe} if recipe else {}
             return RuntimeBackend(BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers,
-                                                          device=device), label)
+                                                          device=device, **extra), label)
         except (ValueError, BackendError) as err:
             raise BackendUnavailable(f"{label}: {err}") from err
     if kind == "tensorrt":
@@ -195,4 +221,4 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
             raise BackendUnavailable(f"{label}: {err}") from err
     raise BackendUnavailable(f"{label}: unknown backend; valid: torch, torch:bf16, "
                              "onnxruntime:<precision>[:<provider>],"
-                             " onnxruntime-naive, tensorrt:<precision>")
+                             " onnxruntime-naive[:int8], tensorrt:<precision>")

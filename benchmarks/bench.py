@@ -19,7 +19,8 @@ def default_backends(manifest) -> list[str]:
     """torch fp32 (the baseline), torch bf16 where the CPU has bf16 instructions, and every variant of the export
     on ONNX Runtime's default provider."""
     bf16 = any(flag in machine.cpu_info()["flags"] for flag in ("avx512_bf16", "amx_bf16"))
-    naive = ["onnxruntime-naive"] if "itm" in manifest.heads else []  # the peer a user's own export would be
+    # the peers a user's own export would be: the whole model traced, and its one-line int8
+    naive = ["onnxruntime-naive", "onnxruntime-naive:int8"] if "itm" in manifest.heads else []
     return ["torch", *(["torch:bf16"] if bf16 else [])] + [f"onnxruntime:{p}" for p in manifest.precisions] + naive
 
 
@@ -78,6 +79,11 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
         "matmul_gflops": machine.matmul_gflops(),
         "settings": vars(settings) | {"batch_sizes": list(settings.batch_sizes)},
         "skipped": skipped,
+        # which int8 files ran (docs/int8.md: the recipe is chosen per CPU class at load) and how busy the machine was
+        "int8_recipes": {b.label: f"{b.runtime.backend.int8_recipe}: {b.runtime.backend.int8_recipe_reason}"
+                         for b in backends if hasattr(b, "runtime") and b.runtime.backend.precision == "int8"
+                         and hasattr(b.runtime.backend, "int8_recipe")},
+        "load_average": machine.load_average(),
     }
     rows = []
     image = gallery[0]
@@ -97,6 +103,7 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
             rows += scenarios.cold_start(backends, runtime, _saved(image), eager, settings)
     workdir.cleanup()
     report = build(rows, context)
+    report["load_average_end"] = machine.load_average()
     report["failing"] = [f"{r['scenario']} {r['backend']}" for r in report["results"]
                          if r["agreement"] and not r["agreement"]["passed"]]
     return report

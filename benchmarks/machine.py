@@ -25,6 +25,11 @@ def cpu_info() -> dict:
     return {"model": model, "logical_cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: above the core count, other processes shared the CPU while it was measured."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def gpu_info() -> dict | None:
     try:
         import torch

@@ -54,7 +54,14 @@ def header(report: dict) -> list[str]:
         f"GPU: {machine['gpu']['name'] if machine['gpu'] else 'none'}  ",
         f"{rate}threads: {report['threads']}  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}  ",
-    ]
+    ] + [f"int8 recipe of {label}: {words}  " for label, words in report.get("int8_recipes", {}).items()] + (
+        [f"Load average (1/5/15 min) at the start {report['load_average']}, at the end "
+         f"{report.get('load_average_end')}{_shared(report)}  "] if report.get("load_average") else [])
+
+
+def _shared(report: dict) -> str:
+    busy = report["load_average"][0] > report["machine"]["cpu"]["logical_cores"]
+    return " — the CPU was shared with other work (more runnable threads than cores)" if busy else ""
 
 
 def markdown(report: dict) -> str:

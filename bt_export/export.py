@@ -163,6 +163,13 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
                                        for name, f in files.items()},
                 files=entries, validated_isa=isa_class() if precision == "int8" and validate else None,
                 min_onnxruntime=MIN_ONNXRUNTIME.get(max(e.opset for e in entries.values())))
+            if precision == "int8" and validate:  # recipes for this CPU's class, measured here (docs/int8.md)
+                from .int8_recipes import measure_recipes
+
+                variants[precision].recipes, left_out = measure_recipes(
+                    staging, specs, refs, files, _checkpoint_words(checkpoint, random_init), log)
+                if left_out:
+                    variants[precision].details["recipes_left_out"] = left_out
         manifest = build_manifest(loaded, specs, staging, processor, tokenizer_files, variants, rejected)
         if validate:
             log("opening the staged export with bt_runtime (no torch) to score one pair")
@@ -175,6 +182,10 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
         raise VariantsRejected(f"precision variant(s) {sorted(rejected)} missed their bounds and were left out; "
                                f"{output} holds {sorted(variants)}", result=result)
     return result
+
+
+def _checkpoint_words(checkpoint: str, random_init: bool) -> str:
+    return f"{checkpoint}{' (random init)' if random_init else ''}"
 
 
 def _describe(rows: list[ParityRow]) -> str:

@@ -1,15 +1,23 @@
 """The CPU's instruction-set class, as ONNX Runtime's int8 kernels see it (torch-free, /proc/cpuinfo).
 
-ONNX Runtime picks its integer matmul kernels by instruction set: VNNI (AVX-512 or AVX) accumulates u8×s8 products
-in 32 bits, plain AVX2/AVX-512 use pmaddubsw, whose 16-bit pair sums can saturate. An int8 variant records the
-class it was validated on (`variants.int8.validated_isa`) and the runtime warns when it runs on another class.
+ONNX Runtime picks its integer matmul kernels by instruction set: AMX tiles and VNNI (AVX-512 or AVX) accumulate
+u8×s8 products in 32 bits; plain AVX2/AVX-512 use pmaddubsw, whose 16-bit pair sums can saturate with s8 weights.
+So the int8 recipe (weight type, which graphs) is chosen per `cpu_class` (docs/int8.md); an int8 variant also
+records the finer `isa_class` its parity was validated on (`variants.int8.validated_isa`).
 """
 
 from __future__ import annotations
 
 import functools
 import platform
+import typing
 from pathlib import Path
+from typing import Literal
+
+# amx: AMX-INT8 tiles (Sapphire Rapids and later); avx512-vnni / avx-vnni: VNNI dot products; avx2: AVX2 or AVX-512
+# without VNNI (pmaddubsw, saturating int16 pair sums); other: no x86 int8 SIMD ONNX Runtime uses (arm64, …)
+CpuClass = Literal["amx", "avx512-vnni", "avx-vnni", "avx2", "other"]
+CPU_CLASSES: tuple[str, ...] = typing.get_args(CpuClass)
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,3 +43,17 @@ def isa_class(flags: frozenset[str] | None = None) -> str:
     if "avx2" in flags:
         return "avx2"
     return platform.machine() or "unknown"
+
+
+def cpu_class(flags: frozenset[str] | None = None) -> str:
+    """The int8 recipe class of a CPU with these /proc/cpuinfo flags (default: this machine's): one of CPU_CLASSES."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    if {"amx_tile", "amx_int8"} <= flags:
+        return "amx"
+    if "avx512_vnni" in flags:
+        return "avx512-vnni"
+    if "avx_vnni" in flags:
+        return "avx-vnni"
+    if "avx2" in flags:  # AVX-512F/BW without VNNI multiplies like AVX2 (pmaddubsw)
+        return "avx2"
+    return "other"

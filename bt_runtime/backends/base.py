@@ -27,6 +27,9 @@ class OnnxRuntimeOptions:
     # Busy-waiting threads of one graph's session slow the next graph's on few cores (measured: onnxruntime.py)
     allow_spinning: bool = False
     prepack_weights: bool = True  # False: one copy of each weight instead of MLAS's extra prepacked one
+    # int8 on CPU: None picks the recipe measured for this CPU's class (docs/int8.md); "safe" or a recipe's name
+    # forces one
+    int8_recipe: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,22 @@ texts). fp32 graphs run with TF32 off, so CUDA fp32 stays within the fp32 parity
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 
 import numpy as np
 
-from ..cpu import isa_class
+from ..cpu import cpu_class, isa_class
 from ..errors import BackendError, BackendInputError, first_line
 from ..integrity import verify_sha256
 from ..manifest import Manifest
 from ..onnx_refs import check_external_data
 from .base import Backend, OnnxRuntimeOptions
 from .feeds import check_declared, check_feeds, check_outputs
+
+LOG = logging.getLogger("bt_runtime")
+SAFE_RECIPE = "safe"  # the int8 variant's own files (docs/int8.md)
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                        "all": "ORT_ENABLE_ALL"}
@@ -85,6 +89,12 @@ class OnnxRuntimeBackend(Backend):
             _warn_isa_once(precision, variant.validated_isa, isa_class(), manifest.directory)
         super().__init__(manifest, precision, tuple(manifest.graphs), kind)
         self.options, self.providers, self.verify_checksums = o, providers, verify_checksums
+        on_cpu = kind == "cpu" and (providers[0] if isinstance(providers[0], str) else providers[0][0]) == \
+            "CPUExecutionProvider"
+        # int8_recipe: the recipe whose files run ("safe": the variant's own); int8_recipe_reason says why
+        self.files, self.int8_recipe, self.int8_recipe_reason = choose_files(variant, o.int8_recipe, on_cpu)
+        if precision == "int8":
+            LOG.info(self.int8_recipe_reason)
         self._sessions: dict = {}
         self._locks = {graph: threading.Lock() for graph in self.graphs}  # one session per graph, even under threads
 
@@ -113,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
     def _create_session(self, graph: str):
         import onnxruntime as ort
 
-        entry = self.manifest.graph_file(graph, self.precision)
+        entry = self.files[graph]
         path = self.manifest.path(entry.file)
         if self.verify_checksums:
             remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
@@ -168,6 +178,24 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         return dict(zip(outputs, self.session(graph).run(outputs, feeds), strict=True))
+
+
+def choose_files(variant, asked: str | None, on_cpu: bool, here: str | None = None) -> tuple[dict, str, str]:
+    """(graph → GraphFile, the recipe's name, why) for `variant` on this CPU (class `here`, default this machine's):
+    `asked` ("safe" or a recipe name) if given, else the recipe measured for the class, else the safe files."""
+    names = [SAFE_RECIPE] + [r.name for r in variant.recipes]
+    if asked is not None and asked not in names:
+        raise BackendInputError(f"int8_recipe {asked!r}; valid for this export: {names}")
+    if asked == SAFE_RECIPE or not variant.recipes:
+        return variant.files, SAFE_RECIPE, ("int8 recipe 'safe' as asked" if asked else
+                                            "one set of files (no per-CPU recipes in this variant)")
+    if asked is not None:
+        recipe = next(r for r in variant.recipes if r.name == asked)
+        return recipe.files, recipe.name, f"int8 recipe {recipe.name!r} as asked"
+    if not on_cpu:  # recipes are chosen for CPU integer kernels; other providers get the safe files
+        return variant.files, SAFE_RECIPE, "int8 recipe 'safe': not on ONNX Runtime's CPU provider"
+    recipe, reason = variant.recipe_for(here or cpu_class())
+    return (recipe.files, recipe.name, reason) if recipe else (variant.files, SAFE_RECIPE, reason)
 
 
 _WARNED: set[tuple] = set()

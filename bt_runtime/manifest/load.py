@@ -86,6 +86,10 @@ def check_meaning(m: Manifest) -> None:
     for precision, variant in m.variants.items():
         if sorted(variant.files) != sorted(m.graphs):
             fail(f"variants.{precision}.files: has {sorted(variant.files)}; expected the graphs {sorted(m.graphs)}")
+        for i, recipe in enumerate(variant.recipes):
+            if sorted(recipe.files) != sorted(m.graphs):
+                fail(f"variants.{precision}.recipes[{i}].files: has {sorted(recipe.files)}; expected the graphs "
+                     f"{sorted(m.graphs)}")
     p, r = m.preprocessing, m.preprocessing.resize
     for name, value in (("image_size", p.image_size), ("resize.shortest_edge", r.shortest_edge),
                         ("resize.longest_edge", r.longest_edge), ("resize.size_divisor", r.size_divisor),
@@ -171,11 +175,14 @@ def check_files(manifest: Manifest, directory: Path) -> Manifest:
             names.append((f"golden.inputs[{i}].image.file", item.image.file))
             names += [(f"golden.inputs[{i}].tensors[{k}].file", t.file) for k, t in enumerate(item.tensors)]
     for precision, variant in manifest.variants.items():
-        for graph, entry in variant.files.items():
-            names.append((f"variants.{precision}.files.{graph}.file", entry.file))
-            names += [(f"variants.{precision}.files.{graph}.external_data[{i}].file", ref.file)
-                      for i, ref in enumerate(entry.external_data)]
-            listed |= {entry.file, *(ref.file for ref in entry.external_data)}
+        sets = [(f"variants.{precision}.files", variant.files)] + [
+            (f"variants.{precision}.recipes[{i}].files", r.files) for i, r in enumerate(variant.recipes)]
+        for where, files in sets:
+            for graph, entry in files.items():
+                names.append((f"{where}.{graph}.file", entry.file))
+                names += [(f"{where}.{graph}.external_data[{i}].file", ref.file)
+                          for i, ref in enumerate(entry.external_data)]
+                listed |= {entry.file, *(ref.file for ref in entry.external_data)}
     for precision, section in manifest.tensorrt.items():  # engines may be absent: the backend says how to rebuild
         for graph, engine in section.engines.items():
             confined_path(directory, engine.file, f"{path}: tensorrt.{precision}.engines.{graph}.file")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from ..cpu import CpuClass
 from ..errors import ManifestError
 from ..integrity import confined_path
 
@@ -79,6 +80,38 @@ class Parity:
 
 
 @dataclass
+class RecipeMeasurement:
+    """What one int8 recipe measured on one machine (at export, or by scripts/int8_recipes.py)."""
+    cpu_class: CpuClass  # bt_runtime.cpu.cpu_class of the machine
+    machine: str  # CPU model, logical cores, and whether it was shared
+    checkpoint: str  # what the numbers are of (alias, `shapes`, …; random init said so)
+    passed: bool  # within every int8 task bound of the export (bt_export.specs.VARIANT_BOUNDS["int8"])
+    accuracy: dict[str, float]  # task metric → value (ITM |Δp|, decision agreement, MLM top-1, … vs eager fp32)
+    speed: dict[str, float]  # e.g. {"pair_ms": …, "fp32_pair_ms": …}: medians, fp32 timed interleaved with it
+
+
+@dataclass
+class Int8Recipe:
+    """One way to make the int8 variant, meant for some CPU classes (docs/int8.md). The runtime uses a recipe's
+    files on a CPU whose class it lists *and* was measured on with every bound passed; elsewhere the variant's own
+    `files` (the safe recipe, whose integer results do not depend on the ISA)."""
+    name: str  # e.g. "s8-all"
+    cpu_classes: list[CpuClass]  # the classes it is meant for
+    weights: Literal["int8", "uint8"]  # weight type; activations are uint8, quantized per call
+    per_channel: bool
+    reduce_range: bool  # 7-bit weights
+    excluded_patterns: list[str]  # "<graph>/<module path>" patterns kept float32 (bt_export.precision)
+    files: dict[str, GraphFile]  # graph name → file, as Variant.files
+    measured: list[RecipeMeasurement] = field(default_factory=list)  # empty: never measured
+
+    def measured_on(self, cpu_class: str) -> Union[RecipeMeasurement, None]:
+        """The passing measurement on `cpu_class`, if the recipe is meant for it and has one."""
+        if cpu_class not in self.cpu_classes:
+            return None
+        return next((m for m in self.measured if m.cpu_class == cpu_class and m.passed), None)
+
+
+@dataclass
 class Variant:
     attention: str  # onnx | ort | none
     io_dtype: str
@@ -90,6 +123,29 @@ class Variant:
     # Lowest ONNX Runtime release measured to load and run this variant (scripts/ort_floor.py); None: not measured
     # for the opset this variant was written with
     min_onnxruntime: Union[str, None] = None
+    # int8: recipes for other CPU classes than the safe one in `files` (schema 4, optional; empty or absent: `files`
+    # is the only recipe, used on every CPU)
+    recipes: list[Int8Recipe] = field(default_factory=list)
+
+    def recipe_for(self, cpu_class: str) -> tuple[Union[Int8Recipe, None], str]:
+        """(the recipe to use on a CPU of `cpu_class`, None for the safe one in `files`; why, in one line)."""
+        for recipe in self.recipes:
+            measurement = recipe.measured_on(cpu_class)
+            if measurement is not None:
+                return recipe, (f"int8 recipe {recipe.name!r} for {cpu_class} (measured on {measurement.machine}: "
+                                f"{_speed_words(measurement.speed)})")
+        meant = [r.name for r in self.recipes if cpu_class in r.cpu_classes]
+        if meant:
+            return None, (f"int8: recipe(s) {meant} are meant for {cpu_class} but were not measured within the "
+                          f"bounds on a {cpu_class} CPU: the safe recipe (the variant's own files) is used; export "
+                          f"on this machine to measure them")
+        if self.recipes:
+            return None, f"int8: no recipe for {cpu_class} was measured: the safe recipe (the variant's own files)"
+        return None, "int8: the export has one recipe (the variant's own files)"
+
+
+def _speed_words(speed: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in speed.items()) or "no timing"
 
 
 @dataclass

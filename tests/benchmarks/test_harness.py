@@ -53,7 +53,8 @@ def report(tiny_export, photos_dir):
 
     settings = Settings(num_texts=3, gallery=3, batch_sizes=(1, 2), runs=2, warmup=1, top_k=2)
     return run_benchmark(tiny_export, ["pair", "rerank", "embed-images", "embed-texts", "retrieve"],
-                         ["torch", "onnxruntime:fp32", "onnxruntime-naive", "tensorrt:fp16"], settings, [photos_dir],
+                         ["torch", "onnxruntime:fp32", "onnxruntime-naive", "onnxruntime-naive:int8", "tensorrt:fp16"],
+                         settings, [photos_dir],
                          log=lambda m: None)
 
 
@@ -67,6 +68,7 @@ def test_report_schema_and_agreement(report):
     assert ("embed-images", "onnxruntime:fp32") in scenarios and ("retrieve", "torch") in scenarios
     # the naive whole-model export: timed and checked where it can run (pair, rerank), nowhere else
     assert {s for s, b in scenarios if b == "onnxruntime-naive"} == {"pair", "rerank"}
+    assert {s for s, b in scenarios if b == "onnxruntime-naive:int8"} == {"pair", "rerank"}
     for row in report["results"]:
         if row["scenario"] == "retrieve-index":  # the one-time ITC index of the gallery: no eager peer
             assert len(row["samples_s"]) == 1 and row["work"] == 3 and row["speedup_vs_torch"] is None
@@ -142,9 +144,10 @@ def test_default_backends_cover_every_variant_and_bf16_where_the_cpu_has_it(tiny
 
     manifest = read_manifest(tiny_export)
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx512_bf16"]})
-    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32", "onnxruntime-naive"]
+    naive = ["onnxruntime-naive", "onnxruntime-naive:int8"]  # every report shows both peers
+    assert bench.default_backends(manifest) == ["torch", "torch:bf16", "onnxruntime:fp32", *naive]
     monkeypatch.setattr(machine, "cpu_info", lambda: {"flags": ["avx2"]})
-    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32", "onnxruntime-naive"]
+    assert bench.default_backends(manifest) == ["torch", "onnxruntime:fp32", *naive]
 
 
 def test_cold_start_rows_per_way_of_loading(tiny_export, photos_dir):
@@ -188,3 +191,27 @@ def test_distinct_gallery_has_no_two_equal_images(photos_dir):
     photos = [Image.open(p).convert("RGB").resize((64, 48)) for p in sorted(photos_dir.iterdir())]
     gallery = distinct_gallery(photos, 300)
     assert len(gallery) == 300 and len({(im.size, im.tobytes()) for im in gallery}) == 300
+
+
+def test_the_naive_export_has_fp32_and_int8_only(tiny_export):
+    from benchmarks.backends import BackendUnavailable, make_backend
+    from bt_runtime import read_manifest
+
+    with pytest.raises(BackendUnavailable, match=r"fp32 \(`onnxruntime-naive`\) and int8 \(`onnxruntime-naive:int8`\)"):
+        make_backend("onnxruntime-naive:fp16", tiny_export, read_manifest(tiny_export), None, "/nonexistent")
+
+
+def test_the_header_says_when_the_cpu_was_shared(report):
+    shared = dict(report, load_average=[report["machine"]["cpu"]["logical_cores"] + 1.0, 0.0, 0.0])
+    assert "the CPU was shared" in markdown(shared)
+    assert "the CPU was shared" not in markdown(dict(report, load_average=[0.0, 0.0, 0.0]))
+
+
+def test_an_int8_recipe_label_is_for_int8_only(tiny_export):
+    from benchmarks.backends import BackendUnavailable, agreement_bounds, make_backend
+    from bt_export.specs import VARIANT_BOUNDS
+    from bt_runtime import read_manifest
+
+    with pytest.raises(BackendUnavailable, match="@<recipe> names an int8 recipe"):
+        make_backend("onnxruntime:fp32@s8-all", tiny_export, read_manifest(tiny_export), None)
+    assert agreement_bounds("onnxruntime:int8@s8-all") == VARIANT_BOUNDS["int8"]
