@@ -25,10 +25,10 @@ def ratios(bench: dict) -> list[str]:
             continue
         ms = {label: rows[label]["summary"]["p50_ms"] if label in rows else None for label in PEERS}
 
-        def cell(label):
+        def cell(label, ms=ms):
             return "–" if ms[label] is None else f"{ms[label]:.0f} ms"
 
-        def ratio(slow, fast):
+        def ratio(slow, fast, ms=ms):
             return "–" if ms[slow] is None or ms[fast] is None else f"{ms[slow] / ms[fast]:.2f}×"
 
         params = ", ".join(f"{k}={v}" for k, v in rows["torch"]["params"].items() if k != "note")

@@ -69,8 +69,9 @@ def main() -> None:
 
     off = sessions({"session.intra_op.allow_spinning": "0"})
     stop = sessions({"session.force_spinning_stop": "1"})
+    on = sessions({})
     cases = {"spinning off (runtime default)": lambda: sequential(off),
-             "spinning on (ONNX Runtime default)": (lambda s=sessions({}): sequential(s)),
+             "spinning on (ONNX Runtime default)": lambda: sequential(on),
              "spinning on, stopped after each run": lambda: sequential(stop),
              "spinning off, towers concurrent": lambda: concurrent(off),
              "spinning on + stop, towers concurrent": lambda: concurrent(stop)}

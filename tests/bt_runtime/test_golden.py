@@ -118,7 +118,7 @@ def test_verify_catches_a_changed_rule_on_the_suite(export_copy, edit, failing):
     (lambda d: d["golden"]["inputs"][0].update(tensors=[]), r"golden\.inputs\[0\]\.tensors: empty"),
     (lambda d: d["golden"]["inputs"][1]["tensors"][0].update(name="sharpened"), r"not a preprocessing step"),
     (lambda d: d["golden"]["tensors"][2].update(tolerance=-1.0), r"tolerance -1\.0; expected a finite number"),
-    (lambda d: d["golden"]["tensors"][3].update(shape=[3, 96, 95]), r"golden\.pixel_values\.bin: 110592 bytes"),
+    (lambda d: d["golden"]["tensors"][3].update(shape=[3, 96, 95]), r"golden\.pixel_values\.bin holds 110592 bytes"),
     (lambda d: d["golden"]["tensors"].append(d["golden"]["tensors"][0]), r"name listed twice"),
 ])
 def test_verify_refuses_empty_or_malformed_goldens_in_one_line(export_copy, edit, message):
