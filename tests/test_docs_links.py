@@ -13,10 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "benchmarks" / "results" / "README.md"])
 
-# Pages that other branches of issue 24 add; linked already, expected at merge. The merger removes this list once
-# they have landed: a link to them is then checked like any other.
-EXPECTED_AT_MERGE = {"docs/int8.md", "docs/scale.md"}
-
 FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1[^\n]*$", re.M | re.S)
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
 INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>]*>|[^\s()]*(?:\([^\s()]*\)[^\s()]*)*)")
@@ -58,7 +54,7 @@ def links(markdown: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, start) + 1, target.strip("<>")) for start, target in sorted(found)]
 
 
-def broken_links(page: Path, repo: Path = REPO, expected: set[str] = frozenset()) -> list[str]:
+def broken_links(page: Path, repo: Path = REPO) -> list[str]:
     """One line per link of `page` whose file or heading does not exist."""
     problems = []
     for line, target in links(page.read_text(encoding="utf-8")):
@@ -75,8 +71,7 @@ def broken_links(page: Path, repo: Path = REPO, expected: set[str] = frozenset()
             problems.append(f"{where}: points outside the repository")
             continue
         if not resolved.exists():
-            if relative not in expected:
-                problems.append(f"{where}: no such file {relative}")
+            problems.append(f"{where}: no such file {relative}")
             continue
         if anchor and resolved.suffix == ".md" and unquote(anchor) not in anchors(resolved.read_text(encoding="utf-8")):
             problems.append(f"{where}: {relative} has no heading with anchor #{anchor}")
@@ -86,7 +81,7 @@ def broken_links(page: Path, repo: Path = REPO, expected: set[str] = frozenset()
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_relative_links_and_anchors_resolve(page):
     assert page.is_file(), f"{page.relative_to(REPO)} is missing"
-    assert broken_links(page, expected=EXPECTED_AT_MERGE) == []
+    assert broken_links(page) == []
 
 
 @pytest.mark.parametrize("heading, slug", [
@@ -112,9 +107,9 @@ def test_broken_file_and_anchor_are_found(tmp_path):
         "# Top\n"
         "[gone](docs/b.md) [bad anchor](docs/a.md#same-2) `[in code](docs/c.md)`\n"
         "```\n[in a fence](docs/d.md)\n```\n"
-        "[later](docs/later.md) [fenced heading](docs/a.md#not-a-heading)\n"
+        "[fenced heading](docs/a.md#not-a-heading)\n"
         "[ref]: ../outside.md\n")
-    assert broken_links(page, tmp_path, expected={"docs/later.md"}) == [
+    assert broken_links(page, tmp_path) == [
         "README.md:3: docs/b.md: no such file docs/b.md",
         "README.md:3: docs/a.md#same-2: docs/a.md has no heading with anchor #same-2",
         "README.md:7: docs/a.md#not-a-heading: docs/a.md has no heading with anchor #not-a-heading",
