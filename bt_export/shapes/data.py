@@ -63,8 +63,8 @@ STAR_INNER = 0.45  # inner / outer radius of the star
 # GRID_CELLS > 0: object centres at the centres of a GRID_CELLS × GRID_CELLS grid of cells (± CELL_JITTER px; 4 =
 # the `shapes` model's 16-px patches at 64 px), free only where no grid placement exists. With free sub-patch
 # offsets a 3-layer patch-16 ViT tells circle from square and star from triangle (equal areas) at chance; on the
-# grid a 1,400-step run reached shape 0.996 but position and relation stayed at chance, so the shipped weights
-# and their data keep free centres (0). docs/shapes.md, benchmarks/results/shapes-train-grid-seed0.json
+# grid 1,400- and 2,400-step runs reached shape ≥ 0.996 but position and relation stayed at chance, so the shipped
+# weights and their data keep free centres (0). docs/shapes.md, benchmarks/results/shapes-train-grid-seed0*.json
 GRID_CELLS = 0
 CELL_JITTER = 1.5
 ALIGNED_TRIES = 8  # grid placements tried before free ones
