@@ -1,6 +1,7 @@
 """Task accuracy on the shapes held-out data (bt_export.shapes.data): the evaluation set one seed makes, the task
 metrics, the bars issue 20 sets, and the task-level agreement of two backends (reused by the int8 search).
-NumPy only; who computes the scores (eager, ONNX Runtime, TensorRT) is benchmarks.accuracy_run's job.
+NumPy only; who computes the scores (eager, ONNX Runtime, TensorRT) is benchmarks.accuracy_run's job, and the
+metrics themselves are bt_export.shapes.metrics (the training script reports the same ones).
 
 Definitions (stated in every report):
 - ITM decision on a pair: match probability p > 0.5. ITM accuracy against a one-attribute hard negative: the
@@ -17,8 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-THRESHOLD = 0.5  # an ITM decision: match probability above this
-RECALL_AT = (1, 5, 10)
+from bt_export.shapes.metrics import (  # noqa: F401 (the metrics, one module for training and bt-bench)
+    RECALL_AT,
+    THRESHOLD,
+    itm_accuracy,
+    mlm_accuracy,
+    ranking,
+    recall_at,
+)
+
 BARS = {"eager_fp32_identical": 0.999, "reduced_precision_points": 0.5, "two_stage_recall10_of_brute": 0.95}
 
 
@@ -76,32 +84,6 @@ def make_eval_set(seed: int, size: int, *, queries: int, image_size: int, split:
         text, [(_, word, category)] = data.mask_attribute_words(sample.caption, rng, 1, mask_token)
         masked.append((i, text, word, category))
     return EvalSet(split, seed, samples, queries, negatives, masked, [s.scene.canonical() for s in samples])
-
-
-# ---- metrics -------------------------------------------------------------------------------------------------
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """(Q, N) scores → (Q, N) item indices best first; equal scores: the lower index first."""
-    return np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable")
-
-
-def recall_at(order: np.ndarray, relevant: np.ndarray, ns=RECALL_AT) -> dict[str, float | None]:
-    """recall@n of rankings `order` (Q, ≥n) with `relevant` (Q, N) bool; None where a ranking is shorter than n."""
-    hit = np.take_along_axis(relevant, order, axis=1)  # (Q, L): is the item at rank r relevant
-    return {f"r@{n}": (float(hit[:, :n].any(axis=1).mean()) if order.shape[1] >= n else None) for n in ns}
-
-
-def itm_accuracy(positive: np.ndarray, negative: np.ndarray, kinds: list[str]) -> dict:
-    """positive[i]: p(true caption) of each negative's image; negative[i]: p(the negative). Correct: p_true > p_neg."""
-    correct = np.asarray(positive) > np.asarray(negative)
-    per_kind = {k: float(correct[[x == k for x in kinds]].mean()) for k in dict.fromkeys(kinds)}
-    return {"overall": float(correct.mean()), "per_kind": per_kind, "count": int(correct.size)}
-
-
-def mlm_accuracy(predicted: list[str], words: list[str], categories: list[str]) -> dict:
-    correct = np.array([p == w for p, w in zip(predicted, words, strict=True)])
-    per_category = {c: float(correct[[x == c for x in categories]].mean()) for c in dict.fromkeys(categories)}
-    return {"top1": float(correct.mean()), "per_category": per_category, "count": int(correct.size)}
 
 
 # ---- agreement of two backends (task level) --------------------------------------------------------------------

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bt_runtime.features import softmax
+
 from . import machine
 from .accuracy import (
     RECALL_AT,
@@ -30,9 +32,10 @@ from .accuracy import (
 PAIR_BATCH = 64  # pairs per cross-modal call, every backend alike
 
 
-def _softmax1(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    return 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax(logits)[:, 1]
+def _match_probability(logits: np.ndarray) -> np.ndarray:
+    """ITM logits (B, 2) → P(match) (B,), the runtime's own softmax (bt_runtime.features), so eager, the naive
+    export and the runtime backends turn logits into probabilities alike."""
+    return softmax(np.asarray(logits, dtype=np.float32))[:, 1]
 
 
 class RuntimeScorer:
@@ -137,7 +140,7 @@ class EagerScorer(PairScorer):
                                           pixel_values=torch.from_numpy(pixels))
 
     def _itm(self, pixels, ids, mask) -> np.ndarray:
-        return _softmax1(self._call("itm", pixels, ids, mask).logits.float().numpy())
+        return _match_probability(self._call("itm", pixels, ids, mask).logits.float().numpy())
 
     def itm_matrix(self, images: list, texts: list[str]) -> np.ndarray:
         """Every image with every text, (I, T): a gallery × queries matrix is 10⁵ pairs, too many for the whole
@@ -163,7 +166,7 @@ class EagerScorer(PairScorer):
                 length = int(mask[t.numpy()].sum(axis=1).max())
                 logits = cross(text_bridge[t, :, :length], image_bridge, torch.from_numpy(mask)[t, :length],
                                torch.from_numpy(image_rows[start:start + 4 * PAIR_BATCH]))[1]  # (B, 2)
-                scores.append(_softmax1(logits.float().numpy()))
+                scores.append(_match_probability(logits.float().numpy()))
         return np.concatenate(scores).reshape(len(images), len(texts))
 
     def embed_images(self, images: list) -> np.ndarray:  # ITC embeddings are unimodal: any caption pairs
@@ -198,7 +201,7 @@ class NaiveScorer(PairScorer):
         self.naive = naive
 
     def _itm(self, pixels, ids, mask) -> np.ndarray:
-        return _softmax1(self.naive.session.run(["logits"], {"input_ids": ids, "attention_mask": mask,
+        return _match_probability(self.naive.session.run(["logits"], {"input_ids": ids, "attention_mask": mask,
                                                              "pixel_values": pixels})[0])
 
 

@@ -22,7 +22,8 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "bt_export" / "assets" / 
 def main() -> None:
     import torch
 
-    from bt_export.shapes.train import TrainConfig, evaluate, machine, save, train
+    from benchmarks.machine import cpu_info
+    from bt_export.shapes.train import TrainConfig, evaluate, save, train
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,7 +42,8 @@ def main() -> None:
     train_seconds = time.perf_counter() - started
     metrics = evaluate(model, tokenizer, cfg)
     metrics.update(train_seconds=round(train_seconds, 1), total_seconds=round(time.perf_counter() - started, 1),
-                   parameters=sum(p.numel() for p in model.parameters()), machine=machine(),
+                   parameters=sum(p.numel() for p in model.parameters()),
+                   machine={**cpu_info(), "torch_threads": args.threads, "torch": torch.__version__},
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), losses=history[-1:] + history[:1])
     print(json.dumps({k: v for k, v in metrics.items() if k != "machine"}, indent=1))
     save(model, tokenizer, cfg, args.output, metrics)

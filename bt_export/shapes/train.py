@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch.nn import functional as F
 from ..configs import HEAD_NAMES
 from ..model import with_heads_class
 from ..towers import CrossModalStack, TextTower, VisionTower
-from . import data
+from . import data, metrics
 from .tokenizer import MASK_TOKEN, build_tokenizer, hf_tokenizer
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # BridgeTowerImageProcessor's defaults (OpenAI CLIP's)
@@ -312,11 +311,10 @@ def itm_scores(parts: Parts, enc: Encoder, captions: list[str], image_bridge: to
     return torch.cat(out)
 
 
-def _recall(scores: torch.Tensor, relevant: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """scores (Q, N), relevant (Q, N) bool → recall@k: a relevant image among the top k."""
-    order = scores.argsort(dim=1, descending=True)
-    hit = relevant.gather(1, order)  # (Q, N), relevant in ranked order
-    return {f"r@{k}": round(float(hit[:, :k].any(dim=1).float().mean()), 4) for k in ks}
+def _recall(scores: torch.Tensor, relevant: np.ndarray) -> dict[str, float]:
+    """scores (Q, N), relevant (Q, N) bool → recall@1/5/10 (bt_export.shapes.metrics), rounded for metrics.json."""
+    found = metrics.recall_at(metrics.ranking(scores.numpy()), relevant)
+    return {k: round(v, 4) for k, v in found.items()}
 
 
 @torch.no_grad()
@@ -325,7 +323,7 @@ def retrieval(parts: Parts, enc: Encoder, gallery: list[data.Sample], queries: i
     image_bridge, image_embeds = _encode_images(parts, enc, images_array(gallery))
     captions = [s.caption for s in gallery[:queries]]
     keys = [s.scene.canonical() for s in gallery]
-    relevant = torch.tensor([[keys[q] == k for k in keys] for q in range(queries)])  # (Q, N)
+    relevant = np.array([[keys[q] == k for k in keys] for q in range(queries)])  # (Q, N)
     ids, mask = enc.texts(captions)
     text_bridge, text_embeds = parts.text(ids, mask)  # (Q, C, S, D), (Q, E)
     result = {"itc": _recall(text_embeds @ image_embeds.T, relevant)}
@@ -341,38 +339,34 @@ def retrieval(parts: Parts, enc: Encoder, gallery: list[data.Sample], queries: i
 
 @torch.no_grad()
 def itm_accuracy(parts: Parts, enc: Encoder, samples: list[data.Sample]) -> dict:
-    """Per negative kind: pairwise (P(positive) > P(negative)) and binary (both sides of 0.5) accuracy."""
+    """Per negative kind and "all": pairwise and binary accuracy (bt_export.shapes.metrics) and the count."""
     image_bridge, _ = _encode_images(parts, enc, images_array(samples))
     rows = [(i, kind, caption) for i, s in enumerate(samples) for kind, caption in data.hard_negatives(s)]
     positive = itm_scores(parts, enc, [s.caption for s in samples], image_bridge, torch.arange(len(samples)))
     negative = itm_scores(parts, enc, [c for _, _, c in rows], image_bridge, torch.tensor([i for i, _, _ in rows]))
-    result = {}
-    for kind in (*data.NEGATIVE_KINDS, "all"):
-        picked = [r for r, (_, k, _) in enumerate(rows) if kind in (k, "all")]
-        index = torch.tensor([rows[r][0] for r in picked])
-        pos, neg = positive[index], negative[torch.tensor(picked)]
-        result[kind] = {"pairwise": round(float((pos > neg).float().mean()), 4),
-                        "binary": round(float(((pos > 0.5).float().mean() + (neg < 0.5).float().mean()) / 2), 4),
-                        "n": len(picked)}
+    kinds = [k for _, k, _ in rows]
+    found = metrics.itm_accuracy(positive.numpy()[[i for i, _, _ in rows]], negative.numpy(), kinds)
+    result = {kind: {"pairwise": round(found["per_kind"][kind], 4), "binary": round(found["binary_per_kind"][kind], 4),
+                     "n": kinds.count(kind)} for kind in data.NEGATIVE_KINDS if kind in found["per_kind"]}
+    result["all"] = {"pairwise": round(found["overall"], 4), "binary": round(found["binary"], 4), "n": found["count"]}
     return result
 
 
 @torch.no_grad()
 def mlm_accuracy(parts: Parts, enc: Encoder, samples: list[data.Sample], seed: int) -> dict:
-    """Accuracy of the MLM head on one masked attribute word per caption (argmax over the vocabulary), by category."""
+    """Top-1 of the MLM head on one masked attribute word per caption (bt_export.shapes.metrics), by category and
+    "all"."""
     rng = np.random.default_rng([seed, 11])
     image_bridge, _ = _encode_images(parts, enc, images_array(samples))
     masked = [data.mask_attribute_words(s.caption, rng, count=1, mask_token=MASK_TOKEN) for s in samples]
     ids, mask = enc.texts([m for m, _ in masked])
     text_bridge, _ = parts.text(ids, mask)
     logits = parts.full(text_bridge, image_bridge, mask, torch.arange(len(samples)))[2]  # (B, S, V)
-    correct: dict[str, list[bool]] = {}
-    for row, (_, [(word_index, word, category)]) in enumerate(masked):
-        target = enc.tokenizer.token_to_id(("Ġ" if word_index else "") + word)
-        hit = int(logits[row, word_index + 1].argmax()) == target  # +1: <s>
-        correct.setdefault(category, []).append(hit)
-        correct.setdefault("all", []).append(hit)
-    return {k: round(float(np.mean(v)), 4) for k, v in correct.items()}
+    positions = torch.tensor([word_index + 1 for _, [(word_index, _, _)] in masked])  # +1: <s>
+    top1 = logits[torch.arange(len(samples)), positions].argmax(-1).tolist()
+    found = metrics.mlm_accuracy([enc.tokenizer.decode([t]).strip() for t in top1],
+                                 [word for _, [(_, word, _)] in masked], [c for _, [(_, _, c)] in masked])
+    return {**{k: round(v, 4) for k, v in found["per_category"].items()}, "all": round(found["top1"], 4)}
 
 
 def evaluate(model, tokenizer, cfg: TrainConfig, log=print) -> dict:
@@ -393,20 +387,6 @@ def evaluate(model, tokenizer, cfg: TrainConfig, log=print) -> dict:
     }
     metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
     return metrics
-
-
-def machine() -> dict:
-    """CPU model and vector ISA of this machine (Linux /proc/cpuinfo), for the metrics file."""
-    info = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        lines = cpuinfo.splitlines()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def save(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict) -> None:

@@ -87,3 +87,20 @@ def test_bad_arguments_name_the_input():
         data.make_samples(0, 1, split="test")
     with pytest.raises(ValueError, match="seed"):
         data.make_samples(-1, 1)
+
+
+def test_grid_placement_puts_centres_on_cells_and_falls_back_where_none_exists(monkeypatch):
+    cells, size = 4, 64
+    cell = size / cells
+    scene = data.parse_caption("two small red circles left of a large blue star")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        placed = data._place(rng, scene, size, cells=cells)
+        assert placed
+        for (_, cx, cy, r), (x0, y0, x1, y1) in zip(placed, [data._half("left")] * 2 + [data._half("right")], strict=False):
+            for c, lo, hi in ((cx, x0 * size + r + 1, x1 * size - r - 1), (cy, y0 * size + r + 1, y1 * size - r - 1)):
+                off_centre = abs(c - (np.floor(c / cell) + 0.5) * cell)
+                assert off_centre <= data.CELL_JITTER + 1e-9 or np.isclose(c, lo) or np.isclose(c, hi), (c, lo, hi)
+    monkeypatch.setattr(data, "GRID_CELLS", cells)
+    crowded = data.parse_caption("three large red circles on the left")  # no grid placement: free centres
+    assert data.render(crowded, rng).size == (64, 64)
