@@ -97,7 +97,8 @@ def test_grid_placement_puts_centres_on_cells_and_falls_back_where_none_exists(m
     for _ in range(20):
         placed = data._place(rng, scene, size, cells=cells)
         assert placed
-        for (_, cx, cy, r), (x0, y0, x1, y1) in zip(placed, [data._half("left")] * 2 + [data._half("right")], strict=False):
+        regions = [data._half("left")] * 2 + [data._half("right")]
+        for (_, cx, cy, r), (x0, y0, x1, y1) in zip(placed, regions, strict=False):
             for c, lo, hi in ((cx, x0 * size + r + 1, x1 * size - r - 1), (cy, y0 * size + r + 1, y1 * size - r - 1)):
                 off_centre = abs(c - (np.floor(c / cell) + 0.5) * cell)
                 assert off_centre <= data.CELL_JITTER + 1e-9 or np.isclose(c, lo) or np.isclose(c, hi), (c, lo, hi)
