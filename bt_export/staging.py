@@ -24,6 +24,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from bt_runtime.outputs import swap_into_place
+
 from .errors import OutputDirError
 
 OWNER_FILE = ".bt-export-owner"  # inside a staging directory: the pid of the process writing it
@@ -226,13 +228,7 @@ def staged_directory(output: Path, overwrite: bool) -> Iterator[Path]:
             (staging / OWNER_FILE).unlink()
             os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished export follows the umask
             check_output_dir(output, overwrite)  # nothing foreign appeared there while we worked
-            previous = None
-            if output.exists():
-                previous = output.with_name(f".{output.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-                output.rename(previous)
-            staging.rename(output)
-            if previous is not None:
-                shutil.rmtree(previous, ignore_errors=True)
+            swap_into_place(staging, output)
         except BaseException:  # KeyboardInterrupt and SIGTERM included: never leave a half-written export behind
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -5,6 +5,7 @@ written is a one-line error naming the path, never a traceback after minutes of 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .errors import BtRuntimeError
@@ -41,3 +42,15 @@ def check_output_path(output: Path, option: str, staging_bytes: int) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise BtRuntimeError(f"{option} {given!r}: {str(ancestor)!r} is not writable")
     return output
+
+
+def swap_into_place(staging: Path, output: Path) -> None:
+    """Put the finished `staging` directory at `output`: the previous one (already judged replaceable) is renamed
+    aside first and removed only after the rename, so `output` is at every moment the old or the new one, whole."""
+    previous = None
+    if output.exists():
+        previous = output.with_name(f".{output.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+        output.rename(previous)
+    staging.rename(output)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)

@@ -34,7 +34,7 @@ import numpy as np
 from bt_runtime.errors import BtRuntimeError
 from bt_runtime.integrity import sha256_file
 from bt_runtime.manifest import Manifest, TensorInfo, read_manifest
-from bt_runtime.outputs import check_output_path
+from bt_runtime.outputs import check_output_path, swap_into_place
 
 MARKER = "bt-triton-repo.json"  # what bt-run wrote: every entry, recursively, files with their sha256
 MARKER_FORMAT = "bt-triton-repo/2"
@@ -243,13 +243,7 @@ def write(export_dir: str | Path, output: str | Path, precision: str = "fp32", m
         (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         os.chmod(staging, 0o755)
         _check_destination(output, overwrite)  # nothing foreign appeared there while we worked
-        previous = None
-        if output.exists():
-            previous = output.with_name(f".{output.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-            output.rename(previous)
-        staging.rename(output)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+        swap_into_place(staging, output)
     except OSError as err:  # disk full, permissions changed while writing: nothing half-written stays
         shutil.rmtree(staging, ignore_errors=True)
         raise BtRuntimeError(_cannot_write(output, err)) from None
