@@ -23,8 +23,6 @@ from .schema import (
                    SCHEMA_VERSION,
                    TENSOR_DTYPES,
                    AlphaRule,
-                   AxisLink,
-                   Broadcast,
                    CenterCrop,
                    Checkpoint,
                    CheckpointKind,
@@ -46,16 +44,14 @@ from .schema import (
                    RejectedVariant,
                    Resample,
                    Resize,
-                   Substitute,
                    TensorDtype,
                    TensorInfo,
                    TensorRTEngines,
                    TokenizerInfo,
                    TrtPrecision,
                    Variant,
-                   Wire,
-                   Wiring,
 )
+from .wiring import AxisLink, Broadcast, Substitute, Wire, Wiring
 
 __all__ = ["SCHEMA_FILE", "check_files", "checked", "check_meaning", "dump", "from_dict", "json_schema",
            "read_manifest", "write_manifest",
