@@ -68,9 +68,11 @@ def test_setup_command_is_the_quickstart():
     first_block = re.search(r"```bash\n(.*?)\n```", text, re.S).group(1).splitlines()
     _, quickstart = marked_block(text, "shell")
     assert commands(first_block[:1]) == commands(quickstart)
-    assert commands(first_block[1:2]) == ["bash scripts/dev_setup_and_test.sh"]
-    assert (REPO / "scripts" / "dev_setup_and_test.sh").is_file()
-    assert "scripts/dev_setup_and_test.sh" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = commands(first_block[1:2])
+    assert test_command == ["bash scripts/dev_setup.sh", "python3 -m pytest tests"]
+    assert (REPO / "scripts" / "dev_setup.sh").is_file()
+    ci = commands((REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines())
+    assert all(command in ci for command in test_command), "CI must run the README's test command"
 
 
 @pytest.mark.slow
