@@ -7,9 +7,11 @@ missing shards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,14 +109,8 @@ def write_shard(directory: Path, shard: int, ids: list[str], sources: list[str],
                       "embedding": column, "error": pa.array([e or None for e in errors], pa.string())},
                      schema=schema(embedding_size))
     path = shard_path(directory, shard)
-    staged = _staging(path)
-    try:
+    with _replacing(path) as staged:
         pq.write_table(table, staged)
-        _fsync(staged)
-        os.replace(staged, path)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -139,25 +135,22 @@ def embeddings_of(table) -> tuple[np.ndarray, np.ndarray]:
     return good, column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(good), size)
 
 
-def _staging(path: Path) -> str:
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """A staging file beside `path` to write; on success it is synced and renamed over `path`, on any failure
+    removed, so `path` is always whole or absent."""
     descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
-    return staged
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    staged = _staging(path)
     try:
-        with open(staged, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield staged
+        with open(staged, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(staged, path)
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    with _replacing(path) as staged:
+        Path(staged).write_bytes(data)
