@@ -43,6 +43,9 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                                                  "row's error, refused before tokenizing."),
          max_image_bytes: int = typer.Option(DEFAULT_MAX_IMAGE_BYTES, "--max-image-bytes",
                                              help="Largest encoded image (bytes) a row may carry."),
+         max_request_bytes: int = typer.Option(0, "--max-request-bytes",
+                                               help="Largest HTTP body / gRPC message, refused from its declared "
+                                                    "size before it is read (0: --max-image-bytes + 1 MiB)."),
          max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels",
                                         help="Largest image (width × height, read from its header before "
                                              "decoding)."),
@@ -64,6 +67,7 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
     for value, name, low in ((max_batch, "--max-batch", 1), (queue_delay_us, "--queue-delay-us", 0),
                              (instances, "--instances", 1), (threads, "--threads", 0),
                              (max_text_chars, "--max-text-chars", 1), (max_image_bytes, "--max-image-bytes", 1),
+                             (max_request_bytes, "--max-request-bytes", 0),
                              (max_pixels, "--max-pixels", 1)):
         if value < low:
             raise typer.BadParameter(f"{value}; must be ≥ {low}", param_hint=name)
@@ -82,7 +86,7 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                    "  .venv-serve/bin/bt-serve EXPORT_DIR", err=True)
         raise typer.Exit(2)
 
-    from .server import ServeOptions, check_ports_free, serve
+    from .server import ServeOptions, check_ports_free, request_limit, serve
 
     try:  # before anything starts: a taken port is named now, not after tritonserver's startup timeout
         check_ports_free(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
@@ -94,7 +98,8 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                            max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
                            threads=threads, precision=precision, device=device,
                            log_file=str(log_file) if log_file else None, max_text_chars=max_text_chars,
-                           max_image_bytes=max_image_bytes, max_pixels=max_pixels, image_formats=formats,
+                           max_image_bytes=max_image_bytes, max_request_bytes=max_request_bytes or None,
+                           max_pixels=max_pixels, image_formats=formats,
                            index=str(index) if index else None)
     if smoke and log_file is None:  # keep stdout for the JSON report
         import tempfile
@@ -109,7 +114,8 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
         if smoke:
             from .smoke import round_trip
 
-            outcome.update(round_trip(export_dir, host, http_port, grpc_port, precision))
+            outcome.update(round_trip(export_dir, host, http_port, grpc_port, precision,
+                                      max_request_bytes=request_limit(options)))
             print(json.dumps(outcome), flush=True)  # one line: tritonserver prints to stdout too
             return True  # stop instead of serving
         return False

@@ -1,5 +1,6 @@
 """Bind an export's task models into NVIDIA Triton Inference Server through PyTriton (its bundled tritonserver:
-HTTP, gRPC, metrics, health endpoints, dynamic batcher). No server of our own; PyTriton is imported only here.
+HTTP, gRPC, metrics, health endpoints, dynamic batcher), behind bt_serve/gate.py's request-size gate on the public
+HTTP and gRPC ports. PyTriton is imported only here.
 
 Model contract (docs/serving.md; tests/bt_serve pin it):
   itm          image BYTES [1] + text BYTES [1] (batch axis first, dynamic batching) → probability FP32 [1],
@@ -53,6 +54,7 @@ class ServeOptions:
     log_file: str | None = None  # Triton's own log; None: its stdout
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # per text row, refused before decoding/tokenizing
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # per encoded image row, refused before Pillow sees it
+    max_request_bytes: int | None = None  # per HTTP body / gRPC message, at the gate; None: max_image_bytes + 1 MiB
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header before any pixel is decoded
     image_formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow formats an image may be decoded as
     index: str | None = None  # an index directory from `bt-run index`: serves the `retrieve` model
@@ -176,9 +178,19 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-        config = TritonConfig(http_port=options.http_port, grpc_port=options.grpc_port,
-                              metrics_port=options.metrics_port, http_address=options.address,
-                              grpc_address=options.address, metrics_address=options.address,
+        from .gate import free_loopback_port, open_gates
+
+        # the public ports are the gate's (bound now, served once Triton is up); tritonserver's HTTP and gRPC
+        # listen on loopback ports only the gate uses (gate.py says why)
+        limit = request_limit(options)
+        inner_http, inner_grpc = free_loopback_port(), free_loopback_port()
+        try:
+            gates = open_gates(options.address, options.http_port, options.grpc_port, inner_http, inner_grpc, limit)
+        except OSError as err:
+            raise PortInUseError(f"{err}; choose another port, or stop what listens there") from None
+        config = TritonConfig(http_port=inner_http, grpc_port=inner_grpc,
+                              metrics_port=options.metrics_port, http_address="127.0.0.1",
+                              grpc_address="127.0.0.1", metrics_address=options.address,
                               exit_timeout_secs=options.exit_timeout_s,
                               log_verbose=0, log_file=Path(options.log_file) if options.log_file else None)
 
@@ -204,13 +216,26 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
                                 inputs=_tensors(spec["inputs"]), outputs=_tensors(spec["outputs"]),
                                 config=batching, strict=True)
                 triton.run()
-                if ready is not None and ready(triton, specs):
-                    return  # the caller is done (bt-serve --smoke): stop instead of serving
-                triton.serve()
+                try:
+                    for gate in gates:
+                        gate.start()
+                    if ready is not None and ready(triton, specs):
+                        return  # the caller is done (bt-serve --smoke): stop instead of serving
+                    triton.serve()
+                finally:  # the gates first, so requests in flight finish while tritonserver still runs
+                    for gate in gates:
+                        gate.stop()
         except KeyboardInterrupt:
             pass
         finally:
             signal.signal(signal.SIGTERM, previous)
+            for gate in gates:
+                gate.stop()  # again where Triton never started (stopping twice is harmless)
+
+
+def request_limit(options: ServeOptions) -> int:
+    """The gate's limit on one request body: --max-request-bytes, else room for one image at its limit and texts."""
+    return options.max_request_bytes or options.max_image_bytes + 2**20
 
 
 def warm(runtime) -> None:

@@ -1,6 +1,7 @@
 """`bt-serve --smoke`: every served model once over HTTP and once over gRPC, compared with bt_runtime called
 directly on the same inputs (the export's golden image and texts), plus one bad request that must come back as a
-Triton error naming the input."""
+Triton error naming the input, and one body above the gate's limit that must be refused before tritonserver reads
+it (bt_serve/gate.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ def _inputs(runtime) -> tuple[bytes, list[str]]:
     return buffer.getvalue(), ["a red square", "a dog on the beach"]
 
 
-def round_trip(export_dir: str | Path, host: str, http_port: int, grpc_port: int, precision: str = "fp32") -> dict:
+# how the gate refuses a body above --max-request-bytes: HTTP 413 (its own message), gRPC RESOURCE_EXHAUSTED
+OVERSIZED = {"http": "--max-request-bytes", "grpc": "Received message larger than max"}
+
+
+def round_trip(export_dir: str | Path, host: str, http_port: int, grpc_port: int, precision: str = "fp32",
+               max_request_bytes: int | None = None) -> dict:
     from bt_runtime import BridgeTowerRuntime
 
     rows = []
@@ -59,6 +65,8 @@ def round_trip(export_dir: str | Path, host: str, http_port: int, grpc_port: int
                     message = server_message(str(err))
                     rows.append({"check": f"{protocol}:itm bad image", "passed": message.startswith("image[0]"),
                                  "note": message[:200]})
+                if max_request_bytes:
+                    rows.append(_oversized(module, client, protocol, image, max_request_bytes))
             if "itc" in runtime.heads:
                 row(f"{protocol}:embed_image",
                     np.abs(c.embed_image(module, client, image) - runtime.embed_images([image])[0]).max())
@@ -73,3 +81,12 @@ def round_trip(export_dir: str | Path, host: str, http_port: int, grpc_port: int
                 rows.append({"check": f"{protocol}:fill_mask", "passed": bool(same), "note": got["sentence"]})
             client.close()
     return {"passed": all(r["passed"] for r in rows), "rows": rows}
+
+
+def _oversized(module, client, protocol: str, image: bytes, limit: int) -> dict:
+    check = f"{protocol}:itm body above --max-request-bytes"
+    try:
+        c.itm(module, client, image, "x" * (limit + 1))
+        return {"check": check, "passed": False, "note": "answered: no gate in front of tritonserver?"}
+    except Exception as err:  # tritonclient's InferenceServerException
+        return {"check": check, "passed": OVERSIZED[protocol] in str(err), "note": str(err)[:200]}
