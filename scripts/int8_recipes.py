@@ -27,6 +27,9 @@ DECODER = (r"^cross_modal/mlm_score\.decoder",)
 
 
 ONLY: list[str] = []  # --only: candidate names to keep (all when empty)
+# candidates whose activations are quantized statically (QDQ, MinMax over calibration inputs) instead of per call
+STATIC = {"s8-all static QDQ"}
+CALIBRATION_SAMPLES = 16
 
 
 def candidates():
@@ -44,7 +47,84 @@ def _candidates():
         RecipeSpec("s8-all per-channel", (), "int8", True, False, DECODER),
         RecipeSpec("s8-all 7-bit", (), "int8", False, True, DECODER),
         RecipeSpec("s8-all with decoder", (), "int8", False, False, ()),
+        RecipeSpec("s8-all static QDQ", (), "int8", False, False, DECODER),
     ]
+
+
+def calibration_feeds(directory: Path, manifest, images: list, texts: list[str]) -> dict[str, list[dict]]:
+    """Per graph, the inputs of the calibration pairs one at a time (batch 1, as a pair runs): the towers' from
+    the runtime's preprocessing and tokenizer, the cross-modal graphs' from the fp32 towers' bridges."""
+    from bt_runtime import BridgeTowerRuntime
+
+    feeds: dict[str, list[dict]] = {}
+    with BridgeTowerRuntime.load(manifest) as runtime:
+        run = runtime.backend.run
+        for image, text in zip(images, texts, strict=True):
+            pixels = runtime.preprocess([image])
+            encoded = runtime.tokenizer([text])
+            vision = {"pixel_values": pixels}
+            words = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+            image_bridge = run("vision_tower", vision)["image_bridge"]
+            text_bridge = run("text_tower", words)["text_bridge"]
+            cross = {"image_bridge": image_bridge, "text_bridge": text_bridge,
+                     "attention_mask": encoded.attention_mask, "image_index": np.zeros(1, np.int64)}
+            feeds.setdefault("vision_tower", []).append(vision)
+            feeds.setdefault("text_tower", []).append(words)
+            for graph in manifest.variants["fp32"].files:
+                if graph.startswith("cross_modal"):
+                    feeds.setdefault(graph, []).append(cross)
+    return feeds
+
+
+def write_static(spec, directory: Path, specs: dict, feeds: dict[str, list[dict]]) -> dict[str, str]:
+    """`spec` with activations quantized statically: ONNX Runtime's quantize_static, QDQ format, u8 activations
+    (asymmetric, MinMax over the calibration feeds) × s8 weights (symmetric, per tensor), MatMul/Gemm only, the
+    excluded patterns kept float32 — the static counterpart of bt_export.precision.write_int8."""
+    import re
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from bt_export.onnx_export import quiet, save_model
+    from bt_export.precision import attributed_paths, variant_file
+    from bt_export.specs import computes
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, rows, names):
+            self.rows = iter([{k: v for k, v in row.items() if k in names} for row in rows])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    files = {}
+    for name, graph in specs.items():
+        src = directory / graph.file
+        model = onnx.load(str(src), load_external_data=False)
+        weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+        paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node)), strict=True))
+        excluded = [n.name for n in weighted
+                    if any(re.search(p, f"{computes(name)}/{paths[n.name]}") for p in spec.excluded)]
+        names = {i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()}
+        target = variant_file(graph.file, f"int8-{spec.name}")
+        with tempfile.TemporaryDirectory(dir=directory) as tmp, quiet():
+            source = Path(tmp) / f"source.{src.name}"
+            full = onnx.load(str(src))
+            del full.graph.value_info[:]  # as write_int8: optional hints the quantizer's shape inference refuses
+            save_model(full, source)
+            del full
+            staged = Path(tmp) / Path(target).name
+            quantize_static(str(source), str(staged), Reader(feeds[name], names), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=excluded,
+                            use_external_data_format=True,
+                            extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
+                                           "ActivationSymmetric": False,
+                                           "DefaultTensorType": onnx.TensorProto.FLOAT})
+            save_model(onnx.load(str(staged)), directory / target)
+        files[name] = target
+    return files
 
 
 def scratch_copy(export: Path, into: Path) -> Path:
@@ -75,8 +155,9 @@ class _Spec:  # what bt_export.int8_recipes.write_recipe reads of a graph spec
         self.file = file
 
 
-def write_all(directory: Path, manifest, log, graphs=None) -> dict:
-    """Every candidate's files (only `graphs`, if given: the others stay fp32)."""
+def write_all(directory: Path, manifest, log, graphs=None, calibration=None) -> dict:
+    """Every candidate's files (only `graphs`, if given: the others stay fp32). `calibration`: (images, texts) for
+    the static candidates (left out without it)."""
     from bt_export.int8_recipes import write_recipe
 
     specs = {g: _Spec(f.file) for g, f in manifest.variants["fp32"].files.items() if graphs is None or g in graphs}
@@ -88,7 +169,13 @@ def write_all(directory: Path, manifest, log, graphs=None) -> dict:
         safe_name = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         named = type(spec)(safe_name, *[getattr(spec, f) for f in ("cpu_classes", "weights", "per_channel",
                                                                    "reduce_range", "excluded")])
-        recipes[spec.name] = (spec, write_recipe(named, directory, specs))
+        if spec.name in STATIC:
+            if calibration is None:
+                continue
+            feeds = calibration_feeds(directory, manifest, *calibration)
+            recipes[spec.name] = (spec, write_static(named, directory, specs, feeds))
+        else:
+            recipes[spec.name] = (spec, write_recipe(named, directory, specs))
     return recipes
 
 
@@ -101,8 +188,13 @@ def speed(export: Path, work: Path, rounds: int, log) -> dict:
     manifest = read_manifest(directory)
     runtime = BridgeTowerRuntime.load(directory)
     cross = runtime.cross_graph(["itm_logits"])
-    recipes = write_all(directory, manifest, log, ("vision_tower", "text_tower", cross))  # what a pair runs
     from benchmarks.scenarios import fixed_text
+
+    # 4 pairs: speed does not depend on the ranges, and ONNX Runtime's MinMax calibrator keeps every intermediate
+    # tensor of every sample (~2 GB per full-size vision sample) until it computes them
+    calibration = (synthetic_images(4), [fixed_text(runtime.tokenizer, 8 + 8 * k) for k in range(4)])
+    recipes = write_all(directory, manifest, log, ("vision_tower", "text_tower", cross),  # what a pair runs
+                        calibration=calibration)
 
     encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
     feeds = {"vision_tower": {"pixel_values": runtime.preprocess(synthetic_images(1))},
@@ -128,7 +220,10 @@ def accuracy(export: Path, work: Path, gallery: int, queries: int, seed: int, lo
     from bt_runtime import read_manifest
 
     manifest = read_manifest(directory)
-    recipes = write_all(directory, manifest, log)
+    from bt_export.shapes.data import make_samples
+
+    train = make_samples(seed + 1, CALIBRATION_SAMPLES, image_size=manifest.preprocessing.image_size, split="train")
+    recipes = write_all(directory, manifest, log, calibration=([s.image for s in train], [s.caption for s in train]))
     manifest = recipe_manifest(manifest, directory, recipes)
     data = make_eval_set(seed, gallery, queries=min(queries, gallery), image_size=manifest.preprocessing.image_size,
                          mask_token=manifest.tokenizer.mask_token)
