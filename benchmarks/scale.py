@@ -51,6 +51,9 @@ def index_benchmark(export_dir: Path, images: int | list[int], batch_size: int =
     from bt_runtime.index import shards
 
     sizes = sorted({images} if isinstance(images, int) else set(images))
+    if rounds < 1 or not sizes or sizes[0] < 1:
+        raise ValueError(f"index benchmark: need gallery sizes ≥ 1 and rounds ≥ 1, got images={images!r}, "
+                         f"rounds={rounds!r}")
     cores = os.cpu_count() or 1
     paths = [(0, cores)] + [(actors, max(1, cores // actors)) for actors in sorted({1, cores})]
     rows, reference = [], {}
@@ -131,15 +134,15 @@ def _marginal(rows: list[dict], sizes: list[int], rounds: int) -> list[dict]:
     for path, actors, threads in dict.fromkeys((r["path"], r["actors"], r["threads"]) for r in rows):
         mine = [r for r in rows if (r["path"], r["actors"]) == (path, actors)]
 
-        def seconds(size, turn=None, mine=mine):
-            return sum(r["seconds"] for r in mine if r["images"] == size and turn in (None, r["round"]))
+        def seconds(size, turn=None, mine=mine):  # summed over the rounds, or of round `turn`
+            return sum(r["seconds"] for r in mine if r["images"] == size and (turn is None or r["round"] == turn))
 
         rate = rounds * (high - low) / (seconds(high) - seconds(low))
         per_round = [(high - low) / (seconds(high, t) - seconds(low, t)) for t in range(rounds)]
         out.append({"path": path, "actors": actors, "threads": threads, "images_per_s": rate,
                     "per_actor_images_per_s": rate / max(1, actors), "per_round_images_per_s": per_round,
                     "fixed_s": seconds(low) / rounds - low / rate})
-    base = out[0]
+    base = next(row for row in out if row["path"] == "in-process")
     for row in out:
         row["vs_in_process"] = row["images_per_s"] / base["images_per_s"]
         row["per_round_vs_in_process"] = [a / b for a, b in zip(row["per_round_images_per_s"],

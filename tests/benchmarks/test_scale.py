@@ -41,3 +41,12 @@ def test_index_marginal_rate_cancels_a_fixed_cost_and_renders():
              "marginal": _marginal(rows, [32, 160], 2)}
     text = markdown({"scenarios": ["index"], "machine": machine(), "index": index})
     assert "| ray | 2 × 1 | 1.54 | 0.77 | 0.85 | 0.83, 0.86 | 12.0 |" in text
+
+
+@pytest.mark.parametrize(("images", "rounds"), [([], 1), ([0, 8], 1), (8, 0)])
+def test_index_benchmark_refuses_empty_galleries_and_rounds(images, rounds):
+    pytest.importorskip("ray")
+    from benchmarks.scale import index_benchmark
+
+    with pytest.raises(ValueError, match="gallery sizes ≥ 1 and rounds ≥ 1"):
+        index_benchmark("unused", images, rounds=rounds, log=lambda message: None)
