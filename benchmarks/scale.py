@@ -6,6 +6,7 @@ exact on fresh random queries), plus two-stage retrieval through an index direct
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -35,58 +36,118 @@ def _job(runtime, inputs, output: Path, shard_size: int):
     return job, shards.open_job(output, job, overwrite=True)
 
 
-def index_benchmark(export_dir: Path, images: int, batch_size: int = 16, log=print) -> dict:
+def index_benchmark(export_dir: Path, images: int | list[int], batch_size: int = 16, rounds: int = 1,
+                    log=print) -> dict:
     """images/s of the index job: in-process (all cores) vs Ray Data with 1 actor × cores threads and
-    cores actors × 1 thread; Ray's start-up is reported apart."""
+    cores actors × 1 thread, on each gallery size of `images`, `rounds` times, interleaved (the paths rotate and the
+    sizes alternate round by round, so that other work on the machine falls on all of them). One Ray for all the
+    runs: its start-up is reported apart, and each Ray path runs once untimed first (Ray's first jobs start its
+    worker processes). Each Ray run still starts its actors (model load included), which the marginal rate
+    between two sizes cancels (`marginal`). `max_abs_diff`: each run's embeddings against the first run of its
+    size (the paths must agree within 1e-6, tests/bt_runtime/index/test_ray_job.py)."""
     import ray
 
     from bt_runtime import BridgeTowerRuntime
-    from bt_runtime.index import local, ray_job
-    from bt_runtime.index.inputs import from_arguments
+    from bt_runtime.index import shards
 
+    sizes = sorted({images} if isinstance(images, int) else set(images))
+    if rounds < 1 or not sizes or sizes[0] < 1:
+        raise ValueError(f"index benchmark: need gallery sizes ≥ 1 and rounds ≥ 1, got images={images!r}, "
+                         f"rounds={rounds!r}")
     cores = os.cpu_count() or 1
-    rows = []
+    paths = [(0, cores)] + [(actors, max(1, cores // actors)) for actors in sorted({1, cores})]
+    rows, reference = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "gallery"
-        folder.mkdir()
-        _gallery(folder, images)
-        inputs = from_arguments([str(folder)], None, None)
-        shard_size = max(1, images // 8)
         with BridgeTowerRuntime.load(export_dir, intra_op_threads=cores) as runtime:
             runtime.encode_pixels(np.zeros((1, 3, runtime.preprocess.image_size, runtime.preprocess.image_size),
                                            np.float32))  # sessions made before timing
-            job, pending = _job(runtime, inputs, Path(tmp) / "local", shard_size)
-            started = time.perf_counter()
-            local.run(runtime, inputs, job, Path(tmp) / "local", pending, batch_size)
-            seconds = time.perf_counter() - started
-            rows.append({"path": "in-process", "actors": 0, "threads": cores, "seconds": seconds,
-                         "images_per_s": images / seconds})
-            log(f"in-process: {images / seconds:.1f} images/s")
+            galleries = {size: _gallery_inputs(Path(tmp) / f"gallery{size}", size) for size in sizes}
             started = time.perf_counter()
             ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
             ray.data.DataContext.get_current().enable_progress_bars = False
             ray_start = time.perf_counter() - started
             try:
-                for actors in sorted({1, cores}):
-                    threads = max(1, cores // actors)
-                    output = Path(tmp) / f"ray{actors}"
-                    job, pending = _job(runtime, inputs, output, shard_size)
-                    # decode tasks take a sliver of a CPU: the actors hold the cores, as in-process does
-                    options = ray_job.RayOptions(workers=actors, cpus_per_worker=threads * 0.9,
-                                                 preprocess_cpus=0.1 * cores / max(1, actors) / 2)
-                    started = time.perf_counter()
-                    ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, "cpu", options)
-                    seconds = time.perf_counter() - started
-                    rows.append({"path": "ray", "actors": actors, "threads": threads, "seconds": seconds,
-                                 "images_per_s": images / seconds})
-                    log(f"ray {actors} actor(s) × {threads} thread(s): {images / seconds:.1f} images/s")
+                warmup = _gallery_inputs(Path(tmp) / "warmup", batch_size)
+                for actors, threads in paths[1:]:  # Ray's first jobs also start its worker processes: untimed
+                    _index_once(export_dir, runtime, warmup, Path(tmp) / f"warmup{actors}", batch_size, actors,
+                                threads, cores)
+                for turn in range(rounds):
+                    for size in sizes if turn % 2 == 0 else sizes[::-1]:
+                        for actors, threads in paths[turn % len(paths):] + paths[:turn % len(paths)]:
+                            output = Path(tmp) / f"run{len(rows)}"  # a fresh job: the same one would resume
+                            seconds = _index_once(export_dir, runtime, galleries[size], output, batch_size,
+                                                  actors, threads, cores)
+                            embeddings = shards.embeddings_of(shards.read_shards(output))[1]  # (N, E)
+                            first = reference.setdefault(size, embeddings)  # the first run of this size
+                            rows.append({"path": "ray" if actors else "in-process", "actors": actors,
+                                         "threads": threads, "images": size, "round": turn, "seconds": seconds,
+                                         "images_per_s": size / seconds,
+                                         "max_abs_diff": float(np.abs(embeddings - first).max())})
+                            shutil.rmtree(output)
+                            log(f"round {turn}, {size} images, {rows[-1]['path']} {actors or 1} × {threads}: "
+                                f"{size / seconds:.2f} images/s")
             finally:
                 ray.shutdown()
-    base = rows[0]["images_per_s"]
     for row in rows:
-        row["vs_in_process"] = row["images_per_s"] / base
-    return {"scenario": "index", "export": str(export_dir), "images": images, "batch_size": batch_size,
-            "ray_start_s": ray_start, "rows": rows}
+        base = next(r for r in rows if r["path"] == "in-process" and (r["images"], r["round"])
+                    == (row["images"], row["round"]))
+        row["vs_in_process"] = row["images_per_s"] / base["images_per_s"]
+    return {"scenario": "index", "export": str(export_dir), "images": sizes, "rounds": rounds,
+            "batch_size": batch_size, "cores": cores, "ray_start_s": ray_start, "rows": rows,
+            "marginal": _marginal(rows, sizes, rounds)}
+
+
+def _gallery_inputs(folder: Path, count: int):
+    from bt_runtime.index.inputs import from_arguments
+
+    folder.mkdir()
+    _gallery(folder, count)
+    return from_arguments([str(folder)], None, None)
+
+
+def _index_once(export_dir: Path, runtime, inputs, output: Path, batch_size: int, actors: int, threads: int,
+                cores: int) -> float:
+    """Seconds of one index job over `inputs`: in-process (actors 0) or on the running Ray."""
+    from bt_runtime.index import local, ray_job
+
+    shard_size = max(1, len(inputs.ids) // 8)
+    job, pending = _job(runtime, inputs, output, shard_size)
+    started = time.perf_counter()
+    if not actors:
+        local.run(runtime, inputs, job, output, pending, batch_size)
+    else:
+        # decode tasks take a sliver of a CPU: the actors hold the cores, as in-process does
+        options = ray_job.RayOptions(workers=actors, cpus_per_worker=threads * 0.9,
+                                     preprocess_cpus=0.1 * cores / actors / 2)
+        ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, "cpu", options)
+    return time.perf_counter() - started
+
+
+def _marginal(rows: list[dict], sizes: list[int], rounds: int) -> list[dict]:
+    """Per path, images/s between the smallest and the largest gallery (times summed over the rounds): the fixed
+    cost of a run (a Ray run's actor start and model load) cancels. `fixed_s`: what a run costs beyond that rate
+    (the smallest gallery's mean time minus its images at the marginal rate). Per-round ratios show the spread."""
+    if len(sizes) < 2:
+        return []
+    low, high = sizes[0], sizes[-1]
+    out = []
+    for path, actors, threads in dict.fromkeys((r["path"], r["actors"], r["threads"]) for r in rows):
+        mine = [r for r in rows if (r["path"], r["actors"]) == (path, actors)]
+
+        def seconds(size, turn=None, mine=mine):  # summed over the rounds, or of round `turn`
+            return sum(r["seconds"] for r in mine if r["images"] == size and (turn is None or r["round"] == turn))
+
+        rate = rounds * (high - low) / (seconds(high) - seconds(low))
+        per_round = [(high - low) / (seconds(high, t) - seconds(low, t)) for t in range(rounds)]
+        out.append({"path": path, "actors": actors, "threads": threads, "images_per_s": rate,
+                    "per_actor_images_per_s": rate / max(1, actors), "per_round_images_per_s": per_round,
+                    "fixed_s": seconds(low) / rounds - low / rate})
+    base = next(row for row in out if row["path"] == "in-process")
+    for row in out:
+        row["vs_in_process"] = row["images_per_s"] / base["images_per_s"]
+        row["per_round_vs_in_process"] = [a / b for a, b in zip(row["per_round_images_per_s"],
+                                                                base["per_round_images_per_s"], strict=True)]
+    return out
 
 
 def _unit(rng, count: int, dim: int) -> np.ndarray:
@@ -231,12 +292,25 @@ def markdown(report: dict) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), ""]
     if "index" in report:
         r = report["index"]
-        lines += [f"## Index job: {r['images']} generated images, {r['export']}, batch {r['batch_size']}", "",
-                  f"Ray start-up (not in the rows): {r['ray_start_s']:.1f} s", "",
-                  "| path | actors × threads | s | images/s | vs in-process |", "|---|---|---|---|---|"]
-        lines += [f"| {x['path']} | {x['actors'] or 1} × {x['threads']} | {x['seconds']:.1f} | "
-                  f"{x['images_per_s']:.1f} | {x['vs_in_process']:.2f} |" for x in r["rows"]]
+        sizes = r["images"] if isinstance(r["images"], list) else [r["images"]]
+        lines += [f"## Index job: {', '.join(map(str, sizes))} generated images, {r['export']}, batch "
+                  f"{r['batch_size']}, {r.get('rounds', 1)} round(s) interleaved", "",
+                  f"Ray start-up (once, not in the rows): {r['ray_start_s']:.1f} s", "",
+                  "| round | images | path | actors × threads | s | images/s | vs in-process | max abs diff |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {x.get('round', 0)} | {x.get('images', r['images'])} | {x['path']} | {x['actors'] or 1} × "
+                  f"{x['threads']} | {x['seconds']:.1f} | {x['images_per_s']:.2f} | {x['vs_in_process']:.2f} | "
+                  f"{x.get('max_abs_diff', float('nan')):.1e} |" for x in r["rows"]]
         lines.append("")
+        if r.get("marginal"):
+            lines += [f"### Marginal rate ({sizes[0]:,} → {sizes[-1]:,} images: a run's fixed cost cancels)", "",
+                      "| path | actors × threads | images/s | per actor | vs in-process | per round | fixed s |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {x['path']} | {x['actors'] or 1} × {x['threads']} | {x['images_per_s']:.2f} | "
+                      f"{x['per_actor_images_per_s']:.2f} | {x['vs_in_process']:.2f} | "
+                      f"{', '.join(f'{v:.2f}' for v in x['per_round_vs_in_process'])} | {x['fixed_s']:.1f} |"
+                      for x in r["marginal"]]
+            lines.append("")
     if "search" in report:
         r = report["search"]
         lines += [f"## FAISS on unit vectors, dim {r['dim']}: {r['queries']} single queries from the "
