@@ -22,8 +22,9 @@ from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STREAM_METHODS = frozenset({"/inference.GRPCInferenceService/ModelStreamInfer"})  # Triton's one streaming RPC
+# not forwarded: hop-by-hop headers, the length (set again), and Expect (the gate answers 100-continue itself)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "content-length", "host"})
+                        "upgrade", "content-length", "host", "expect"})
 DRAIN_BYTES = 128 * 2**20  # an over-limit body up to this is read and dropped, so the client sees the 413
 IDLE_TIMEOUT_S = 120  # an HTTP connection idle this long is closed (a thread per connection)
 NO_DEADLINE_S = 10**9
@@ -173,6 +174,17 @@ class _HttpForward(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = True
 
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` (curl sends it above 1 MB): refuse an over-limit body before the client sends it."""
+        declared = self.headers.get("Content-Length", "0").strip()
+        if declared.isdigit() and int(declared) > self.max_request_bytes:
+            self._refuse(413, self._too_large(int(declared)))
+            return False
+        return super().handle_expect_100()
+
+    def _too_large(self, length: int) -> str:
+        return f"request body of {length:,} bytes is above bt-serve's --max-request-bytes ({self.max_request_bytes:,})"
+
     def _body(self) -> bytes | None:
         """The request body within the limit (inflated if compressed), or None after refusing it."""
         limit = self.max_request_bytes
@@ -185,8 +197,7 @@ class _HttpForward(BaseHTTPRequestHandler):
             return None
         length = int(declared)
         if length > limit:
-            self._refuse(413, f"request body of {length:,} bytes is above bt-serve's --max-request-bytes "
-                              f"({limit:,})", drain=length)
+            self._refuse(413, self._too_large(length), drain=length)
             return None
         body = self.rfile.read(length) if length else b""
         encoding = self.headers.get("Content-Encoding", "identity").strip().lower()

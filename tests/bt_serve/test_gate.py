@@ -209,3 +209,18 @@ def test_a_taken_public_port_is_named_and_nothing_stays_bound():
     gates = open_gates("127.0.0.1", free, free_loopback_port(), 1, 2, LIMIT)  # the http port was let go
     for gate in gates:
         gate.stop()
+
+
+def test_http_expect_100_continue_is_refused_before_the_body_is_sent(http_gate):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", http_gate.port), timeout=10) as raw:
+        raw.sendall(f"POST /v2/models/itm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {LIMIT + 1}\r\n"
+                    "Expect: 100-continue\r\n\r\n".encode())
+        answer = raw.recv(4096).decode()  # without sending a byte of the body
+    assert answer.startswith("HTTP/1.1 413") and "--max-request-bytes" in answer
+    connection = http.client.HTTPConnection("127.0.0.1", http_gate.port, timeout=10)
+    status, echoed = _post(connection, b"y" * 100, **{"Expect": "100-continue"})  # under the limit: continues
+    assert status == 200 and echoed["bytes"] == 100
+    connection.close()
+    assert Echo.seen == [100]
