@@ -57,6 +57,8 @@ class TrainConfig:
     patch_size: int = 16  # 4×4 patches; the halves that position and relation name end on patch borders. 8: 2.3× time
     hidden_size: int = 128
     unimodal_layers: int = 3
+    vision_hidden_size: int | None = None  # None: hidden_size (BridgeTower's bridges map it to hidden_size)
+    grid_fraction: float = 0.0  # share of training scenes on the patch grid (data.make_samples); held-out: none
     cross_layers: int = 2
     contrastive_size: int = 64
     # evaluation
@@ -79,7 +81,8 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
                          # the BPE falls back to bytes
                          num_attention_heads=h // 32, intermediate_size=4 * h, max_position_embeddings=130,
                          type_vocab_size=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-        vision_config=dict(hidden_size=h, num_hidden_layers=cfg.unimodal_layers, patch_size=cfg.patch_size,
+        vision_config=dict(hidden_size=cfg.vision_hidden_size or h,
+                           num_hidden_layers=cfg.unimodal_layers, patch_size=cfg.patch_size,
                            image_size=cfg.image_size),
     )
 
@@ -255,7 +258,8 @@ def train(cfg: TrainConfig, log=print):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     started = time.perf_counter()
-    pool = data.make_samples(cfg.seed, cfg.pool, image_size=cfg.image_size, split="train")
+    pool = data.make_samples(cfg.seed, cfg.pool, image_size=cfg.image_size, split="train",
+                             grid_fraction=cfg.grid_fraction)
     images, scenes = images_array(pool), [s.scene for s in pool]
     del pool
     log(f"rendered {cfg.pool} training scenes in {time.perf_counter() - started:.0f} s")
