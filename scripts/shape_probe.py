@@ -33,8 +33,8 @@ def main() -> None:
     import torch
     from torch.nn import functional as F
 
-    from bt_export.shapes.train import Encoder, TrainConfig, build_model
     from bt_export.shapes.tokenizer import build_tokenizer
+    from bt_export.shapes.train import Encoder, TrainConfig, build_model
     from bt_export.towers import VisionTower
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
