@@ -33,10 +33,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine two threads wait on each other)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--patch-size", type=int, default=defaults.patch_size, help="vision patch size (px)")
+    parser.add_argument("--shape-aux-weight", type=float, default=defaults.shape_aux_weight,
+                        help="weight of the training-only shape-presence loss on the image tower (0: off)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes)
+    cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, patch_size=args.patch_size,
+                      shape_aux_weight=args.shape_aux_weight)
     started = time.perf_counter()
     model, tokenizer, history = train(cfg)
     train_seconds = time.perf_counter() - started

@@ -66,6 +66,7 @@ STAR_INNER = 0.45  # inner / outer radius of the star
 # grid 1,400- and 2,400-step runs reached shape ≥ 0.996 but position and relation stayed at chance, so the shipped
 # weights and their data keep free centres (0). docs/shapes.md, benchmarks/results/shapes-train-grid-seed0*.json
 GRID_CELLS = 0
+GRID_CELLS_ALIGNED = 4  # make_samples(grid_fraction=…): the grid a share of training scenes is drawn on
 CELL_JITTER = 1.5
 ALIGNED_TRIES = 8  # grid placements tried before free ones
 
@@ -120,8 +121,11 @@ def _check(name: str, value, valid) -> None:
         raise ValueError(f"{name}: {value!r}; valid: {list(valid)}")
 
 
-def make_samples(seed: int, count: int, *, image_size: int = 64, split: str = "train") -> list[Sample]:
-    """`count` samples of `split`, a pure function of (split, seed, index) per sample."""
+def make_samples(seed: int, count: int, *, image_size: int = 64, split: str = "train",
+                 grid_fraction: float = 0.0) -> list[Sample]:
+    """`count` samples of `split`, a pure function of (split, seed, index, grid_fraction) per sample.
+    grid_fraction: the share of scenes whose object centres go on the GRID_CELLS_ALIGNED grid (a training
+    curriculum, bt_export.shapes.train; 0 draws nothing extra, so the stream is the same as without it)."""
     _check("split", split, SPLITS)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: {seed!r}; expected an integer >= 0")
@@ -129,11 +133,14 @@ def make_samples(seed: int, count: int, *, image_size: int = 64, split: str = "t
         raise ValueError(f"count: {count!r}; expected an integer >= 0")
     if not isinstance(image_size, (int, np.integer)) or image_size < 32:
         raise ValueError(f"image_size: {image_size!r}; expected an integer >= 32")
+    if not 0.0 <= grid_fraction <= 1.0:
+        raise ValueError(f"grid_fraction: {grid_fraction!r}; expected a number in [0, 1]")
     samples = []
     for index in range(count):
         rng = np.random.default_rng([SPLITS[split], int(seed), index])
         scene = sample_scene(rng, split)
-        image = render(scene, rng, image_size)
+        cells = GRID_CELLS_ALIGNED if grid_fraction and rng.random() < grid_fraction else GRID_CELLS
+        image = render(scene, rng, image_size, cells=cells)
         samples.append(Sample(image, scene.caption(), scene, split, int(seed), index))
     return samples
 
@@ -248,13 +255,15 @@ def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tu
     return None
 
 
-def render(scene: Scene, rng: np.random.Generator, image_size: int = 64) -> Image.Image:
-    """Draw `scene` on a random background (RGB, image_size × image_size)."""
+def render(scene: Scene, rng: np.random.Generator, image_size: int = 64, cells: int | None = None) -> Image.Image:
+    """Draw `scene` on a random background (RGB, image_size × image_size); `cells`: object centres on a grid of
+    cells × cells (None: GRID_CELLS)."""
+    cells = GRID_CELLS if cells is None else cells
     background = Image.fromarray(_background(rng, image_size).astype(np.uint8), "RGB")
     _clutter(rng, ImageDraw.Draw(background), image_size)
     placed, attempt = [], 0
     while not placed:  # a crowded draw (three large objects in one half): draw positions again, then off the grid
-        placed = _place(rng, scene, image_size, cells=GRID_CELLS if attempt < ALIGNED_TRIES else 0)
+        placed = _place(rng, scene, image_size, cells=cells if attempt < ALIGNED_TRIES else 0)
         attempt += 1
     big = image_size * SUPERSAMPLE
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))

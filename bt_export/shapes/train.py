@@ -57,6 +57,11 @@ class TrainConfig:
     patch_size: int = 16  # 4×4 patches; the halves that position and relation name end on patch borders. 8: 2.3× time
     hidden_size: int = 128
     unimodal_layers: int = 3
+    vision_hidden_size: int | None = None  # None: hidden_size (BridgeTower's bridges map it to hidden_size)
+    grid_fraction: float = 0.0  # share of training scenes on the patch grid (data.make_samples); held-out: none
+    # > 0: a training-only linear head on the image tower's class token predicts which shapes a scene holds (BCE,
+    # this weight); not saved. The ITM loss alone left circle/square and star/triangle near chance (docs/shapes.md)
+    shape_aux_weight: float = 0.0
     cross_layers: int = 2
     contrastive_size: int = 64
     # evaluation
@@ -79,7 +84,8 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
                          # the BPE falls back to bytes
                          num_attention_heads=h // 32, intermediate_size=4 * h, max_position_embeddings=130,
                          type_vocab_size=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-        vision_config=dict(hidden_size=h, num_hidden_layers=cfg.unimodal_layers, patch_size=cfg.patch_size,
+        vision_config=dict(hidden_size=cfg.vision_hidden_size or h,
+                           num_hidden_layers=cfg.unimodal_layers, patch_size=cfg.patch_size,
                            image_size=cfg.image_size),
     )
 
@@ -119,6 +125,7 @@ class Parts:
         self.vision, self.text = VisionTower(model), TextTower(model)
         self.pooled = CrossModalStack(model, mlm=False)  # ITM: position 0 of the last layer only
         self.full = CrossModalStack(model, mlm=True)
+        self.shape_head = torch.nn.Linear(model.config.hidden_size, len(data.SHAPES))  # training only, not saved
 
 
 class Encoder:
@@ -232,7 +239,13 @@ def training_step(parts: Parts, enc: Encoder, cfg: TrainConfig, pixels: torch.Te
     # MLM: masked attribute words, with the image
     _, _, mlm_logits = parts.full(text_bridge[(1 + K) * B:], image_bridge, mask[(1 + K) * B:], arange)[:3]
     mlm = F.cross_entropy(mlm_logits.flatten(0, 1), mlm_labels.flatten(), ignore_index=-100)
-    return {"itc": itc, "itm": itm, "mlm": mlm}
+    losses = {"itc": itc, "itm": itm, "mlm": mlm}
+    if cfg.shape_aux_weight > 0:
+        present = torch.tensor([[float(any(g.shape == shape for g in s.groups)) for shape in data.SHAPES]
+                                for s in scenes])  # (B, 4)
+        aux = F.binary_cross_entropy_with_logits(parts.shape_head(image_bridge[:, -1, 0]), present)
+        losses["shape"] = cfg.shape_aux_weight * aux
+    return losses
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -252,10 +265,12 @@ def train(cfg: TrainConfig, log=print):
     parts = Parts(model)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    rest += list(parts.shape_head.parameters()) if cfg.shape_aux_weight > 0 else []
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     started = time.perf_counter()
-    pool = data.make_samples(cfg.seed, cfg.pool, image_size=cfg.image_size, split="train")
+    pool = data.make_samples(cfg.seed, cfg.pool, image_size=cfg.image_size, split="train",
+                             grid_fraction=cfg.grid_fraction)
     images, scenes = images_array(pool), [s.scene for s in pool]
     del pool
     log(f"rendered {cfg.pool} training scenes in {time.perf_counter() - started:.0f} s")
@@ -268,7 +283,7 @@ def train(cfg: TrainConfig, log=print):
             group["lr"] = lr_at(step, cfg)
         batch = rng.choice(len(scenes), size=cfg.batch_size, replace=False)
         losses = training_step(parts, enc, cfg, enc.pixels(images[batch]), [scenes[i] for i in batch], rng)
-        loss = losses["itc"] + losses["itm"] + losses["mlm"]
+        loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -279,7 +294,8 @@ def train(cfg: TrainConfig, log=print):
             n = (step % cfg.log_every) + 1
             mean = {k: v / n for k, v in running.items()}
             now = time.perf_counter()
-            log(f"step {step + 1:5d}  itc {mean['itc']:.3f}  itm {mean['itm']:.3f}  mlm {mean['mlm']:.3f}  "
+            aux = f"shape {mean['shape']:.3f}  " if "shape" in mean else ""
+            log(f"step {step + 1:5d}  itc {mean['itc']:.3f}  itm {mean['itm']:.3f}  mlm {mean['mlm']:.3f}  {aux}"
                 f"lr {lr_at(step, cfg):.2e}  {(now - last) / n:.2f} s/step  {(now - started) / 60:.1f} min")
             history.append({"step": step + 1, **mean})
             running, last = {}, now

@@ -105,3 +105,14 @@ def test_grid_placement_puts_centres_on_cells_and_falls_back_where_none_exists(m
     monkeypatch.setattr(data, "GRID_CELLS", cells)
     crowded = data.parse_caption("three large red circles on the left")  # no grid placement: free centres
     assert data.render(crowded, rng).size == (64, 64)
+
+
+def test_grid_fraction_keeps_captions_and_moves_only_drawn_scenes():
+    free = data.make_samples(4, 12)
+    assert all(np.array_equal(x, y) for x, y in zip(_pixels(free), _pixels(data.make_samples(4, 12, grid_fraction=0.0)),
+                                                     strict=True))  # 0 draws nothing: the same stream
+    gridded = data.make_samples(4, 12, grid_fraction=1.0)
+    assert [s.caption for s in gridded] == [s.caption for s in free]  # scenes are drawn before placement
+    assert any(not np.array_equal(x, y) for x, y in zip(_pixels(free), _pixels(gridded), strict=True))
+    with pytest.raises(ValueError, match="grid_fraction"):
+        data.make_samples(0, 1, grid_fraction=1.5)

@@ -51,3 +51,19 @@ def test_encoder_matches_the_hf_processor(tmp_path):
     assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
     pixels = enc.pixels(np.stack([np.asarray(s.image) for s in samples]))
     assert torch.allclose(pixels, expected["pixel_values"], atol=PREPROCESSING_ABS)
+
+
+def test_the_shape_presence_loss_reaches_the_image_tower_and_is_not_saved():
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden_size=64, unimodal_layers=2, cross_layers=1, contrastive_size=32, shape_aux_weight=1.0)
+    tokenizer = build_tokenizer()
+    enc, model = Encoder(tokenizer), build_model(cfg, tokenizer.get_vocab_size()).train()
+    parts = Parts(model)
+    samples = data.make_samples(0, 8)
+    pixels = enc.pixels(np.stack([np.asarray(s.image) for s in samples]))
+    losses = training_step(parts, enc, cfg, pixels, [s.scene for s in samples], np.random.default_rng(0))
+    assert set(losses) == {"itc", "itm", "mlm", "shape"} and 0.3 < losses["shape"].item() < 1.5  # BCE of 4 logits
+    losses["shape"].backward()
+    patch = model.bridgetower.vision_model.visual.embeddings.patch_embedding.weight
+    assert patch.grad is not None and patch.grad.abs().sum() > 0
+    assert not any(name.startswith("shape_head") for name in model.state_dict())  # a training-only head
