@@ -70,10 +70,13 @@ class _GrpcForward:
                                  timeout=_deadline(context))
                 context.add_callback(responses.cancel)
                 try:
+                    initial = _forwardable(responses.initial_metadata())  # before the first response, or never
+                    if initial:
+                        context.send_initial_metadata(initial)
                     yield from responses
                 except grpc.RpcError as err:
                     self._abort(context, err)
-                self._metadata(context, responses)
+                self._trailing(context, responses)
 
             return grpc.stream_stream_rpc_method_handler(stream)
         call = self._channel.unary_unary(method)
@@ -91,14 +94,20 @@ class _GrpcForward:
 
     @staticmethod
     def _metadata(context, call) -> None:
-        initial, trailing = _forwardable(call.initial_metadata()), _forwardable(call.trailing_metadata())
+        """A finished unary call's initial and trailing metadata, for the response about to be returned."""
+        initial = _forwardable(call.initial_metadata())
         if initial:
             context.send_initial_metadata(initial)
+        _GrpcForward._trailing(context, call)
+
+    @staticmethod
+    def _trailing(context, call) -> None:
+        trailing = _forwardable(call.trailing_metadata())
         if trailing:
             context.set_trailing_metadata(trailing)
 
     def _abort(self, context, err) -> None:
-        self._metadata(context, err)
+        self._trailing(context, err)  # trailing only: a stream may have sent its initial metadata already
         context.abort(err.code(), err.details() or "")
 
     def close(self) -> None:

@@ -32,9 +32,11 @@ class Upstream(grpc.GenericRpcHandler):
     def service(self, details):
         if details.method == STREAM:
             def stream(requests, context):
+                context.send_initial_metadata((("x-stream", "open"),))
                 for request in requests:
                     self.seen.append(len(request))
                     yield request
+                context.set_trailing_metadata((("x-stream", "closed"),))
 
             return grpc.stream_stream_rpc_method_handler(stream)
 
@@ -73,7 +75,10 @@ def test_grpc_passes_bytes_metadata_and_errors_through(grpc_gate):
         channel.unary_unary("/t.T/Fail")(b"x", timeout=10)
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert failed.value.details() == "image[0]: not a decodable image"
-    assert list(channel.stream_stream(STREAM)(iter([b"a", b"bc"]))) == [b"a", b"bc"]
+    streamed = channel.stream_stream(STREAM)(iter([b"a", b"bc"]))
+    assert list(streamed) == [b"a", b"bc"]
+    assert ("x-stream", "open") in streamed.initial_metadata()
+    assert ("x-stream", "closed") in streamed.trailing_metadata()
 
 
 def test_grpc_refuses_an_oversized_message_before_tritonserver_sees_it(grpc_gate):
@@ -217,7 +222,10 @@ def test_http_expect_100_continue_is_refused_before_the_body_is_sent(http_gate):
     with socket.create_connection(("127.0.0.1", http_gate.port), timeout=10) as raw:
         raw.sendall(f"POST /v2/models/itm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {LIMIT + 1}\r\n"
                     "Expect: 100-continue\r\n\r\n".encode())
-        answer = raw.recv(4096).decode()  # without sending a byte of the body
+        answer = b""
+        while chunk := raw.recv(4096):  # the gate closes the connection after its answer
+            answer += chunk
+        answer = answer.decode()  # and the client sent no byte of the body
     assert answer.startswith("HTTP/1.1 413") and "--max-request-bytes" in answer
     connection = http.client.HTTPConnection("127.0.0.1", http_gate.port, timeout=10)
     status, echoed = _post(connection, b"y" * 100, **{"Expect": "100-continue"})  # under the limit: continues
