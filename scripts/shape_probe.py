@@ -3,9 +3,10 @@
     PYTHONPATH=. python3 scripts/shape_probe.py --patch 16 --vision-hidden 128 --grid-fraction 0 --steps 600
 
 Trains the vision tower of bt_export.shapes.train's model (same config knobs, the same sine-cosine init) with two
-linear heads on its last bridge's class token, 4-way shape and 4-way position, on one-group scenes of
-bt_export.shapes.data (a `grid_fraction` share of them on the patch grid), batch 64, AdamW 1e-3; prints held-out
-accuracy on free-centre scenes at a few step counts and the seconds per step. docs/shapes.md reads it.
+linear heads on its last bridge's class token, 4-way shape and 4-way position, on one-group scenes
+(bt_export.shapes.vision_pretrain.one_group_scenes; a `grid_fraction` share of them on the patch grid), batch 64,
+AdamW 1e-3; prints held-out accuracy on free-centre scenes at a few step counts and the seconds per step.
+docs/shapes.md reads it.
 """
 
 from __future__ import annotations
@@ -17,24 +18,13 @@ import time
 import numpy as np
 
 
-def _scenes(seed: int, count: int, grid_fraction: float, image_size: int):
-    from bt_export.shapes import data
-
-    # one-group scenes only: make_samples' stream, scenes with a relation skipped
-    samples = data.make_samples(seed, count * 2 + 64, image_size=image_size, grid_fraction=grid_fraction)
-    samples = [s for s in samples if s.scene.relation is None][:count]
-    images = np.stack([np.asarray(s.image) for s in samples])
-    shapes = np.array([data.SHAPES.index(s.scene.groups[0].shape) for s in samples])
-    positions = np.array([list(data.POSITIONS).index(s.scene.position) for s in samples])
-    return images, shapes, positions
-
-
 def main() -> None:
     import torch
     from torch.nn import functional as F
 
     from bt_export.shapes.tokenizer import build_tokenizer
     from bt_export.shapes.train import Encoder, TrainConfig, build_model
+    from bt_export.shapes.vision_pretrain import one_group_scenes
     from bt_export.towers import VisionTower
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,8 +49,8 @@ def main() -> None:
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01)
     started = time.perf_counter()
-    images, shapes, positions = _scenes(args.seed, args.pool, args.grid_fraction, cfg.image_size)
-    test_images, test_shapes, test_positions = _scenes(args.seed + 1000, 1000, 0.0, cfg.image_size)
+    images, shapes, positions = one_group_scenes(args.seed, args.pool, args.grid_fraction, cfg.image_size)
+    test_images, test_shapes, test_positions = one_group_scenes(args.seed + 1000, 1000, 0.0, cfg.image_size)
     render_s = time.perf_counter() - started
     rng = np.random.default_rng(args.seed)
     reports = {int(r) for r in args.report.split(",")}

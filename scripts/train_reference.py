@@ -36,11 +36,16 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=defaults.patch_size, help="vision patch size (px)")
     parser.add_argument("--shape-aux-weight", type=float, default=defaults.shape_aux_weight,
                         help="weight of the training-only shape-presence loss on the image tower (0: off)")
+    parser.add_argument("--vision-pretrain-steps", type=int, default=defaults.vision_pretrain_steps,
+                        help="steps of vision-tower-only 4-way shape pre-training before the recipe (0: off)")
     args = parser.parse_args()
+    if args.vision_pretrain_steps < 0:
+        parser.error(f"--vision-pretrain-steps must be >= 0, got {args.vision_pretrain_steps}")
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, patch_size=args.patch_size,
-                      shape_aux_weight=args.shape_aux_weight)
+                      shape_aux_weight=args.shape_aux_weight,
+                      vision_pretrain_steps=args.vision_pretrain_steps)
     started = time.perf_counter()
     model, tokenizer, history = train(cfg)
     train_seconds = time.perf_counter() - started

@@ -62,6 +62,9 @@ class TrainConfig:
     # > 0: a training-only linear head on the image tower's class token predicts which shapes a scene holds (BCE,
     # this weight); not saved. The ITM loss alone left circle/square and star/triangle near chance (docs/shapes.md)
     shape_aux_weight: float = 0.0
+    # > 0: first train the vision tower alone this many steps on scripts/shape_probe.py's objective (4-way shape CE,
+    # one-group scenes; bt_export.shapes.vision_pretrain), head discarded; 0: the unchanged recipe
+    vision_pretrain_steps: int = 0
     cross_layers: int = 2
     contrastive_size: int = 64
     # evaluation
@@ -268,6 +271,11 @@ def train(cfg: TrainConfig, log=print):
     rest += list(parts.shape_head.parameters()) if cfg.shape_aux_weight > 0 else []
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    if cfg.vision_pretrain_steps > 0:  # 0: nothing runs, the default path's weights and random streams
+        from .vision_pretrain import pretrain_vision
+
+        pretrain_vision(parts.vision, enc, cfg.vision_pretrain_steps, cfg.seed, cfg.image_size, cfg.hidden_size,
+                        grid_fraction=cfg.grid_fraction, log=log)
     started = time.perf_counter()
     pool = data.make_samples(cfg.seed, cfg.pool, image_size=cfg.image_size, split="train",
                              grid_fraction=cfg.grid_fraction)
