@@ -76,27 +76,36 @@ def attributed_paths(nodes: list[onnx.NodeProto]) -> list[str]:
     return paths
 
 
+def int8_nodes(model: onnx.ModelProto, graph: str, excluded_patterns: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(every MatMul/Gemm node of `graph`'s model, those of them `excluded_patterns` keep float32), by name."""
+    weighted = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node)), strict=True))
+    excluded = [name for name in weighted
+                if any(re.search(p, f"{computes(graph)}/{paths[name]}") for p in excluded_patterns)]
+    return weighted, excluded
+
+
+def quantizer_source(src: Path, tmp: Path) -> Path:
+    """A copy of `src` in `tmp` without value_info, for ONNX Runtime's quantizers: they re-run ONNX shape inference,
+    which refuses value_info annotations it would infer otherwise (seen with torch 2.11's exporter: "Inferred shape
+    and existing shape differ … (1536) vs (2)"). They are optional hints."""
+    source = tmp / f"source.{src.name}"
+    full = onnx.load(str(src))
+    del full.graph.value_info[:]
+    save_model(full, source)
+    return source
+
+
 def write_int8(src: Path, dst: Path, graph: str, excluded_patterns: tuple[str, ...] = INT8_EXCLUDED,
                reduce_range: bool = False, per_channel: bool = True, weight_type: str = "uint8") -> dict | None:
     """Quantize `src` into `dst`; None (nothing written) when every MatMul/Gemm of `graph` is excluded."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(src), load_external_data=False)
-    weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-    paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node)), strict=True))
-    excluded = [n.name for n in weighted
-                if any(re.search(p, f"{computes(graph)}/{paths[n.name]}") for p in excluded_patterns)]
+    weighted, excluded = int8_nodes(onnx.load(str(src), load_external_data=False), graph, excluded_patterns)
     if len(excluded) == len(weighted):
         return None
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, quiet():  # quantize_dynamic writes files beside it
-        # The quantizer re-runs ONNX shape inference, which refuses value_info annotations it would infer otherwise
-        # (seen with torch 2.11's exporter: "Inferred shape and existing shape differ … (1536) vs (2)"). They are
-        # optional hints: quantize a copy without them.
-        source = Path(tmp) / f"source.{src.name}"
-        full = onnx.load(str(src))
-        del full.graph.value_info[:]
-        save_model(full, source)
-        del full
+        source = quantizer_source(src, Path(tmp))
         staged = Path(tmp) / dst.name
         quantize_dynamic(str(source), str(staged), weight_type=QuantType.QUInt8 if weight_type == "uint8" else
                          QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],

@@ -80,16 +80,13 @@ def write_static(spec, directory: Path, specs: dict, feeds: dict[str, list[dict]
     """`spec` with activations quantized statically: ONNX Runtime's quantize_static, QDQ format, u8 activations
     (asymmetric, MinMax over the calibration feeds) × s8 weights (symmetric, per tensor), MatMul/Gemm only, the
     excluded patterns kept float32 — the static counterpart of bt_export.precision.write_int8."""
-    import re
     import tempfile
 
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from bt_export.onnx_export import quiet, save_model
-    from bt_export.precision import attributed_paths, variant_file
-    from bt_export.specs import computes
+    from bt_export.precision import int8_nodes, quantizer_source, variant_file
 
     class Reader(CalibrationDataReader):
         def __init__(self, rows, names):
@@ -102,18 +99,11 @@ def write_static(spec, directory: Path, specs: dict, feeds: dict[str, list[dict]
     for name, graph in specs.items():
         src = directory / graph.file
         model = onnx.load(str(src), load_external_data=False)
-        weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-        paths = dict(zip((n.name for n in model.graph.node), attributed_paths(list(model.graph.node)), strict=True))
-        excluded = [n.name for n in weighted
-                    if any(re.search(p, f"{computes(name)}/{paths[n.name]}") for p in spec.excluded)]
-        names = {i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()}
+        _, excluded = int8_nodes(model, name, spec.excluded)
+        names = {i.name for i in model.graph.input}  # the graph's inputs, without loading its weights
         target = variant_file(graph.file, f"int8-{spec.name}")
         with tempfile.TemporaryDirectory(dir=directory) as tmp, quiet():
-            source = Path(tmp) / f"source.{src.name}"
-            full = onnx.load(str(src))
-            del full.graph.value_info[:]  # as write_int8: optional hints the quantizer's shape inference refuses
-            save_model(full, source)
-            del full
+            source = quantizer_source(src, Path(tmp))
             staged = Path(tmp) / Path(target).name
             quantize_static(str(source), str(staged), Reader(feeds[name], names), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
