@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -134,30 +135,63 @@ class Server:
         return self.http_port if protocol == "http" else self.grpc_port
 
 
+PORT_ATTEMPTS = 3
+# the ports are probed free here and bound later by the server; in between something else may take one (another
+# process, or a readiness poll's own connection landing on the port it polls: TCP self-connect)
+PORT_TAKEN = re.compile(r"in use|cannot listen|Address already", re.IGNORECASE)
+
+
 @contextlib.contextmanager
 def serving(export_dir: Path, server_python: str, *options: str, ready_timeout_s: float = 600):
     """Start `bt-serve EXPORT --address 127.0.0.1` on free ports with `options`, wait until `itm` is ready, yield a
-    Server; SIGTERM on exit (bt-serve stops Triton cleanly), killed after 60 s."""
-    http_port, grpc_port, metrics_port = free_ports(3)
+    Server; SIGTERM on exit (bt-serve stops Triton cleanly), killed after 60 s. A start that fails because a probed
+    port was taken meanwhile is tried again on new ports (PORT_ATTEMPTS in all); any other failure raises with the
+    server's output."""
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory() as tmp:
-        command = [server_python, "-m", "bt_serve.cli", str(export_dir), "--address", host,
-                   "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-                   "--log-file", str(Path(tmp) / "server.log"), *options]
-        with open(Path(tmp) / "stdout", "w") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        for attempt in range(PORT_ATTEMPTS):
+            http_port, grpc_port, metrics_port = free_ports(3)
+            folder = Path(tmp) / f"attempt{attempt}"
+            folder.mkdir()
+            command = [server_python, "-m", "bt_serve.cli", str(export_dir), "--address", host,
+                       "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port",
+                       str(metrics_port), "--log-file", str(folder / "server.log"), *options]
+            with open(folder / "stdout", "w") as out:
+                process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                c.wait_ready(host, http_port, ["itm"], timeout_s=ready_timeout_s, process=process)
+                break
+            except (RuntimeError, TimeoutError) as err:
+                _stop(process)
+                tails = _tails(folder)
+                if attempt + 1 < PORT_ATTEMPTS and isinstance(err, RuntimeError) and PORT_TAKEN.search(tails):
+                    continue
+                raise type(err)(f"{err}\n{tails}") from None
         server = Server(process, host, http_port, grpc_port)
         try:
-            c.wait_ready(host, http_port, ["itm"], timeout_s=ready_timeout_s, process=process)
             yield server
         finally:
-            process.terminate()
-            try:
-                server.shutdown_rc = process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=60)
-                server.shutdown_rc = "killed after 60 s"
+            server.shutdown_rc = _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> int | str:
+    process.terminate()
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=60)
+        return "killed after 60 s"
+
+
+def _tails(folder: Path, lines: int = 40) -> str:
+    """The last `lines` of the server's stdout and Triton's log in `folder`, for an error message."""
+    parts = []
+    for name in ("stdout", "server.log"):
+        path = folder / name
+        text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(not written)"]
+        parts.append(f"--- bt-serve {name} (last {lines} lines) ---\n" + "\n".join(text))
+    return "\n".join(parts)
 
 
 def load_test(export_dir: Path, concurrency: int, seconds: float, server_python: str, max_requests: int = 100000,

@@ -31,11 +31,21 @@ NO_DEADLINE_S = 10**9
 INFLATE = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Triton's request compressions
 
 
+def free_loopback_ports(count: int) -> list[int]:
+    """`count` distinct ports the kernel just gave out on 127.0.0.1, for tritonserver behind the gate (all held at
+    once: two probes in turn may be given the same port)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def free_loopback_port() -> int:
-    """A port the kernel just gave out on 127.0.0.1, for tritonserver behind the gate."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_loopback_ports(1)[0]
 
 
 def _deadline(context) -> float | None:

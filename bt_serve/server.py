@@ -178,12 +178,12 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-        from .gate import free_loopback_port, open_gates
+        from .gate import free_loopback_ports, open_gates
 
         # the public ports are the gate's (bound now, served once Triton is up); tritonserver's HTTP and gRPC
         # listen on loopback ports only the gate uses (gate.py says why)
         limit = request_limit(options)
-        inner_http, inner_grpc = free_loopback_port(), free_loopback_port()
+        inner_http, inner_grpc = free_loopback_ports(2)
         try:
             gates = open_gates(options.address, options.http_port, options.grpc_port, inner_http, inner_grpc, limit)
         except OSError as err:
