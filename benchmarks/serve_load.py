@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_serve import client as c
+from bt_serve.gate import free_loopback_ports as free_ports
 
 from .machine import cpu_info
 
@@ -31,17 +31,6 @@ SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 CAPTIONS = ["two cats sleeping on a pink blanket", "a remote control on a couch", "a football player scoring a goal",
             "a bird flying over the snow", "a plate of food on a wooden table", "a red bus in a city street",
             "a dog catching a frisbee in a park", "a sailboat on a calm lake at sunset"]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass

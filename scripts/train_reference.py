@@ -38,14 +38,28 @@ def main() -> None:
                         help="weight of the training-only shape-presence loss on the image tower (0: off)")
     parser.add_argument("--vision-pretrain-steps", type=int, default=defaults.vision_pretrain_steps,
                         help="steps of vision-tower-only 4-way shape pre-training before the recipe (0: off)")
+    parser.add_argument("--negative-weight", action="append", default=[], metavar="KIND=W",
+                        help="sampling weight of one hard-negative kind (repeatable; defaults: "
+                             + ", ".join(f"{k} {v}" for k, v in defaults.negative_weights.items()) + ")")
     args = parser.parse_args()
+    weights = dict(defaults.negative_weights)
+    for item in args.negative_weight:
+        kind, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if kind not in weights or weight < 0:
+            parser.error(f"--negative-weight {item!r}: expected KIND=W with KIND one of {', '.join(weights)} "
+                         "and W >= 0")
+        weights[kind] = weight
     if args.vision_pretrain_steps < 0:
         parser.error(f"--vision-pretrain-steps must be >= 0, got {args.vision_pretrain_steps}")
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, patch_size=args.patch_size,
                       shape_aux_weight=args.shape_aux_weight,
-                      vision_pretrain_steps=args.vision_pretrain_steps)
+                      vision_pretrain_steps=args.vision_pretrain_steps, negative_weights=weights)
     started = time.perf_counter()
     model, tokenizer, history = train(cfg)
     train_seconds = time.perf_counter() - started
