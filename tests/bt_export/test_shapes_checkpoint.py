@@ -12,8 +12,8 @@ from bt_export.configs import SHAPES_DIR
 from bt_export.shapes import data
 
 SEED = 20  # any held-out seed works; a fixed one keeps the test deterministic
-# The accuracy floors below are this test's own: below the shipped metrics.json (colour 1.0, size 0.996, shape
-# 0.832, ITC r@5 0.945, MLM position 1.0) by enough for 48 held-out scenes, far above chance.
+# The accuracy floors below are this test's own: below the shipped metrics.json (colour 0.998, size 0.982, shape
+# 0.966, ITC r@5 0.945, MLM position and relation 1.0) by enough for 48 held-out scenes, far above chance.
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -57,7 +57,7 @@ def test_itm_beats_one_attribute_negatives(shapes_export, held_out, precision):
             accuracy, n = _pairwise(rt, held_out, kind)
             assert n >= 40 and accuracy >= bound, (precision, kind, accuracy)
         accuracy, n = _pairwise(rt, held_out, "shape")
-        assert accuracy >= 0.7, (precision, "shape", accuracy)  # chance is 0.5
+        assert accuracy >= 0.85, (precision, "shape", accuracy)  # chance is 0.5
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

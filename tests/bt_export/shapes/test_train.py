@@ -69,12 +69,11 @@ def test_the_shape_presence_loss_reaches_the_image_tower_and_is_not_saved():
     assert not any(name.startswith("shape_head") for name in model.state_dict())  # a training-only head
 
 
-def test_vision_pretraining_is_off_by_default_and_trains_only_the_vision_tower(monkeypatch):
+def test_vision_pretraining_trains_only_the_vision_tower_and_zero_turns_it_off(monkeypatch):
     from bt_export.shapes import vision_pretrain
     from bt_export.shapes.train import train
 
     monkeypatch.setattr(vision_pretrain, "POOL", 64)  # one batch: the test only checks the wiring
-    assert TrainConfig().vision_pretrain_steps == 0
     cfg = TrainConfig(hidden_size=64, unimodal_layers=2, cross_layers=1, contrastive_size=32, steps=0, pool=8)
     reference = build_model(cfg, build_tokenizer().get_vocab_size()).state_dict()
     states = {}
@@ -82,7 +81,7 @@ def test_vision_pretraining_is_off_by_default_and_trains_only_the_vision_tower(m
         model, _, _ = train(TrainConfig(**{**cfg.__dict__, "vision_pretrain_steps": steps}), log=lambda line: None)
         states[steps] = model.state_dict()
         assert list(states[steps]) == list(reference)  # the pre-training head is not in the saved state
-    assert all(torch.equal(states[0][k], v) for k, v in reference.items())  # N = 0: the default path, unchanged
+    assert all(torch.equal(states[0][k], v) for k, v in reference.items())  # N = 0: no pre-training, weights as built
     patch = "bridgetower.vision_model.visual.embeddings.patch_embedding.weight"
     assert not torch.equal(states[3][patch], reference[patch])
     changed = {k for k, v in reference.items() if not torch.equal(states[3][k], v)}
