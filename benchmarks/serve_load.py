@@ -127,7 +127,7 @@ class Server:
 PORT_ATTEMPTS = 3
 # the ports are probed free here and bound later by the server; in between something else may take one (another
 # process, or a readiness poll's own connection landing on the port it polls: TCP self-connect)
-PORT_TAKEN = re.compile(r"in use|cannot listen|Address already", re.IGNORECASE)
+PORT_TAKEN = re.compile(r"already in use|cannot listen", re.IGNORECASE)
 
 
 @contextlib.contextmanager
@@ -156,6 +156,9 @@ def serving(export_dir: Path, server_python: str, *options: str, ready_timeout_s
                 if attempt + 1 < PORT_ATTEMPTS and isinstance(err, RuntimeError) and PORT_TAKEN.search(tails):
                     continue
                 raise type(err)(f"{err}\n{tails}") from None
+            except BaseException:  # Ctrl+C, a missing client library: no server left behind
+                _stop(process)
+                raise
         server = Server(process, host, http_port, grpc_port)
         try:
             yield server

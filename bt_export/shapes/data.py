@@ -61,7 +61,7 @@ RADIUS_JITTER = 0.1  # each object's radius × U(1 - j, 1 + j)
 SHAPE_EXTENT = {"circle": 1.0, "square": 0.88, "triangle": 1.2, "star": 1.15}
 STAR_INNER = 0.45  # inner / outer radius of the star
 # GRID_CELLS > 0: object centres at the centres of a GRID_CELLS × GRID_CELLS grid of cells (± CELL_JITTER px; 4 =
-# the `shapes` model's 16-px patches at 64 px), free only where no grid placement exists. With free sub-patch
+# a 16-px grid at 64 px, the patch-16 model's patches), free only where no grid placement exists. With free sub-patch
 # offsets a 3-layer patch-16 ViT tells circle from square and star from triangle (equal areas) at chance; on the
 # grid 1,400- and 2,400-step runs reached shape ≥ 0.996 but position and relation stayed at chance, so the shipped
 # weights and their data keep free centres (0). docs/shapes.md, benchmarks/results/shapes-train-grid-seed0*.json

@@ -33,8 +33,8 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 1150  # ~24 min at patch 8 on 2 quiet cores (1.25 s/step), pre-training included ≤ 30
-    batch_size: int = 64  # the ITC softmax's negatives and the mining pool; 64 fits a step in ~0.5 s on 2 cores
+    steps: int = 1150  # ~24 min at patch 8 on one quiet core (1.25 s/step), pre-training and rendering incl. ~27
+    batch_size: int = 64  # the ITC softmax's negatives and the mining pool (a step: ~1.25 s at patch 8, one core)
     lr: float = 1e-3  # small model, warmup then cosine: fast without divergence
     min_lr_ratio: float = 0.05
     warmup: int = 100
@@ -274,7 +274,7 @@ def train(cfg: TrainConfig, log=print):
     rest += list(parts.shape_head.parameters()) if cfg.shape_aux_weight > 0 else []
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    if cfg.vision_pretrain_steps > 0:  # 0: nothing runs, the default path's weights and random streams
+    if cfg.vision_pretrain_steps > 0:  # 0: nothing runs, the un-pre-trained weights and random streams
         from .vision_pretrain import pretrain_vision
 
         pretrain_vision(parts.vision, enc, cfg.vision_pretrain_steps, cfg.seed, cfg.image_size, cfg.hidden_size,
