@@ -51,7 +51,7 @@ def _candidates():
     ]
 
 
-def calibration_feeds(directory: Path, manifest, images: list, texts: list[str]) -> dict[str, list[dict]]:
+def calibration_feeds(manifest, images: list, texts: list[str]) -> dict[str, list[dict]]:
     """Per graph, the inputs of the calibration pairs one at a time (batch 1, as a pair runs): the towers' from
     the runtime's preprocessing and tokenizer, the cross-modal graphs' from the fp32 towers' bridges."""
     from bt_runtime import BridgeTowerRuntime
@@ -162,7 +162,7 @@ def write_all(directory: Path, manifest, log, graphs=None, calibration=None) -> 
         if spec.name in STATIC:
             if calibration is None:
                 continue
-            feeds = calibration_feeds(directory, manifest, *calibration)
+            feeds = calibration_feeds(manifest, *calibration)
             recipes[spec.name] = (spec, write_static(named, directory, specs, feeds))
         else:
             recipes[spec.name] = (spec, write_recipe(named, directory, specs))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -49,9 +50,9 @@ def main() -> None:
             weight = float(value)
         except ValueError:
             weight = -1.0
-        if kind not in weights or weight < 0:
+        if kind not in weights or not 0 <= weight < math.inf:  # "nan" and "inf" parse as floats
             parser.error(f"--negative-weight {item!r}: expected KIND=W with KIND one of {', '.join(weights)} "
-                         "and W >= 0")
+                         "and W a finite number >= 0")
         weights[kind] = weight
     if args.vision_pretrain_steps < 0:
         parser.error(f"--vision-pretrain-steps must be >= 0, got {args.vision_pretrain_steps}")
