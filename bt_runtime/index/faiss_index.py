@@ -3,6 +3,12 @@ selection"): exact inner product below EXACT_BELOW vectors; above, an IVF index 
 graph, with exact (Flat) codes when they fit the memory budget, else SQ8, else PQ codes; trained on a sample, its
 search breadth (nprobe) tuned on held-out vectors to reach TARGET_RECALL, and read memory-mapped at query time.
 
+Embeddings without cluster structure (random vectors are the extreme) defeat IVF: reaching the target takes most
+of the lists. Then every vector is scanned, but as a 4-bit PQ code with FAISS's fast-scan kernels (lookup tables
+held in SIMD registers; faiss wiki "Fast accumulation of PQ and AQ codes"), and the best k·k_factor are re-scored
+exactly from the stored vectors (IndexRefineFlat), k_factor tuned like nprobe; exact search only when that too
+misses the target.
+
 Files next to the shards: faiss.index, faiss-rows.arrow (image id and source of each FAISS row, memory-mapped) and
 faiss.json (this index's manifest: the export's tower sha256s and precision, count, factory, metric, nprobe and the
 recall@10 vs exact measured at build). An index is refused for a runtime of another export or precision."""
@@ -27,6 +33,9 @@ TARGET_RECALL = 0.95  # recall@10 vs exact that nprobe is tuned to reach on held
 TRAIN_SAMPLE = 40  # training vectors per IVF list (FAISS warns below 39)
 HELD_OUT = 500  # queries for the build-time recall measurement
 DEFAULT_MEMORY_GIB = 16.0  # codes budget when none is given (--index-memory-gib)
+REFINE_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer (PQ{dim/2}x4fs: at 10^6 × 512, recall@10 0.99 at k_factor
+# 64-128 where PQ{dim/4}x4fs needed 512 for 0.957; 6.9 vs 5.9 ms p50, benchmarks/results/scale-2core.md)
+MAX_K_FACTOR = 1024  # refine breadth past which an exact scan is kept
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,12 @@ class IndexManifest:
     dim: int
     factory: str
     metric: str
-    nprobe: int  # 0 for an exact index; the HNSW quantizer's efSearch is 2·nprobe (set_nprobe)
-    recall_at_10: float  # vs exact, on `recall_queries` held-out vectors, at `nprobe`
+    nprobe: int  # 0 unless IVF; the HNSW quantizer's efSearch is 2·nprobe (set_nprobe)
+    recall_at_10: float  # vs exact, on `recall_queries` held-out vectors, at `nprobe` / `k_factor`
     recall_queries: int
     build_seconds: float
     memory_budget_bytes: int
+    k_factor: int = 0  # 0 unless a refined fast-scan index (refine_factory): candidates re-scored per result
 
 
 def choose_factory(count: int, dim: int, memory_bytes: int) -> str:
@@ -62,6 +72,11 @@ def choose_factory(count: int, dim: int, memory_bytes: int) -> str:
     return f"IVF{nlist}_HNSW32,PQ{max(fitting)}x8"
 
 
+def refine_factory(dim: int) -> str | None:
+    """The exhaustive fast-scan + exact re-scoring factory for `dim`, or None when dim does not split into codes."""
+    return None if dim % REFINE_DIMS_PER_CODE else f"PQ{dim // REFINE_DIMS_PER_CODE}x4fs,RFlat"
+
+
 def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), factory: str | None = None,
           seed: int = 0, log=None) -> IndexManifest:
     """Build the FAISS index of the finished job in `directory` (its good rows, in input order)."""
@@ -78,39 +93,64 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
     count, dim = vectors.shape
     factory = factory or choose_factory(count, dim, memory_bytes)
     rng = np.random.default_rng(seed)
-    index, nprobe, recall, queries = train_and_add(vectors, factory, rng)
-    if nprobe and 2 * nprobe > extract_nlist(index) and count * dim * 4 <= memory_bytes:
-        # the target recall needs more than half the lists (embeddings without cluster structure): an exact scan
-        # is then both faster and exact (benchmarks/results/scale-2core.md, random vectors)
-        if log:
-            log(f"FAISS {factory}: recall@10 {TARGET_RECALL} needs nprobe {nprobe} of {extract_nlist(index)}; "
-                "using an exact index instead")
-        factory = "Flat"
-        index, nprobe, recall, queries = train_and_add(vectors, factory, rng)
+    index, factory, breadth, recall, queries = train_for(vectors, factory, memory_bytes, rng, log)
+    nprobe, k_factor = (breadth, 0) if factory.startswith("IVF") else (0, breadth)
     faiss.write_index(index, str(Path(directory) / INDEX_FILE))
     rows = pa.table({"id": table.column("id").take(good), "source": table.column("source").take(good)})
     with pa.OSFile(str(Path(directory) / ROWS_FILE), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
         writer.write_table(rows)
     manifest = IndexManifest(FORMAT, job.towers_sha256, job.precision, count, dim, factory, "inner_product",
-                             nprobe, recall, queries, round(time.perf_counter() - started, 3), memory_bytes)
+                             nprobe, recall, queries, round(time.perf_counter() - started, 3), memory_bytes, k_factor)
     shards.write_atomic(Path(directory) / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2).encode())  # last
     if log:
-        log(f"FAISS {factory}: {count} vectors, recall@10 {recall:.3f} at nprobe {nprobe}")
+        log(f"FAISS {factory}: {count} vectors, recall@10 {recall:.3f} at nprobe {nprobe}, k_factor {k_factor}")
     return manifest
 
 
-def train_and_add(vectors: np.ndarray, factory: str, rng) -> tuple[object, int, float, int]:
+def train_for(vectors: np.ndarray, factory: str, memory_bytes: int, rng, log=None) -> tuple[object, str, int, float,
+                                                                                                  int]:
+    """`factory` trained and tuned, or what replaces it when the data defeat it: (index, factory, breadth, recall@10,
+    queries). An IVF whose target recall needs over half its lists gives way to the refined fast-scan index, and
+    that, if even MAX_K_FACTOR misses the target, to an exact one (benchmarks/results/scale-2core.md, random
+    vectors); both hold every vector in float32, so only within the memory budget."""
+    count, dim = vectors.shape
+    flat_fits = count * dim * 4 <= memory_bytes
+    codes = count * dim // (2 * REFINE_DIMS_PER_CODE)  # 4 bits per sub-quantizer
+    refine = refine_factory(dim) if count * dim * 4 + codes <= memory_bytes else None
+    # with a replacement at hand, tuning stops at half the lists instead of scanning ever more of them
+    index, breadth, recall, queries = train_and_add(vectors, factory, rng, half_lists=flat_fits)
+    if factory.startswith("IVF") and (recall < TARGET_RECALL or 2 * breadth > extract_nlist(index)) and flat_fits:
+        replacement = refine or "Flat"
+        if log:
+            log(f"FAISS {factory}: recall@10 {recall:.3f} at nprobe {breadth} of {extract_nlist(index)}: the target "
+                f"{TARGET_RECALL} needs over half the lists (no cluster structure); using {replacement}")
+        factory = replacement
+        index, breadth, recall, queries = train_and_add(vectors, factory, rng)
+    if factory.endswith("RFlat") and recall < TARGET_RECALL:
+        if log:
+            log(f"FAISS {factory}: recall@10 {recall:.3f} at k_factor {breadth}; using an exact index instead")
+        factory = "Flat"
+        index, breadth, recall, queries = train_and_add(vectors, factory, rng)
+    return index, factory, breadth, recall, queries
+
+
+def train_and_add(vectors: np.ndarray, factory: str, rng, half_lists: bool = False) -> tuple[object, int, float,
+                                                                                                int]:
     """A FAISS index of `factory` (inner product) trained on a sample of `vectors`, holding all of them, with its
-    nprobe tuned (`tune`): (index, nprobe, recall@10, queries)."""
+    search breadth tuned (`tune`; an IVF's nprobe only up to half its lists with `half_lists`): (index, nprobe or
+    k_factor, recall@10, queries)."""
     import faiss
 
     index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        nlist = faiss.extract_index_ivf(index).nlist
-        sample = rng.choice(len(vectors), size=min(len(vectors), TRAIN_SAMPLE * nlist), replace=False)
+        try:
+            lists = faiss.extract_index_ivf(index).nlist
+        except RuntimeError:  # not IVF: a PQ codebook, 2^4 centroids per sub-quantizer
+            lists = 256
+        sample = rng.choice(len(vectors), size=min(len(vectors), TRAIN_SAMPLE * lists), replace=False)
         index.train(vectors[np.sort(sample)])
     index.add(vectors)
-    return (index, *tune(index, vectors, rng))
+    return (index, *tune(index, vectors, rng, half_lists=half_lists))
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -127,21 +167,32 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
-def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RECALL) -> tuple[int, float, int]:
+def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RECALL,
+         half_lists: bool = False) -> tuple[int, float, int]:
     """The smallest nprobe (powers of two) whose recall@k vs exact on held-out vectors reaches `target`:
     (nprobe, recall, queries). Queries are database vectors not drawn for training: an image's nearest neighbours
     are what a query near it gets."""
     queries = vectors[rng.choice(len(vectors), size=min(HELD_OUT, len(vectors)), replace=False)]
     truth = exact_top(vectors, queries, min(k, len(vectors)))
+    import faiss
+
+    if isinstance(index, faiss.IndexRefine):  # k_factor: powers of two up to MAX_K_FACTOR
+        k_factor = 1
+        while True:
+            index.k_factor = k_factor
+            recall = recall_at(index.search(queries, truth.shape[1])[1], truth)
+            if recall >= target or k_factor >= MAX_K_FACTOR:
+                return k_factor, recall, len(queries)
+            k_factor *= 2
     try:
-        ivf = __import__("faiss").extract_index_ivf(index)
+        ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index: exact
         return 0, recall_at(index.search(queries, truth.shape[1])[1], truth), len(queries)
     nprobe, recall = 1, 0.0
     while True:
         set_nprobe(index, nprobe)
         recall = recall_at(index.search(queries, truth.shape[1])[1], truth)
-        if recall >= target or nprobe >= ivf.nlist:
+        if recall >= target or nprobe >= (ivf.nlist // 2 if half_lists else ivf.nlist):
             return nprobe, recall, len(queries)
         nprobe = min(nprobe * 2, ivf.nlist)
 
@@ -187,7 +238,7 @@ class SearchIndex:
 def mmap_flags(faiss, factory: str) -> int:
     """read_index flags that map the codes instead of reading them: IO_FLAG_MMAP_IFC maps a flat index's codes
     (a faiss without the flag reads them into memory), IO_FLAG_MMAP an IVF index's inverted lists."""
-    if factory == "Flat":
+    if factory == "Flat" or factory.endswith("RFlat"):  # a refined index: its stored vectors are mapped
         return getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
     return faiss.IO_FLAG_MMAP
 
@@ -224,6 +275,8 @@ def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIn
     index = faiss.read_index(str(directory / INDEX_FILE), flags | faiss.IO_FLAG_READ_ONLY)
     if manifest.nprobe:
         set_nprobe(index, manifest.nprobe)
+    if manifest.k_factor:
+        index.k_factor = manifest.k_factor  # also in the file; the manifest is what build measured recall at
     rows = pa.ipc.open_file(pa.memory_map(str(directory / ROWS_FILE))).read_all()
     if index.ntotal != manifest.count or rows.num_rows != manifest.count:
         raise BtRuntimeError(f"--index {directory}: {index.ntotal} vectors and {rows.num_rows} rows for a count of "

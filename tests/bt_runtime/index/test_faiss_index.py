@@ -39,25 +39,52 @@ def test_recall_at_10_on_random_vectors_with_the_chosen_factory():
     assert faiss_index.recall_at(index.search(queries, 10)[1], truth) >= 0.95
 
 
-def test_build_falls_back_to_exact_when_ivf_needs_most_lists(tmp_path, monkeypatch):
-    """Random vectors have no clusters: an IVF reaching recall 0.95 scans over half its lists, so build() keeps an
-    exact index; the index directory then opens memory-mapped and answers like an exact search."""
+def _random_job(tmp_path, monkeypatch, dim=64):
     pytest.importorskip("pyarrow")
     from bt_runtime.index import shards
 
     monkeypatch.setattr(faiss_index, "EXACT_BELOW", 1000)
     rng = np.random.default_rng(5)
-    vectors = _unit(rng, 12_000, 64)
-    job = shards.Job(shards.JOB_FORMAT, "--list x", "0" * 64, len(vectors), 4000, "fp32", {"vision_tower": "v"}, 64)
+    vectors = _unit(rng, 12_000, dim)
+    job = shards.Job(shards.JOB_FORMAT, "--list x", "0" * 64, len(vectors), 4000, "fp32", {"vision_tower": "v"}, dim)
     shards.open_job(tmp_path, job)
     for k in range(3):
         rows = range(4000 * k, 4000 * (k + 1))
         shards.write_shard(tmp_path, k, [f"img{r:05d}" for r in rows], [f"/g/{r}.png" for r in rows],
-                           vectors[4000 * k:4000 * (k + 1)], [""] * 4000, 64)
-    assert faiss_index.choose_factory(len(vectors), 64, 2**30).startswith("IVF")
+                           vectors[4000 * k:4000 * (k + 1)], [""] * 4000, dim)
+    assert faiss_index.choose_factory(len(vectors), dim, 2**30).startswith("IVF")
+    return vectors
+
+
+def test_build_scans_fast_scan_codes_and_rescores_when_ivf_needs_most_lists(tmp_path, monkeypatch):
+    """Random vectors have no clusters: an IVF reaching recall 0.95 scans over half its lists, so build() scans
+    every 4-bit code instead and re-scores the best k·k_factor exactly; the directory opens memory-mapped with the
+    k_factor recall was measured at, and fresh queries reach the target too."""
+    vectors = _random_job(tmp_path, monkeypatch)
     built = faiss_index.build(tmp_path, 2**30)
-    assert built.factory == "Flat" and built.recall_at_10 == 1.0
+    assert built.factory == "PQ32x4fs,RFlat" and built.nprobe == 0 and built.k_factor >= 2
+    assert built.recall_at_10 >= faiss_index.TARGET_RECALL
     opened = faiss_index.open_index(tmp_path, {"vision_tower": "v"}, "fp32")
+    assert opened.index.k_factor == built.k_factor
     scores, rows = opened.search(vectors[:3], 10)
     np.testing.assert_array_equal(rows[:, 0], [0, 1, 2])
     assert opened.ids(rows[:, 0]) == ["img00000", "img00001", "img00002"]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)  # re-scored from the stored vectors: exact
+    queries = _unit(np.random.default_rng(6), 200, 64)
+    truth = faiss_index.exact_top(vectors, queries, 10)
+    assert faiss_index.recall_at(opened.search(queries, 10)[1], truth) >= 0.9
+
+
+def test_build_keeps_an_exact_index_when_the_refined_scan_misses_too(tmp_path, monkeypatch):
+    vectors = _random_job(tmp_path, monkeypatch)
+    monkeypatch.setattr(faiss_index, "MAX_K_FACTOR", 1)  # no re-scoring breadth: 4-bit codes alone miss 0.95
+    built = faiss_index.build(tmp_path, 2**30)
+    assert built.factory == "Flat" and built.recall_at_10 == 1.0 and built.k_factor == 0
+    opened = faiss_index.open_index(tmp_path, {"vision_tower": "v"}, "fp32")
+    np.testing.assert_array_equal(opened.search(vectors[:3], 10)[1][:, 0], [0, 1, 2])
+
+
+def test_a_dimension_the_codes_do_not_divide_falls_back_to_exact(tmp_path, monkeypatch):
+    assert faiss_index.refine_factory(65) is None and faiss_index.refine_factory(512) == "PQ256x4fs,RFlat"
+    _random_job(tmp_path, monkeypatch, dim=65)
+    assert faiss_index.build(tmp_path, 2**30).factory == "Flat"
