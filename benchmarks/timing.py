@@ -1,8 +1,13 @@
-"""Interleaved timing: warm up, then run every case once per round, rotating the order each round, so machine
-drift (thermal, other load) hits all cases alike. Summaries from per-iteration samples."""
+"""Interleaved timing: warm up, then run every case once per round, in a new order each round, so machine drift
+(thermal, other load) hits all cases alike. Summaries from per-iteration samples.
+
+The order is a seeded shuffle, not a rotation: a rotation keeps every case behind the same neighbour in every round,
+and a backend that leaves threads spinning or caches cold after its call (eager PyTorch's OpenMP pool, ONNX
+Runtime's spinning intra-op pool) would then tax the same next case every time."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +25,12 @@ class Case:
 
 
 def interleave(cases: list[Case], runs: int, warmup: int, on_round: Callable[[int], None] | None = None) -> None:
-    """Fill each case's samples: `warmup` untimed rounds, then `runs` timed rounds, order rotated each round."""
+    """Fill each case's samples: `warmup` untimed rounds, then `runs` timed rounds, each round in its own order
+    (`round_order`)."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be ≥ 1 and warmup ≥ 0, got runs={runs}, warmup={warmup}")
     for round_index in range(warmup + runs):
-        shift = round_index % len(cases)
-        for case in cases[shift:] + cases[:shift]:
+        for case in round_order(cases, round_index):
             started = time.perf_counter()
             case.output = case.run()
             elapsed = time.perf_counter() - started
@@ -33,6 +38,13 @@ def interleave(cases: list[Case], runs: int, warmup: int, on_round: Callable[[in
                 case.samples.append(elapsed)
         if on_round:
             on_round(round_index)
+
+
+def round_order(cases: list, round_index: int) -> list:
+    """Round `round_index`'s order: a shuffle seeded by the round, so reruns repeat it and neighbours vary."""
+    order = list(cases)
+    random.Random(round_index).shuffle(order)
+    return order
 
 
 def summarize(samples: list[float]) -> dict[str, float]:

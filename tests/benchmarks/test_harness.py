@@ -24,12 +24,19 @@ def test_summarize_matches_numpy_percentiles():
     assert summary["runs"] == 5 and summary["min_ms"] == pytest.approx(10.0)
 
 
-def test_interleave_rotates_order_and_skips_warmup():
+def test_interleave_varies_each_cases_neighbour_and_skips_warmup():
     calls = []
-    cases = [Case(name, lambda name=name: calls.append(name) or name) for name in "abc"]
-    interleave(cases, runs=3, warmup=1)
-    assert calls == list("abc" "bca" "cab" "abc")
-    assert all(len(c.samples) == 3 and c.output == c.name for c in cases)
+    cases = [Case(name, lambda name=name: calls.append(name) or name) for name in "abcd"]
+    interleave(cases, runs=8, warmup=1)
+    rounds = ["".join(calls[i:i + 4]) for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len(rounds) == 9  # every case once per round
+    # a rotation kept "b" behind "a" in every round; here every case follows at least two different cases
+    before = {c: {r[r.index(c) - 1] for r in rounds if r.index(c) > 0} for c in "abcd"}
+    assert all(len(p) >= 2 for p in before.values()), before
+    again = []
+    interleave([Case(n, lambda n=n: again.append(n)) for n in "abcd"], runs=8, warmup=1)
+    assert again == calls  # seeded: a rerun measures in the same orders
+    assert all(len(c.samples) == 8 and c.output == c.name for c in cases)
     with pytest.raises(ValueError, match="runs must be"):
         interleave(cases, runs=0, warmup=1)
 
