@@ -20,7 +20,7 @@ from .manifest import build_manifest, graph_file_entry
 from .onnx_export import DEFAULT_OPSET, example_inputs, export_graph
 from .parity import ParityRow, check_parity, check_runtime_loads, check_task_parity, eager_references
 from .precision import INT8_EXCLUDED, PRECISIONS, variant_details, variant_file, write_variant
-from .samples import hf_processor, load_images, make_samples
+from .samples import DEFAULT_TEXTS, hf_processor, load_images, make_samples, shapes_calibration
 from .specs import VARIANT_BOUNDS, computes, graph_specs
 from .staging import check_output_dir, staged_directory
 
@@ -107,7 +107,10 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
         tokenizer_files = copy_tokenizer(loaded, staging)
         processor = hf_processor(loaded.image_processor, staging)
         # Reduced precisions are judged in task terms over every image × caption pair.
-        samples = make_samples(processor, images, image_names, grid=precisions != ("fp32",))
+        texts = DEFAULT_TEXTS
+        if images is None and loaded.source.get("kind") == "shapes":
+            images, image_names, texts = shapes_calibration()
+        samples = make_samples(processor, images, image_names, texts, grid=precisions != ("fp32",))
         log(f"computing eager PyTorch references on {len(samples.texts)} image-text pairs")
         refs = eager_references(loaded.model, samples, specs, loaded.heads)
         export_graphs(loaded.model, specs, samples, refs, staging, opset, attention, log)

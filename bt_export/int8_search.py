@@ -1,5 +1,6 @@
 """Accuracy-aware int8 (`bt-export --precision int8 --int8-search`): which blocks to quantize, measured on the
-calibration pairs of this export (the user's checkpoint, `--parity-images` and captions, else the defaults).
+calibration pairs of this export (the user's checkpoint, `--parity-images` and captions, else the defaults; the
+shapes checkpoint's own scenes and captions, `samples.shapes_calibration`).
 
 Blocks are the checkpoint's own units, read from the graphs: each tower layer (`vision_tower/blocks.3`,
 `text_tower/layers.7`), each cross-modal layer per side (`cross_modal/image_layers.2`), the bridge transforms, the

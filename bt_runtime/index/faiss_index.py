@@ -169,32 +169,45 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RECALL,
          half_lists: bool = False) -> tuple[int, float, int]:
-    """The smallest nprobe (powers of two) whose recall@k vs exact on held-out vectors reaches `target`:
-    (nprobe, recall, queries). Queries are database vectors not drawn for training: an image's nearest neighbours
-    are what a query near it gets."""
-    queries = vectors[rng.choice(len(vectors), size=min(HELD_OUT, len(vectors)), replace=False)]
-    truth = exact_top(vectors, queries, min(k, len(vectors)))
+    """The smallest search breadth (nprobe, or k_factor for a refined index; powers of two) whose recall@k vs exact
+    reaches `target`: (breadth, recall, queries). Queries are HELD_OUT database vectors, each with its own row left
+    out of both result lists: every index finds a vector itself, and counting it would add up to 1/k to the recall
+    that a new query (an image not in the gallery) does not get."""
     import faiss
+
+    rows = rng.choice(len(vectors), size=min(HELD_OUT, len(vectors)), replace=False)
+    queries, k = vectors[rows], min(k, len(vectors) - 1)
+    if k < 1:  # one vector: nothing else to find
+        return 0, 1.0, len(queries)
+    truth = _without_self(exact_top(vectors, queries, k + 1), rows, k)
+
+    def recall() -> float:
+        return recall_at(_without_self(index.search(queries, k + 1)[1], rows, k), truth)
 
     if isinstance(index, faiss.IndexRefine):  # k_factor: powers of two up to MAX_K_FACTOR
         k_factor = 1
         while True:
             index.k_factor = k_factor
-            recall = recall_at(index.search(queries, truth.shape[1])[1], truth)
-            if recall >= target or k_factor >= MAX_K_FACTOR:
-                return k_factor, recall, len(queries)
+            measured = recall()
+            if measured >= target or k_factor >= MAX_K_FACTOR:
+                return k_factor, measured, len(queries)
             k_factor *= 2
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index: exact
-        return 0, recall_at(index.search(queries, truth.shape[1])[1], truth), len(queries)
-    nprobe, recall = 1, 0.0
+        return 0, recall(), len(queries)
+    nprobe = 1
     while True:
         set_nprobe(index, nprobe)
-        recall = recall_at(index.search(queries, truth.shape[1])[1], truth)
-        if recall >= target or nprobe >= (ivf.nlist // 2 if half_lists else ivf.nlist):
-            return nprobe, recall, len(queries)
+        measured = recall()
+        if measured >= target or nprobe >= (ivf.nlist // 2 if half_lists else ivf.nlist):
+            return nprobe, measured, len(queries)
         nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def _without_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Each query's first k results other than its own row."""
+    return np.array([[r for r in f if r != row][:k] for f, row in zip(found, rows, strict=True)])
 
 
 def extract_nlist(index) -> int:
