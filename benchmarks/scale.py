@@ -219,7 +219,7 @@ def _measure(faiss, faiss_index, kind, vectors, probes, truth, factory, rng, log
     else:
         index, factory, breadth, build_recall, _ = faiss_index.train_for(vectors, factory, budget, rng, log)
     build_s = time.perf_counter() - started
-    nprobe, k_factor = (breadth, 0) if factory.startswith("IVF") else (0, breadth)
+    nprobe, k_factor = faiss_index.split_breadth(index, breadth)
     nlist = faiss_index.extract_nlist(index) if nprobe else 0
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "faiss.index")

@@ -4,14 +4,16 @@ graph, with exact (Flat) codes when they fit the memory budget, else SQ8, else P
 search breadth (nprobe) tuned on held-out vectors to reach TARGET_RECALL, and read memory-mapped at query time.
 
 Embeddings without cluster structure (random vectors are the extreme) defeat IVF: reaching the target takes most
-of the lists. Then every vector is scanned, but as a 4-bit PQ code with FAISS's fast-scan kernels (lookup tables
-held in SIMD registers; faiss wiki "Fast accumulation of PQ and AQ codes"), and the best k·k_factor are re-scored
-exactly from the stored vectors (IndexRefineFlat), k_factor tuned like nprobe; exact search only when that too
-misses the target.
+of the lists. Then, when the vectors fit the budget in float32 (an IVF with Flat codes was chosen), every vector is
+scanned, but as a 4-bit PQ code with FAISS's fast-scan kernels (lookup tables held in SIMD registers; faiss wiki
+"Fast accumulation of PQ and AQ codes"), and the best k·k_factor are re-scored exactly from the stored vectors
+(IndexRefineFlat), k_factor tuned like nprobe; exact search when that too misses the target, or when the dimension
+is odd or the codes do not fit beside the vectors.
 
 Files next to the shards: faiss.index, faiss-rows.arrow (image id and source of each FAISS row, memory-mapped) and
-faiss.json (this index's manifest: the export's tower sha256s and precision, count, factory, metric, nprobe and the
-recall@10 vs exact measured at build). An index is refused for a runtime of another export or precision."""
+faiss.json (this index's manifest: the export's tower sha256s and precision, count, factory, metric, nprobe or
+k_factor, and the recall@10 vs exact measured at build). An index is refused for a runtime of another export or
+precision."""
 
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ from . import shards
 FORMAT = "bt-faiss-index/1"
 INDEX_FILE, ROWS_FILE, MANIFEST_FILE = "faiss.index", "faiss-rows.arrow", "faiss.json"
 EXACT_BELOW = 100_000  # autofaiss: a flat index is fast enough below ~100k vectors and needs no training
-TARGET_RECALL = 0.95  # recall@10 vs exact that nprobe is tuned to reach on held-out vectors
+TARGET_RECALL = 0.95  # recall@10 vs exact that nprobe or k_factor is tuned to reach (`tune`)
 TRAIN_SAMPLE = 40  # training vectors per IVF list (FAISS warns below 39)
 HELD_OUT = 500  # queries for the build-time recall measurement
 DEFAULT_MEMORY_GIB = 16.0  # codes budget when none is given (--index-memory-gib)
-REFINE_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer (PQ{dim/2}x4fs: at 10^6 × 512, recall@10 0.99 at k_factor
-# 64-128 where PQ{dim/4}x4fs needed 512 for 0.957; 6.9 vs 5.9 ms p50, benchmarks/results/scale-2core.md)
+REFINE_DIMS_PER_CODE = 2  # dimensions per 4-bit sub-quantizer: at 10^6 random × 512, PQ{dim/4}x4fs needed k_factor
+# 512 for recall@10 0.957, PQ{dim/2}x4fs reached 0.999 at 128 (benchmarks/results/scale-2core.md, "prototype")
 MAX_K_FACTOR = 1024  # refine breadth past which an exact scan is kept
 
 
@@ -94,7 +96,7 @@ def build(directory: Path, memory_bytes: int = int(DEFAULT_MEMORY_GIB * 2**30), 
     factory = factory or choose_factory(count, dim, memory_bytes)
     rng = np.random.default_rng(seed)
     index, factory, breadth, recall, queries = train_for(vectors, factory, memory_bytes, rng, log)
-    nprobe, k_factor = (breadth, 0) if factory.startswith("IVF") else (0, breadth)
+    nprobe, k_factor = split_breadth(index, breadth)
     faiss.write_index(index, str(Path(directory) / INDEX_FILE))
     rows = pa.table({"id": table.column("id").take(good), "source": table.column("source").take(good)})
     with pa.OSFile(str(Path(directory) / ROWS_FILE), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
@@ -119,19 +121,34 @@ def train_for(vectors: np.ndarray, factory: str, memory_bytes: int, rng, log=Non
     refine = refine_factory(dim) if count * dim * 4 + codes <= memory_bytes else None
     # with a replacement at hand, tuning stops at half the lists instead of scanning ever more of them
     index, breadth, recall, queries = train_and_add(vectors, factory, rng, half_lists=flat_fits)
-    if factory.startswith("IVF") and (recall < TARGET_RECALL or 2 * breadth > extract_nlist(index)) and flat_fits:
+    nprobe, _ = split_breadth(index, breadth)
+    if nprobe and (recall < TARGET_RECALL or 2 * nprobe > extract_nlist(index)) and flat_fits:
         replacement = refine or "Flat"
         if log:
             log(f"FAISS {factory}: recall@10 {recall:.3f} at nprobe {breadth} of {extract_nlist(index)}: the target "
                 f"{TARGET_RECALL} needs over half the lists (no cluster structure); using {replacement}")
         factory = replacement
         index, breadth, recall, queries = train_and_add(vectors, factory, rng)
-    if factory.endswith("RFlat") and recall < TARGET_RECALL:
+    if split_breadth(index, breadth)[1] and recall < TARGET_RECALL:
         if log:
             log(f"FAISS {factory}: recall@10 {recall:.3f} at k_factor {breadth}; using an exact index instead")
         factory = "Flat"
         index, breadth, recall, queries = train_and_add(vectors, factory, rng)
     return index, factory, breadth, recall, queries
+
+
+def split_breadth(index, breadth: int) -> tuple[int, int]:
+    """(nprobe, k_factor) of a tuned `breadth`, by what the index is (a factory string may start with a transform:
+    "OPQ16_64,IVF256,Flat")."""
+    import faiss
+
+    if isinstance(index, faiss.IndexRefine):
+        return 0, breadth
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:  # exact
+        return 0, 0
+    return breadth, 0
 
 
 def train_and_add(vectors: np.ndarray, factory: str, rng, half_lists: bool = False) -> tuple[object, int, float,
@@ -145,8 +162,8 @@ def train_and_add(vectors: np.ndarray, factory: str, rng, half_lists: bool = Fal
     if not index.is_trained:
         try:
             lists = faiss.extract_index_ivf(index).nlist
-        except RuntimeError:  # not IVF: a PQ codebook, 2^4 centroids per sub-quantizer
-            lists = 256
+        except RuntimeError:  # not IVF: PQ codebooks; 40 × 256 vectors (FAISS warns below 39 per centroid of an
+            lists = 256  # 8-bit code; the 4-bit codes here have 16 centroids, so this is ample)
         sample = rng.choice(len(vectors), size=min(len(vectors), TRAIN_SAMPLE * lists), replace=False)
         index.train(vectors[np.sort(sample)])
     index.add(vectors)
@@ -184,12 +201,14 @@ def tune(index, vectors: np.ndarray, rng, k: int = 10, target: float = TARGET_RE
     def recall() -> float:
         return recall_at(_without_self(index.search(queries, k + 1)[1], rows, k), truth)
 
-    if isinstance(index, faiss.IndexRefine):  # k_factor: powers of two up to MAX_K_FACTOR
-        k_factor = 1
+    if isinstance(index, faiss.IndexRefine):  # k_factor: powers of two up to MAX_K_FACTOR (a refined IVF keeps
+        k_factor = 1  # its base's nprobe as set)
         while True:
-            index.k_factor = k_factor
+            # k·k_factor candidates re-scored, as a k-result query gets (FAISS needs at least the k + 1 asked for)
+            index.k_factor = max(1.0, k_factor * k / (k + 1) + 1e-9)
             measured = recall()
             if measured >= target or k_factor >= MAX_K_FACTOR:
+                index.k_factor = k_factor
                 return k_factor, measured, len(queries)
             k_factor *= 2
     try:
