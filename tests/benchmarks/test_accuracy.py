@@ -162,15 +162,16 @@ def test_contact_sheet_script(accuracy_export, tmp_path):
 
 @pytest.fixture(scope="module")
 def full_table(accuracy_export, tmp_path_factory) -> dict:
-    """The gallery-1,000 report on a seed not developed on, made once for the bar tests below."""
+    """The report on a seed not developed on, made once for the bar tests below: a 500-image gallery (the committed
+    reports use 1,000; half the brute-force pairs keeps this test near 5 minutes of CI's ~25 on 2 cores)."""
     from benchmarks.cli import app
 
     out = tmp_path_factory.mktemp("full-table") / "accuracy.json"
-    result = CliRunner().invoke(app, [str(accuracy_export), "--scenario", "accuracy", "--gallery", "1000",
+    result = CliRunner().invoke(app, [str(accuracy_export), "--scenario", "accuracy", "--gallery", "500",
                                       "--seed", "4321", "--json", str(out)])
     assert result.exit_code == 0, result.output
     heldout = json.loads(out.read_text())["splits"]["heldout"]
-    assert heldout["gallery"] == 1000 and heldout["queries"] == 100
+    assert heldout["gallery"] == 500 and heldout["queries"] == 100
     assert check_bars(heldout["results"]) == heldout["bars"]
     return heldout
 
@@ -178,7 +179,7 @@ def full_table(accuracy_export, tmp_path_factory) -> dict:
 @pytest.mark.slow
 @trained
 def test_full_table_meets_the_issue_bars(full_table):
-    """Issue 20's bars on a 1,000-image gallery: eager vs onnxruntime fp32 identical decisions ≥ 99.9 %, two-stage
+    """Issue 20's bars on a 500-image gallery: eager vs onnxruntime fp32 identical decisions ≥ 99.9 %, two-stage
     (k = 20) recall@10 ≥ 0.95 of brute force. The reduced-precision bar is the next test."""
     failing = [bar for bar in full_table["bars"] if not bar["passed"] and "points of fp32" not in bar["bar"]]
     assert not failing, failing
