@@ -228,10 +228,7 @@ def _measure(faiss, faiss_index, kind, vectors, probes, truth, factory, rng, log
         size_mb = Path(path).stat().st_size / 2**20
         flags = faiss_index.mmap_flags(faiss, factory)
         mapped = faiss.read_index(path, flags | faiss.IO_FLAG_READ_ONLY)
-        if nprobe:
-            faiss_index.set_nprobe(mapped, nprobe)
-        if k_factor:
-            mapped.k_factor = k_factor
+        faiss_index.set_breadth(mapped, nprobe, k_factor)
         mapped.search(probes[:5], 10)  # page in
         found, times = [], []
         for q in probes:

@@ -235,6 +235,15 @@ def extract_nlist(index) -> int:
     return faiss.extract_index_ivf(index).nlist
 
 
+def set_breadth(index, nprobe: int, k_factor: int) -> None:
+    """A read index searched as tuned: `nprobe` lists (IVF) or `k_factor` re-scored candidates per result (refined;
+    also stored in the file); 0 leaves that setting alone."""
+    if nprobe:
+        set_nprobe(index, nprobe)
+    if k_factor:
+        index.k_factor = k_factor
+
+
 def set_nprobe(index, nprobe: int) -> None:
     """nprobe lists, found by the HNSW coarse quantizer with efSearch 2·nprobe (autofaiss's rule: with its
     default efSearch of 16 the graph returns too few lists, and recall stalls at ~0.84 however large nprobe is)."""
@@ -305,10 +314,7 @@ def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIn
                              f"vision tower {theirs}…) than this {precision} one; rebuild it with `bt-run index`")
     flags = mmap_flags(faiss, manifest.factory)
     index = faiss.read_index(str(directory / INDEX_FILE), flags | faiss.IO_FLAG_READ_ONLY)
-    if manifest.nprobe:
-        set_nprobe(index, manifest.nprobe)
-    if manifest.k_factor:
-        index.k_factor = manifest.k_factor  # also in the file; the manifest is what build measured recall at
+    set_breadth(index, manifest.nprobe, manifest.k_factor)  # what build measured recall at
     rows = pa.ipc.open_file(pa.memory_map(str(directory / ROWS_FILE))).read_all()
     if index.ntotal != manifest.count or rows.num_rows != manifest.count:
         raise BtRuntimeError(f"--index {directory}: {index.ntotal} vectors and {rows.num_rows} rows for a count of "
