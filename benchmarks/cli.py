@@ -52,6 +52,8 @@ def bench(
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Batch sizes for embed-*."),
     runs: int = typer.Option(3, "--runs"),
     warmup: int = typer.Option(1, "--warmup"),
+    settle_ms: float = typer.Option(100, "--settle-ms", help="Pause before each timed call, so threads a backend "
+                                    "left spinning stop before the next backend runs (0: none)."),
     threads: int = typer.Option(None, "--threads", help="torch and ONNX Runtime intra-op threads."),
     images: list[Path] = typer.Option(None, "--images", help="Image files/dirs (default: synthetic)."),
     json_path: Path = typer.Option(None, "--json"),
@@ -99,6 +101,9 @@ def bench(
         if value < 1:
             console.print(f"[red]error:[/red] {name} must be ≥ 1, got {value}")
             raise typer.Exit(2)
+    if settle_ms < 0:
+        console.print(f"[red]error:[/red] --settle-ms must be ≥ 0, got {settle_ms}")
+        raise typer.Exit(2)
     if ACCURACY in chosen:
         return _accuracy(export_dir, backend, Options(gallery, seed, queries, rerank, combos_gallery, threads or 1),
                          json_path, markdown_path)
@@ -107,7 +112,7 @@ def bench(
         raise typer.Exit(2)
     settings = Settings(text_length=text_length, num_texts=num_texts, gallery=gallery, runs=runs, warmup=warmup,
                         batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), top_k=top_k, rerank=rerank,
-                        brute_force_sample=brute_force_sample)
+                        brute_force_sample=brute_force_sample, settle_s=settle_ms / 1000)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("bt-bench", total=len(chosen) + 1)

@@ -72,7 +72,10 @@ def markdown(report: dict) -> str:
     lines = header(report) + [
         f"Method: {report['settings']['warmup']} warm-up + {report['settings']['runs']} timed rounds per case, "
         "backends "
-        "interleaved (a seeded shuffle of the order each round); medians from per-iteration samples.",
+        "interleaved (a seeded shuffle of the order each round)"
+        + (f", {report['settings'].get('settle_s', 0) * 1000:.0f} ms pause before each call"
+           if report['settings'].get('settle_s') else "")
+        + "; medians from per-iteration samples.",
         "",
         "| scenario | params | backend | p50 ms | p90 ms | p99 ms | throughput | × torch | GFLOP/s | of matmul rate |"
         " agrees with eager |",

@@ -35,6 +35,7 @@ class Settings:
     top_k: int = 5
     rerank: int | None = None  # ITM rerank shortlist in `retrieve` (ITC exports); None: 2 × top_k
     brute_force_sample: int = 16  # eager brute force in `retrieve` timed on this many images, scaled to the gallery
+    settle_s: float = 0.0  # sleep before each timed call (benchmarks.timing.interleave); bt-bench's default 0.1
 
 
 @dataclass
@@ -104,7 +105,7 @@ def pair(backends, runtime, image, settings: Settings) -> list[Row]:
     pixels = runtime.preprocess([image])
     cases = [Case(b.label, lambda b=b: b.itm_pair(pixels, encoded.input_ids, encoded.attention_mask), 1)
              for b in backends]
-    interleave(cases, settings.runs, settings.warmup)
+    interleave(cases, settings.runs, settings.warmup, settle_s=settings.settle_s)
     agreement = _agree_probabilities(cases, _reference(backends, cases))
     return _rows("pair", cases, "pairs", flops.pair(runtime.manifest.config, encoded.input_ids.shape[1]),
                  agreement, {"text_tokens": int(encoded.input_ids.shape[1])})
@@ -119,7 +120,7 @@ def rerank_flops(config: dict, lengths, reuses_towers: bool) -> float:
 def rerank(backends, runtime, image, settings: Settings) -> list[Row]:
     texts = [f"{CAPTIONS[i % len(CAPTIONS)]} ({i})" for i in range(settings.num_texts)]
     cases = [Case(b.label, lambda b=b: b.itm_loop(image, texts), len(texts)) for b in backends]
-    interleave(cases, settings.runs, settings.warmup)
+    interleave(cases, settings.runs, settings.warmup, settle_s=settings.settle_s)
     config, lengths = runtime.manifest.config, runtime.tokenizer(texts).lengths
     rows = _rows("rerank", cases, "pairs", None, _agree_probabilities(cases, _reference(backends, cases)),
                  {"num_texts": len(texts), "note": "torch: one processor + model call per text (transformers docs)"})
@@ -140,7 +141,7 @@ def embed(kind: str, backends, runtime, image, settings: Settings) -> list[Row]:
             feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
             graph, work = "text_tower", flops.text_tower(config, settings.text_length) * batch
         cases = [Case(b.label, lambda b=b, graph=graph, feeds=feeds: b.tower(graph, feeds), batch) for b in backends]
-        interleave(cases, settings.runs, settings.warmup)
+        interleave(cases, settings.runs, settings.warmup, settle_s=settings.settle_s)
         rows += _rows(f"embed-{kind}", cases, kind, work, _agree_cosine(cases, _reference(backends, cases)),
                       {"batch_size": batch, "output": "embeds" if "itc" in runtime.heads else "bridge"})
     return rows
@@ -192,7 +193,7 @@ def retrieve(backends, runtime, images: list, settings: Settings) -> list[Row]:
         else:
             cases.append(Case(backend.label, lambda b=backend: b.runtime.retrieve(
                 query, gallery, top_k=settings.top_k, rerank=rerank, index=indexes.get(b.label)), size))
-    interleave(cases, settings.runs, settings.warmup)
+    interleave(cases, settings.runs, settings.warmup, settle_s=settings.settle_s)
     eager_sample = next(c.output for c in cases if c.name == torch_backend.label)
     brute, source = _brute_force(runtime, gallery, query, eager_sample, itm_all)
     best = set(np.argsort(-brute, kind="stable")[:settings.top_k].tolist())

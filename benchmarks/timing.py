@@ -3,7 +3,9 @@
 
 The order is a seeded shuffle, not a rotation: a rotation keeps every case behind the same neighbour in every round,
 and a backend that leaves threads spinning or caches cold after its call (eager PyTorch's OpenMP pool, ONNX
-Runtime's spinning intra-op pool) would then tax the same next case every time."""
+Runtime's spinning intra-op pool) would then tax the same next case every time. A pause before each call
+(`settle_s`) lets such threads stop first: ONNX Runtime's pool spins up to 2**20 pause instructions after a run
+(tens of ms) unless told otherwise, and a user's process running one backend never pays that on the next call."""
 
 from __future__ import annotations
 
@@ -24,13 +26,16 @@ class Case:
     output: object = None  # the last call's output
 
 
-def interleave(cases: list[Case], runs: int, warmup: int, on_round: Callable[[int], None] | None = None) -> None:
+def interleave(cases: list[Case], runs: int, warmup: int, on_round: Callable[[int], None] | None = None,
+               settle_s: float = 0.0) -> None:
     """Fill each case's samples: `warmup` untimed rounds, then `runs` timed rounds, each round in its own order
-    (`round_order`)."""
+    (`round_order`), with `settle_s` of sleep before every call."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be ≥ 1 and warmup ≥ 0, got runs={runs}, warmup={warmup}")
     for round_index in range(warmup + runs):
         for case in round_order(cases, round_index):
+            if settle_s:
+                time.sleep(settle_s)
             started = time.perf_counter()
             case.output = case.run()
             elapsed = time.perf_counter() - started

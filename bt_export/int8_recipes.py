@@ -83,15 +83,11 @@ def pair_feeds(refs) -> dict[str, dict[str, np.ndarray]]:
 def time_pairs(directory: Path, cross: str, file_sets: dict[str, dict[str, str]], feeds: dict,
                runs: int = TIMING_RUNS) -> dict[str, float]:
     """Median ms of one pair (vision → text → the `cross` graph) per file set (graph → file in `directory`),
-    interleaved round by round, with the runtime's CPU session options (no spinning between graphs)."""
-    import onnxruntime as ort
+    interleaved round by round, with the runtime's CPU session options."""
+    from bt_runtime.backends.onnxruntime import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = {label: {g: ort.InferenceSession(str(directory / files[g]), options,
-                                                providers=["CPUExecutionProvider"])
-                        for g in ("vision_tower", "text_tower", cross)} for label, files in file_sets.items()}
+    sessions = {label: {g: cpu_session(directory / files[g]) for g in ("vision_tower", "text_tower", cross)}
+                for label, files in file_sets.items()}
 
     def pair(s):
         image = s["vision_tower"].run(["image_bridge"], feeds["vision_tower"])[0]

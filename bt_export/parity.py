@@ -97,12 +97,11 @@ def _max_abs_diff(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def cpu_session(path: str | Path):
-    """An ONNX Runtime CPU session for checking a graph (warnings silenced)."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session for checking a graph, with the runtime's options (so parity is measured on the
+    graph as the runtime optimizes it)."""
+    from bt_runtime.backends.onnxruntime import cpu_session as runtime_cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return runtime_cpu_session(path)
 
 
 def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str]):

@@ -29,7 +29,7 @@ class BridgeTowerRuntime(Tasks, Retrieval, Features):
         that needs each graph.
 
         backend "onnxruntime" (options: bt_runtime.backends.base.OnnxRuntimeOptions — providers, device="cuda[:N]",
-        intra_op_threads, graph_optimization_level, tensorrt_profiles, allow_spinning, prepack_weights) or
+        intra_op_threads, graph_optimization_level, tensorrt_profiles, spinning, prepack_weights) or
         "tensorrt" (engines built by `bt-run build-engines`; precision names the engines' precision). Backend
         options come as `options=` or as keywords, never both; an option the chosen backend would ignore is
         refused. Every file read is checked against the manifest's sha256 (verify_checksums=False opts out);

@@ -1,7 +1,7 @@
 """Measure which ONNX Runtime releases run each variant of some exports: one virtual environment per release
 (`pip install onnxruntime==X`, numpy < 2 for releases built before NumPy 2), each variant's three graphs loaded and
 run on the export's golden inputs, the ITM logits compared with the golden ones. Prints a markdown table; the
-floors in `bt_export/compat.py` come from it.
+floors in `bt_export/export.py` (MIN_ONNXRUNTIME) come from it.
 
     python3 scripts/ort_floor.py EXPORT [EXPORT ...] --versions 1.16.3 1.18.1 1.20.1 1.22.1 1.23.0
 

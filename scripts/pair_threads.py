@@ -1,95 +1,117 @@
-"""fp32 pair latency under ONNX Runtime thread settings, interleaved in one process: how much the hand-off between
-the three graphs' thread pools costs, and what recovers it (issue 21; results: docs/int8.md, "fp32 and threads").
+"""One pair's latency (vision → text → pooled cross-modal) under ONNX Runtime session settings, each setting in its
+own process, interleaved round by round (issue 21; results: docs/int8.md, "Threads and fusions").
 
-    python3 scripts/pair_threads.py EXPORT [--rounds 7] [--naive naive_itm.onnx]
+    python3 scripts/pair_threads.py EXPORT [--precision fp32|int8[@RECIPE]] [--rounds 11] [--naive naive_itm.onnx]
+                                           [--cases per-run,off,on,off+fused,naive]
 
-Cases: spinning off (the runtime's default), ONNX Runtime's default spinning, spinning with
-`session.force_spinning_stop` (threads spin during a run and stop when it returns), and the vision and text towers
-run concurrently from two Python threads; the naive whole-model graph (bt-bench's `onnxruntime-naive` writes one) as
-the peer. A process-wide pool (`onnxruntime.set_global_thread_pool_sizes` + `use_per_session_threads = False`) is not
-a case: once set, every session the process creates must opt out of per-session threads (ONNX Runtime refuses the
-others), so a library cannot set it for its caller.
+One process per case: a setting that leaves threads spinning after its run (ONNX Runtime's default) would tax
+whichever case ran next in a shared process, which is not what a process serving one model sees. The rounds are
+shuffled (seeded) and each call waits 50 ms first, so no case inherits another's spinning threads.
+
+Cases: `per-run`, `off`, `on` are the runtime's `spinning=` settings with its CPU sessions (residual + LayerNorm
+unfused); `MODE+fused` keeps ONNX Runtime's SkipLayerNormalization fusion (`off+fused` is the runtime before issue
+21); `naive` is the whole-model graph bt-bench's `onnxruntime-naive` writes (default session options).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import threading
+import random
+import subprocess
+import sys
 import time
 
 import numpy as np
+
+MODES = ("per-run", "off", "on")
+CASES = MODES + tuple(f"{mode}+fused" for mode in MODES) + ("naive",)
+
+
+def worker(export: str, precision: str, case: str, naive: str | None) -> None:
+    """Load one case, print "ready", then time one call per stdin line (ms on stdout)."""
+    from benchmarks.scenarios import fixed_text
+    from bt_export.samples import synthetic_images
+    from bt_runtime import BridgeTowerRuntime
+
+    precision, _, recipe = precision.partition("@")  # int8@RECIPE forces an int8 recipe, as bt-bench's backends
+    mode, _, fused = case.partition("+")
+    options = ({"int8_recipe": recipe} if recipe else {}) | ({"spinning": mode} if mode in MODES else {})
+    runtime = BridgeTowerRuntime.load(export, precision=precision, **options)
+    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
+    pixels = runtime.preprocess(synthetic_images(1))
+    text_feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+    if case == "naive":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(naive, providers=["CPUExecutionProvider"])
+
+        def call():
+            return session.run(None, dict(text_feeds, pixel_values=pixels))
+    else:
+        if fused:
+            from bt_runtime.backends import onnxruntime as backend
+
+            backend.CPU_DISABLED_OPTIMIZERS = []  # this process only
+        run = runtime.backend.run
+        cross = runtime.cross_graph(["itm_logits"])
+
+        def call():
+            image = run("vision_tower", {"pixel_values": pixels})["image_bridge"]
+            text = run("text_tower", text_feeds)["text_bridge"]
+            return run(cross, {"text_bridge": text, "image_bridge": image, "attention_mask": encoded.attention_mask,
+                               "image_index": np.zeros(1, np.int64)}, ["itm_logits"])
+    call()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        call()
+        print((time.perf_counter() - started) * 1e3, flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16, int8, or int8@RECIPE")
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--naive", help="The naive whole-model ITM graph (inputs input_ids, attention_mask, "
-                                        "pixel_values)")
+                                        "pixel_values); needed by the `naive` case")
+    parser.add_argument("--cases", default="per-run,off,on,off+fused")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    import onnxruntime as ort
-
-    from benchmarks.scenarios import fixed_text
-    from bt_export.samples import synthetic_images
-    from bt_runtime import BridgeTowerRuntime
-
-    runtime = BridgeTowerRuntime.load(args.export)
-    manifest = runtime.manifest
-    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
-    pixels = runtime.preprocess(synthetic_images(1))
-    cross = runtime.cross_graph(["itm_logits"])
-    files = {g: str(manifest.graph_path(g)) for g in ("vision_tower", "text_tower", cross)}
-    text_feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
-    cross_feeds = {"attention_mask": encoded.attention_mask, "image_index": np.zeros(1, np.int64)}
-
-    def sessions(entries: dict) -> dict:
-        out = {}
-        for graph, file in files.items():
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            for key, value in entries.items():
-                options.add_session_config_entry(key, value)
-            out[graph] = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
-        return out
-
-    def sequential(s):
-        image = s["vision_tower"].run(["image_bridge"], {"pixel_values": pixels})[0]
-        text = s["text_tower"].run(["text_bridge"], text_feeds)[0]
-        return s[cross].run(None, dict(cross_feeds, image_bridge=image, text_bridge=text))[0]
-
-    def concurrent(s):
-        box = {}
-        worker = threading.Thread(target=lambda: box.update(t=s["text_tower"].run(["text_bridge"], text_feeds)[0]))
-        worker.start()
-        image = s["vision_tower"].run(["image_bridge"], {"pixel_values": pixels})[0]
-        worker.join()
-        return s[cross].run(None, dict(cross_feeds, image_bridge=image, text_bridge=box["t"]))[0]
-
-    off = sessions({"session.intra_op.allow_spinning": "0"})
-    stop = sessions({"session.force_spinning_stop": "1"})
-    on = sessions({})
-    cases = {"spinning off (runtime default)": lambda: sequential(off),
-             "spinning on (ONNX Runtime default)": lambda: sequential(on),
-             "spinning on, stopped after each run": lambda: sequential(stop),
-             "spinning off, towers concurrent": lambda: concurrent(off),
-             "spinning on + stop, towers concurrent": lambda: concurrent(stop)}
-    if args.naive:
-        naive = ort.InferenceSession(args.naive, providers=["CPUExecutionProvider"])
-        cases["naive whole-model graph"] = lambda: naive.run(None, dict(text_feeds, pixel_values=pixels))
-    samples = {name: [] for name in cases}
-    names = list(cases)
-    for round_ in range(args.rounds + 1):  # round 0 warms up; the order rotates each round
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            started = time.perf_counter()
-            cases[name]()
-            if round_:
-                samples[name].append((time.perf_counter() - started) * 1e3)
-    print(f"load average at the end: {os.getloadavg()}, {os.cpu_count()} logical cores")
-    print("| case | median ms | min ms |\n|---|---|---|")
-    for name, values in samples.items():
-        print(f"| {name} | {np.median(values):.1f} | {min(values):.1f} |")
+    if args.worker:
+        return worker(args.export, args.precision, args.worker, args.naive)
+    cases = args.cases.split(",")
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown or ("naive" in cases and not args.naive):
+        parser.error(f"--cases: unknown {unknown}, valid {list(CASES)}" if unknown else "the naive case needs --naive")
+    processes = {}
+    for case in cases:
+        command = [sys.executable, __file__, args.export, "--precision", args.precision, "--worker", case]
+        processes[case] = subprocess.Popen(command + (["--naive", args.naive] if args.naive else []),
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if processes[case].stdout.readline().strip() != "ready":
+            raise SystemExit(f"case {case} did not start")
+    samples = {case: [] for case in cases}
+    load = [os.getloadavg()]
+    for round_ in range(args.rounds):
+        order = list(cases)
+        random.Random(round_).shuffle(order)
+        for case in order:
+            time.sleep(0.05)
+            processes[case].stdin.write("\n")
+            processes[case].stdin.flush()
+            samples[case].append(float(processes[case].stdout.readline()))
+    load.append(os.getloadavg())
+    for process in processes.values():
+        process.stdin.close()
+        process.wait()
+    print(json.dumps({"precision": args.precision, "rounds": args.rounds, "load_average": load,
+                      "median_ms": {c: round(float(np.median(v)), 1) for c, v in samples.items()}}))
+    print(f"| case ({args.precision}) | median ms | min ms | p90 ms |\n|---|---|---|---|")
+    for case, values in samples.items():
+        print(f"| {case} | {np.median(values):.1f} | {min(values):.1f} | {np.percentile(values, 90):.1f} |")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ class OnnxRuntimeOptions:
     graph_optimization_level: str = "all"  # disable | basic | extended | all
     tensorrt_profiles: dict | None = None  # {"batch": (min, opt, max), "seq": …} for TensorrtExecutionProvider
     device: str = "cpu"  # cpu | cuda | cuda:N (CUDAExecutionProvider; CPU with a warning when the build lacks it)
-    # Busy-waiting threads of one graph's session slow the next graph's on few cores (measured: onnxruntime.py)
-    allow_spinning: bool = False
+    # How intra-op threads wait: "per-run" (spin during a run, stop when it returns), "off", "on" (ONNX Runtime's
+    # default); measured in bt_runtime.backends.onnxruntime.SPINNING
+    spinning: str = "per-run"
     prepack_weights: bool = True  # False: one copy of each weight instead of MLAS's extra prepacked one
     # int8 on CPU: None picks the recipe measured for this CPU's class (docs/int8.md); "safe" or a recipe's name
     # forces one

@@ -27,6 +27,46 @@ SAFE_RECIPE = "safe"  # the int8 variant's own files (docs/int8.md)
 
 OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                        "all": "ORT_ENABLE_ALL"}
+# How intra-op threads wait. One session per graph means one thread pool per graph: a pool left spinning after its
+# run holds the cores the next graph needs, and a pool that never spins wakes its threads through the OS between
+# every two operators. "per-run" spins while a run executes and stops when it returns (session.force_spinning_stop,
+# onnxruntime_session_options_config_keys.h). Full-size base pair, 2 cores, one process per setting: off 316.9 →
+# per-run 307.5 ms fp32, 149.0 → 135.9 ms int8 (docs/int8.md, "Threads and fusions").
+SPINNING = {"per-run": {"session.force_spinning_stop": "1"}, "off": {"session.intra_op.allow_spinning": "0"},
+            "on": {}}
+# The CPU kernel of ONNX Runtime's fused SkipLayerNormalization took 0.6 ms per (325, 768) residual + LayerNorm where
+# Add + LayerNormalization take ~0.15 (onnxruntime 1.32): unfused, the same pair runs 317.5 → 307.5 ms fp32 and
+# 146.5 → 135.9 ms int8 (docs/int8.md, "Threads and fusions"). CUDA sessions keep the fusion.
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def session_options(spinning: str = "per-run", intra_op_threads: int | None = None,
+                    graph_optimization_level: str = "all", prepack_weights: bool = True):
+    """The runtime's onnxruntime.SessionOptions; export-time checks (parity, the int8 search and recipe timing)
+    use the same, so what they measure is what the runtime runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               OPTIMIZATION_LEVELS[graph_optimization_level])
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    for key, value in SPINNING[spinning].items():
+        options.add_session_config_entry(key, value)
+    if not prepack_weights:
+        # MLAS keeps a second, repacked copy of each MatMul weight: measured +100 MB on the base vision tower
+        # (346 MB of weights); without it the full-size pair runs 13% slower (docs/runtime.md)
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
+def cpu_session(path, **options):
+    """A CPUExecutionProvider session with the runtime's options (keywords: those of `session_options`)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(**options), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -80,6 +120,9 @@ class OnnxRuntimeBackend(Backend):
         if o.graph_optimization_level not in OPTIMIZATION_LEVELS:
             raise BackendInputError(f"graph_optimization_level {o.graph_optimization_level!r}; valid: "
                                     f"{list(OPTIMIZATION_LEVELS)}")
+        if o.spinning not in SPINNING:
+            raise BackendInputError(f"spinning {o.spinning!r}; valid: {list(SPINNING)} (per-run: spin while a graph "
+                                    f"runs, stop when it returns)")
         if o.intra_op_threads is not None and o.intra_op_threads < 0:
             raise BackendInputError(f"intra_op_threads must be ≥ 0 (0 = onnxruntime's default), got "
                                     f"{o.intra_op_threads}")
@@ -131,23 +174,13 @@ class OnnxRuntimeBackend(Backend):
                 verify_sha256(self.manifest.path(name), sha256, remedy)
             check_external_data(path, [r.file for r in entry.external_data],  # only files hashed just above
                                 f"variants.{self.precision}.files.{graph}")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                   OPTIMIZATION_LEVELS[self.options.graph_optimization_level])
-        if self.options.intra_op_threads:
-            options.intra_op_num_threads = self.options.intra_op_threads
-        if not self.options.allow_spinning:
-            # Busy-waiting intra-op threads hold the cores after each run: the next graph's threads (its own
-            # session, its own pool) then start on busy cores. Measured on 2 cores, full-size pair: 406.5 → 335.1
-            # ms (docs/runtime.md). allow_spinning=True restores ONNX Runtime's default.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if not self.options.prepack_weights:
-            # MLAS keeps a second, repacked copy of each MatMul weight: measured +100 MB on the base vision tower
-            # (346 MB of weights); without it the full-size pair runs 13% slower (docs/runtime.md)
-            options.add_session_config_entry("session.disable_prepacking", "1")
+        o = self.options
+        options = session_options(o.spinning, o.intra_op_threads, o.graph_optimization_level, o.prepack_weights)
+        providers = self._providers_for(graph)
+        on_cpu = (providers[0] if isinstance(providers[0], str) else providers[0][0]) == "CPUExecutionProvider"
         try:
-            session = ort.InferenceSession(str(path), options, providers=self._providers_for(graph))
+            session = ort.InferenceSession(str(path), options, providers=providers,
+                                           disabled_optimizers=CPU_DISABLED_OPTIMIZERS if on_cpu else None)
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
                                f"{first_line(err, 300)}") from err

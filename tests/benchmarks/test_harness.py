@@ -41,6 +41,18 @@ def test_interleave_varies_each_cases_neighbour_and_skips_warmup():
         interleave(cases, runs=0, warmup=1)
 
 
+def test_interleave_pauses_before_every_call_when_asked(monkeypatch):
+    """The pause lets a backend's spinning threads stop before the next backend's call; it is not timed."""
+    events = []
+    monkeypatch.setattr("benchmarks.timing.time.sleep", lambda s: events.append(("sleep", s)))
+    cases = [Case(n, lambda n=n: events.append(("run", n))) for n in "ab"]
+    interleave(cases, runs=2, warmup=1, settle_s=0.1)
+    assert events[0::2] == [("sleep", 0.1)] * 6 and [e[0] for e in events[1::2]] == ["run"] * 6
+    events.clear()
+    interleave(cases, runs=2, warmup=1)
+    assert [e[0] for e in events] == ["run"] * 6
+
+
 def test_pair_flops_of_the_base_architecture():
     from transformers import BridgeTowerConfig
 
@@ -125,7 +137,8 @@ def test_cli_rejects_unknown_scenario(tiny_export):
     assert result.exit_code == 2 and "valid" in result.output
     for args, says in ((["--gallery", "3", "--top-k", "5"], "--top-k ≤ --rerank ≤ --gallery"),
                        (["--rerank", "2", "--top-k", "3"], "--top-k ≤ --rerank"),
-                       (["--brute-force-sample", "0"], "--brute-force-sample must be ≥ 1")):
+                       (["--brute-force-sample", "0"], "--brute-force-sample must be ≥ 1"),
+                       (["--settle-ms", "-5"], "--settle-ms must be ≥ 0, got -5")):
         result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "retrieve", *args])
         assert result.exit_code == 2 and says in result.output, result.output
 

@@ -230,16 +230,55 @@ def test_itm_opens_the_pooled_graph_and_fill_mask_the_full_one(tiny_export, phot
         assert runtime.cross_graph(["pooler_output", "itm_logits"]) == "cross_modal_pooled"
 
 
-@pytest.mark.parametrize("allow_spinning", [False, True])
-def test_intra_op_threads_spin_only_when_asked(tiny_export, allow_spinning):
-    """Spinning threads of one graph's session hold the cores the next graph needs: off unless asked."""
-    with BridgeTowerRuntime.load(tiny_export, allow_spinning=allow_spinning) as runtime:
+@pytest.mark.parametrize("spinning, entries", [
+    ("per-run", {"session.force_spinning_stop": "1"}),
+    ("off", {"session.intra_op.allow_spinning": "0"}),
+    ("on", {}),
+])
+def test_threads_spin_as_asked(tiny_export, spinning, entries):
+    """per-run (the default) spins while a graph runs and stops when it returns; "on" leaves ONNX Runtime's default."""
+    kwargs = {} if spinning == "per-run" else {"spinning": spinning}
+    with BridgeTowerRuntime.load(tiny_export, **kwargs) as runtime:
         options = runtime.backend.session("text_tower").get_session_options()
-        if allow_spinning:  # ONNX Runtime's default: no entry
-            with pytest.raises(Exception, match="allow_spinning"):
-                options.get_session_config_entry("session.intra_op.allow_spinning")
-        else:
-            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        for key in ("session.force_spinning_stop", "session.intra_op.allow_spinning"):
+            if key in entries:
+                assert options.get_session_config_entry(key) == entries[key]
+            else:
+                with pytest.raises(Exception, match=key.split(".")[-1]):
+                    options.get_session_config_entry(key)
+
+
+def test_spinning_refuses_an_unknown_mode(tiny_export):
+    with pytest.raises(BtRuntimeError, match="spinning 'sometimes'; valid: \\['per-run', 'off', 'on'\\]"):
+        BridgeTowerRuntime.load(tiny_export, spinning="sometimes")
+
+
+def test_cpu_sessions_keep_residual_and_layernorm_unfused(tiny_export, tmp_path, monkeypatch):
+    """ONNX Runtime ignores an optimizer name it does not know, so check the name still removes the fusion (a
+    renamed optimizer would silently bring the slow fused kernel back), and that the runtime passes it on CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    from bt_runtime.backends.onnxruntime import CPU_DISABLED_OPTIMIZERS, session_options
+
+    def optimized_ops(disabled):
+        options = session_options()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(tiny_export / "text_tower.onnx"), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled)
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        return {node.op_type for node in optimized.graph.node}
+
+    assert "SkipLayerNormalization" in optimized_ops(None)  # else the opt-out has nothing left to do
+    unfused = optimized_ops(CPU_DISABLED_OPTIMIZERS)
+    assert "SkipLayerNormalization" not in unfused and "LayerNormalization" in unfused
+
+    seen = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    with BridgeTowerRuntime.load(tiny_export) as runtime:
+        runtime.backend.session("text_tower")
+    assert seen[-1]["disabled_optimizers"] == CPU_DISABLED_OPTIMIZERS
 
 
 def test_prepack_weights_false_keeps_one_copy_of_each_weight(tiny_export, photos):

@@ -52,8 +52,9 @@ def test_runtime_passes_tensorrt_ep_options_per_graph(tiny_export, monkeypatch):
     real = ort.InferenceSession
 
     class Session:
-        def __init__(self, path, options, providers):
+        def __init__(self, path, options, providers, disabled_optimizers=None):
             captured[path.rsplit("/", 1)[-1]] = providers
+            captured["disabled_optimizers"] = disabled_optimizers
             self.declared = real(path, providers=["CPUExecutionProvider"])  # what the graph declares, checked at load
 
         def get_inputs(self):
@@ -71,3 +72,4 @@ def test_runtime_passes_tensorrt_ep_options_per_graph(tiny_export, monkeypatch):
     (name, options), fallback = captured["vision_tower.onnx"]
     assert name == "TensorrtExecutionProvider" and fallback == "CPUExecutionProvider"
     assert options["trt_profile_max_shapes"] == "pixel_values:4x3x96x96"
+    assert captured["disabled_optimizers"] is None  # the CPU-only fusion opt-out stays off the GPU providers
