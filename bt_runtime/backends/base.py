@@ -39,6 +39,8 @@ class TensorRTOptions:
 
 
 BACKEND_OPTIONS = {"onnxruntime": OnnxRuntimeOptions, "tensorrt": TensorRTOptions}
+RENAMED = {"allow_spinning": "spinning='on' (True) or spinning='off' (False); the default 'per-run' spins only "
+                             "while a graph runs"}
 
 
 def options_for(backend: str, options=None, given: dict | None = None):
@@ -50,8 +52,9 @@ def options_for(backend: str, options=None, given: dict | None = None):
     valid = [f.name for f in fields(kind)]
     ignored = sorted(set(given) - set(valid))
     if ignored:
+        renamed = "".join(f"; {name} is now {RENAMED[name]}" for name in ignored if name in RENAMED)
         raise BackendInputError(f"option(s) {ignored} do not apply to backend {backend!r}; its options: "
-                                f"{valid or 'none'}")
+                                f"{valid or 'none'}{renamed}")
     if options is None:
         return kind(**given)
     if not isinstance(options, kind):

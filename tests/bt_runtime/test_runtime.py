@@ -251,6 +251,8 @@ def test_threads_spin_as_asked(tiny_export, spinning, entries):
 def test_spinning_refuses_an_unknown_mode(tiny_export):
     with pytest.raises(BtRuntimeError, match="spinning 'sometimes'; valid: \\['per-run', 'off', 'on'\\]"):
         BridgeTowerRuntime.load(tiny_export, spinning="sometimes")
+    with pytest.raises(BtRuntimeError, match="allow_spinning is now spinning='on' \\(True\\) or spinning='off'"):
+        BridgeTowerRuntime.load(tiny_export, allow_spinning=False)  # the option before issue 21
 
 
 def test_cpu_sessions_keep_residual_and_layernorm_unfused(tiny_export, tmp_path, monkeypatch):
