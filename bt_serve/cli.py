@@ -33,6 +33,10 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                                             help="How long the batcher waits to fill a batch."),
          instances: int = typer.Option(1, "--instances", help="Model instances (share one set of sessions)."),
          threads: int = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads (0: all cores)."),
+         spinning: str = typer.Option("off", "--spinning",
+                                      help="How ONNX Runtime's threads wait: off (block; best when requests "
+                                           "overlap), per-run (spin while a graph runs: lowest latency for one "
+                                           "request at a time), on."),
          precision: str = typer.Option("fp32", "--precision", help="Precision variant listed in the manifest."),
          device: str = typer.Option("cpu", "--device", help="cpu, or cuda[:N] (onnxruntime-gpu)."),
          address: str = typer.Option("127.0.0.1", "--address",
@@ -71,8 +75,12 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
                              (max_pixels, "--max-pixels", 1)):
         if value < low:
             raise typer.BadParameter(f"{value}; must be ≥ {low}", param_hint=name)
+    from bt_runtime.backends.onnxruntime import SPINNING
     from bt_runtime.errors import USER_FACING, BtRuntimeError
     from bt_runtime.images import check_formats
+
+    if spinning not in SPINNING:
+        raise typer.BadParameter(f"{spinning!r}; valid: {list(SPINNING)}", param_hint="--spinning")
 
     try:
         formats = check_formats([f.strip() for f in image_formats.split(",") if f.strip()])
@@ -96,7 +104,7 @@ def main(export_dir: Path = typer.Argument(..., help="Export directory written b
 
     options = ServeOptions(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
                            max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
-                           threads=threads, precision=precision, device=device,
+                           threads=threads, spinning=spinning, precision=precision, device=device,
                            log_file=str(log_file) if log_file else None, max_text_chars=max_text_chars,
                            max_image_bytes=max_image_bytes, max_request_bytes=max_request_bytes or None,
                            max_pixels=max_pixels, image_formats=formats,

@@ -48,6 +48,9 @@ class ServeOptions:
     queue_delay_us: int = 2000
     instances: int = 1
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0: its default (all cores)
+    # A server's requests overlap (models, instances): threads that block beat threads that spin there — 2 pairs at
+    # once on 2 cores: 651 ms with "off", 748 with the library's "per-run" (docs/int8.md, "Threads and fusions")
+    spinning: str = "off"
     precision: str = "fp32"
     device: str = "cpu"
     exit_timeout_s: int = 10
@@ -159,7 +162,8 @@ def serve(export_dir: str | Path, options: ServeOptions, ready=None) -> None:
     if warning:
         print(f"bt-serve: warning: {warning}", file=sys.stderr)
     runtime = BridgeTowerRuntime.load(export_dir, precision=options.precision, device=options.device,
-                                      intra_op_threads=options.threads or None, max_pixels=options.max_pixels)
+                                      intra_op_threads=options.threads or None, spinning=options.spinning,
+                                      max_pixels=options.max_pixels)
     runtime.preprocess = runtime.preprocess.limited(formats=options.image_formats)
     with runtime:
         specs = model_specs(runtime.heads, runtime.manifest.config.contrastive_hidden_size)

@@ -2,7 +2,7 @@
 own process, interleaved round by round (issue 21; results: docs/int8.md, "Threads and fusions").
 
     python3 scripts/pair_threads.py EXPORT [--precision fp32|int8[@RECIPE]] [--rounds 11] [--naive naive_itm.onnx]
-                                           [--cases per-run,off,on,off+fused,naive]
+                                           [--cases per-run,off,on,off+fused,naive] [--concurrent K]
 
 One process per case: a setting that leaves threads spinning after its run (ONNX Runtime's default) would tax
 whichever case ran next in a shared process, which is not what a process serving one model sees. The rounds are
@@ -11,6 +11,9 @@ shuffled (seeded) and each call waits 50 ms first, so no case inherits another's
 Cases: `per-run`, `off`, `on` are the runtime's `spinning=` settings with its CPU sessions (residual + LayerNorm
 unfused); `MODE+fused` keeps ONNX Runtime's SkipLayerNormalization fusion (`off+fused` is the runtime before issue
 21); `naive` is the whole-model graph bt-bench's `onnxruntime-naive` writes (default session options).
+
+`--concurrent K`: each timed call is K pairs started together from K Python threads on the one runtime (as a
+server answering K requests at once), and the figure is the time until all K return.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,7 +33,7 @@ MODES = ("per-run", "off", "on")
 CASES = MODES + tuple(f"{mode}+fused" for mode in MODES) + ("naive",)
 
 
-def worker(export: str, precision: str, case: str, naive: str | None) -> None:
+def worker(export: str, precision: str, case: str, naive: str | None, concurrent: int) -> None:
     """Load one case, print "ready", then time one call per stdin line (ms on stdout)."""
     from benchmarks.scenarios import fixed_text
     from bt_export.samples import synthetic_images
@@ -64,10 +68,11 @@ def worker(export: str, precision: str, case: str, naive: str | None) -> None:
                                "image_index": np.zeros(1, np.int64)}, ["itm_logits"])
     call()
     print("ready", flush=True)
-    for _ in sys.stdin:
-        started = time.perf_counter()
-        call()
-        print((time.perf_counter() - started) * 1e3, flush=True)
+    with ThreadPoolExecutor(concurrent) as pool:
+        for _ in sys.stdin:
+            started = time.perf_counter()
+            list(pool.map(lambda _: call(), range(concurrent)))
+            print((time.perf_counter() - started) * 1e3, flush=True)
 
 
 def main() -> None:
@@ -78,17 +83,19 @@ def main() -> None:
     parser.add_argument("--naive", help="The naive whole-model ITM graph (inputs input_ids, attention_mask, "
                                         "pixel_values); needed by the `naive` case")
     parser.add_argument("--cases", default="per-run,off,on,off+fused")
+    parser.add_argument("--concurrent", type=int, default=1, help="pairs started together per timed call")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.export, args.precision, args.worker, args.naive)
+        return worker(args.export, args.precision, args.worker, args.naive, args.concurrent)
     cases = args.cases.split(",")
     unknown = sorted(set(cases) - set(CASES))
     if unknown or ("naive" in cases and not args.naive):
         parser.error(f"--cases: unknown {unknown}, valid {list(CASES)}" if unknown else "the naive case needs --naive")
     processes = {}
     for case in cases:
-        command = [sys.executable, __file__, args.export, "--precision", args.precision, "--worker", case]
+        command = [sys.executable, __file__, args.export, "--precision", args.precision, "--worker", case,
+                   "--concurrent", str(args.concurrent)]
         processes[case] = subprocess.Popen(command + (["--naive", args.naive] if args.naive else []),
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if processes[case].stdout.readline().strip() != "ready":
@@ -107,9 +114,10 @@ def main() -> None:
     for process in processes.values():
         process.stdin.close()
         process.wait()
-    print(json.dumps({"precision": args.precision, "rounds": args.rounds, "load_average": load,
+    print(json.dumps({"precision": args.precision, "rounds": args.rounds, "concurrent": args.concurrent,
+                      "load_average": load,
                       "median_ms": {c: round(float(np.median(v)), 1) for c, v in samples.items()}}))
-    print(f"| case ({args.precision}) | median ms | min ms | p90 ms |\n|---|---|---|---|")
+    print(f"| case ({args.precision}, {args.concurrent} at once) | median ms | min ms | p90 ms |\n|---|---|---|---|")
     for case, values in samples.items():
         print(f"| {case} | {np.median(values):.1f} | {min(values):.1f} | {np.percentile(values, 90):.1f} |")
 

@@ -75,6 +75,12 @@ def test_bad_ports_are_refused_before_anything_starts(tiny_export):
     assert result.returncode == 2 and "--http-port" in result.stderr and "1-65535" in result.stderr
 
 
+def test_an_unknown_spinning_mode_is_refused_before_anything_starts(tiny_export):
+    result = subprocess.run([sys.executable, "-m", "bt_serve.cli", str(tiny_export), "--spinning", "busy"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--spinning" in result.stderr and "'per-run', 'off', 'on'" in result.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytriton") is not None, reason="pytriton is installed here")
 def test_without_pytriton_bt_serve_says_how_to_install_it(tiny_export):
     result = subprocess.run([sys.executable, "-m", "bt_serve.cli", str(tiny_export)], capture_output=True,
