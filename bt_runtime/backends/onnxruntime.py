@@ -184,6 +184,14 @@ class OnnxRuntimeBackend(Backend):
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
                                f"{first_line(err, 300)}") from err
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if wanted != session.get_providers()[0]:
+            # A GPU provider that fails to start (its CUDA libraries missing) only logs, and the session runs on
+            # CPU: refuse it rather than serve a "cuda" runtime at CPU speed.
+            raise BackendError(f"{graph}: {wanted} was asked for but ONNX Runtime started the session on "
+                               f"{session.get_providers()[0]} (usually: its CUDA libraries did not load; with "
+                               f"CUDA from pip's nvidia-* packages call onnxruntime.preload_dlls() before loading). "
+                               f"Pass device='cpu' to run on CPU.")
         check_declared(graph, entry.file, self.graph_io(graph), session)
         return session
 

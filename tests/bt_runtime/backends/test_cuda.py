@@ -37,6 +37,25 @@ def test_cuda_without_cuda_falls_back_to_cpu_with_a_warning(tiny_export, photos_
     np.testing.assert_array_equal(runtime.itm_scores(image, ["two cats", "a goal"]), expected)
 
 
+def test_a_gpu_provider_that_does_not_start_is_an_error_not_a_silent_cpu_session(tiny_export, monkeypatch):
+    """onnxruntime-gpu without its CUDA libraries logs and runs the session on CPU; the runtime refuses that."""
+    import onnxruntime as ort
+
+    from bt_runtime.errors import BackendError
+
+    real = ort.InferenceSession
+
+    def cpu_only(path, options, providers, disabled_optimizers=None):
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    runtime = BridgeTowerRuntime.load(tiny_export, device="cuda")
+    with pytest.raises(BackendError, match="vision_tower: CUDAExecutionProvider was asked for but ONNX Runtime "
+                                           "started the session on CPUExecutionProvider.*preload_dlls"):
+        runtime.backend.session("vision_tower")
+
+
 def test_device_and_providers_are_exclusive(tiny_export):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -55,6 +55,7 @@ def test_runtime_passes_tensorrt_ep_options_per_graph(tiny_export, monkeypatch):
         def __init__(self, path, options, providers, disabled_optimizers=None):
             captured[path.rsplit("/", 1)[-1]] = providers
             captured["disabled_optimizers"] = disabled_optimizers
+            self.providers = [p if isinstance(p, str) else p[0] for p in providers]  # as if each one started
             self.declared = real(path, providers=["CPUExecutionProvider"])  # what the graph declares, checked at load
 
         def get_inputs(self):
@@ -62,6 +63,9 @@ def test_runtime_passes_tensorrt_ep_options_per_graph(tiny_export, monkeypatch):
 
         def get_outputs(self):
             return self.declared.get_outputs()
+
+        def get_providers(self):
+            return self.providers
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
