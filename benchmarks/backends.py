@@ -126,7 +126,7 @@ class NaiveExportBackend:
                 quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
             path = quantized
         label = "onnxruntime-naive" + ("" if precision == "fp32" else f":{precision}")
-        # default session options, as the runtime's backends use (threads: ONNX Runtime's default, all cores)
+        # ONNX Runtime's default session options, as a user's twenty lines would have them (threads: all cores)
         return cls(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), eager.processor, label)
 
     @staticmethod
@@ -208,8 +208,10 @@ def make_backend(label: str, export_dir, manifest: Manifest, eager, workdir=None
                                          "(install onnxruntime-gpu)")
         try:
             extra = {"int8_recipe": recipe} if recipe else {}
-            return RuntimeBackend(BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers,
-                                                          device=device, **extra), label)
+            runtime = BridgeTowerRuntime.load(export_dir, precision=precision, providers=providers, device=device,
+                                              **extra)
+            runtime.backend.session("vision_tower")  # sessions are lazy: a provider that cannot start fails here
+            return RuntimeBackend(runtime, label)
         except (ValueError, BackendError) as err:
             raise BackendUnavailable(f"{label}: {err}") from err
     if kind == "tensorrt":

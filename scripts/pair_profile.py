@@ -45,7 +45,8 @@ def profile(export: str, naive: str | None, runs: int, fused: bool, directory: P
         feeds = {"vision_tower": {"pixel_values": pixels}, "text_tower": text_feeds}
     sessions = {}
     for graph, path in graphs.items():
-        options = backend.session_options()
+        # the naive graph as bt-bench runs it (ONNX Runtime's defaults), the toolkit's as the runtime does
+        options = ort.SessionOptions() if naive else backend.session_options()
         options.enable_profiling = True
         options.profile_file_prefix = str(directory / graph)
         disabled = None if naive or fused else backend.CPU_DISABLED_OPTIMIZERS

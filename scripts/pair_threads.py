@@ -41,6 +41,10 @@ def worker(export: str, precision: str, case: str, naive: str | None, concurrent
 
     precision, _, recipe = precision.partition("@")  # int8@RECIPE forces an int8 recipe, as bt-bench's backends
     mode, _, fused = case.partition("+")
+    if fused:
+        from bt_runtime.backends import onnxruntime as backend
+
+        backend.CPU_DISABLED_OPTIMIZERS = []  # this process only, before any session exists
     options = ({"int8_recipe": recipe} if recipe else {}) | ({"spinning": mode} if mode in MODES else {})
     runtime = BridgeTowerRuntime.load(export, precision=precision, **options)
     encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
@@ -54,10 +58,6 @@ def worker(export: str, precision: str, case: str, naive: str | None, concurrent
         def call():
             return session.run(None, dict(text_feeds, pixel_values=pixels))
     else:
-        if fused:
-            from bt_runtime.backends import onnxruntime as backend
-
-            backend.CPU_DISABLED_OPTIMIZERS = []  # this process only
         run = runtime.backend.run
         cross = runtime.cross_graph(["itm_logits"])
 
@@ -116,7 +116,8 @@ def main() -> None:
         process.wait()
     print(json.dumps({"precision": args.precision, "rounds": args.rounds, "concurrent": args.concurrent,
                       "load_average": load,
-                      "median_ms": {c: round(float(np.median(v)), 1) for c, v in samples.items()}}))
+                      "median_ms": {c: round(float(np.median(v)), 1) for c, v in samples.items()},
+                      "samples_ms": {c: [round(x, 1) for x in v] for c, v in samples.items()}}))
     print(f"| case ({args.precision}, {args.concurrent} at once) | median ms | min ms | p90 ms |\n|---|---|---|---|")
     for case, values in samples.items():
         print(f"| {case} | {np.median(values):.1f} | {min(values):.1f} | {np.percentile(values, 90):.1f} |")

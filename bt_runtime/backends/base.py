@@ -39,8 +39,8 @@ class TensorRTOptions:
 
 
 BACKEND_OPTIONS = {"onnxruntime": OnnxRuntimeOptions, "tensorrt": TensorRTOptions}
-RENAMED = {"allow_spinning": "spinning='on' (True) or spinning='off' (False); the default 'per-run' spins only "
-                             "while a graph runs"}
+RENAMED = {"allow_spinning": ("spinning", "spinning='on' (True) or spinning='off' (False); the default 'per-run' "
+                                          "spins only while a graph runs")}  # old option → (new option, hint)
 
 
 def options_for(backend: str, options=None, given: dict | None = None):
@@ -52,7 +52,8 @@ def options_for(backend: str, options=None, given: dict | None = None):
     valid = [f.name for f in fields(kind)]
     ignored = sorted(set(given) - set(valid))
     if ignored:
-        renamed = "".join(f"; {name} is now {RENAMED[name]}" for name in ignored if name in RENAMED)
+        renamed = "".join(f"; {name} is now {RENAMED[name][1]}" for name in ignored
+                          if name in RENAMED and RENAMED[name][0] in valid)
         raise BackendInputError(f"option(s) {ignored} do not apply to backend {backend!r}; its options: "
                                 f"{valid or 'none'}{renamed}")
     if options is None:

@@ -34,8 +34,8 @@ OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC"
 # per-run 307.5 ms fp32, 149.0 → 135.9 ms int8 (docs/int8.md, "Threads and fusions").
 SPINNING = {"per-run": {"session.force_spinning_stop": "1"}, "off": {"session.intra_op.allow_spinning": "0"},
             "on": {}}
-# The CPU kernel of ONNX Runtime's fused SkipLayerNormalization took 0.6 ms per (325, 768) residual + LayerNorm where
-# Add + LayerNormalization take ~0.15 (onnxruntime 1.32): unfused, the same pair runs 317.5 → 307.5 ms fp32 and
+# ONNX Runtime's fused SkipLayerNormalization nodes took 12.5 ms of the pooled cross-modal graph's 120 on CPU; the
+# Add + LayerNormalization they replace take ~6 (onnxruntime 1.32): unfused, the pair runs 317.5 → 307.5 ms fp32 and
 # 146.5 → 135.9 ms int8 (docs/int8.md, "Threads and fusions"). CUDA sessions keep the fusion.
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
@@ -46,6 +46,9 @@ def session_options(spinning: str = "per-run", intra_op_threads: int | None = No
     use the same, so what they measure is what the runtime runs."""
     import onnxruntime as ort
 
+    if spinning not in SPINNING:
+        raise BackendInputError(f"spinning {spinning!r}; valid: {list(SPINNING)} (per-run: spin while a graph runs, "
+                                f"stop when it returns)")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
@@ -67,6 +70,21 @@ def cpu_session(path, **options):
 
     return ort.InferenceSession(str(path), session_options(**options), providers=["CPUExecutionProvider"],
                                 disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
+
+
+# What to check when ONNX Runtime starts a session on a provider other than the one asked for (docs/gpu.md)
+PROVIDER_FIXES = {
+    "CUDAExecutionProvider": "its CUDA/cuDNN libraries did not load (with CUDA from pip's nvidia-* packages, call "
+                             "onnxruntime.preload_dlls() before loading; the wheel's CUDA major must match)",
+    "TensorrtExecutionProvider": "the TensorRT libraries (libnvinfer) did not load: they must be on the loader path "
+                                 "(docs/tensorrt.md)",
+}
+DEVICE_OF = {"CPUExecutionProvider": "device='cpu'", "CUDAExecutionProvider": "device='cuda'"}
+
+
+def _name(provider) -> str:
+    """A provider's name, given as a name or as (name, options)."""
+    return provider if isinstance(provider, str) else provider[0]
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -120,20 +138,17 @@ class OnnxRuntimeBackend(Backend):
         if o.graph_optimization_level not in OPTIMIZATION_LEVELS:
             raise BackendInputError(f"graph_optimization_level {o.graph_optimization_level!r}; valid: "
                                     f"{list(OPTIMIZATION_LEVELS)}")
-        if o.spinning not in SPINNING:
-            raise BackendInputError(f"spinning {o.spinning!r}; valid: {list(SPINNING)} (per-run: spin while a graph "
-                                    f"runs, stop when it returns)")
+        session_options(o.spinning)  # refuses an unknown spinning mode now, not at the first run
         if o.intra_op_threads is not None and o.intra_op_threads < 0:
             raise BackendInputError(f"intra_op_threads must be ≥ 0 (0 = onnxruntime's default), got "
                                     f"{o.intra_op_threads}")
         variant = manifest.variant(precision)  # names the available precisions (and why one was rejected)
-        if variant.validated_isa and kind == "cpu" and providers[0] == "CPUExecutionProvider" and \
+        if variant.validated_isa and kind == "cpu" and _name(providers[0]) == "CPUExecutionProvider" and \
                 variant.validated_isa != isa_class():
             _warn_isa_once(precision, variant.validated_isa, isa_class(), manifest.directory)
         super().__init__(manifest, precision, tuple(manifest.graphs), kind)
         self.options, self.providers, self.verify_checksums = o, providers, verify_checksums
-        on_cpu = kind == "cpu" and (providers[0] if isinstance(providers[0], str) else providers[0][0]) == \
-            "CPUExecutionProvider"
+        on_cpu = kind == "cpu" and _name(providers[0]) == "CPUExecutionProvider"
         # int8_recipe: the recipe whose files run ("safe": the variant's own); int8_recipe_reason says why
         self.files, self.int8_recipe, self.int8_recipe_reason = choose_files(variant, o.int8_recipe, on_cpu)
         if precision == "int8":
@@ -177,21 +192,20 @@ class OnnxRuntimeBackend(Backend):
         o = self.options
         options = session_options(o.spinning, o.intra_op_threads, o.graph_optimization_level, o.prepack_weights)
         providers = self._providers_for(graph)
-        on_cpu = (providers[0] if isinstance(providers[0], str) else providers[0][0]) == "CPUExecutionProvider"
+        on_cpu = _name(providers[0]) == "CPUExecutionProvider"
         try:
             session = ort.InferenceSession(str(path), options, providers=providers,
                                            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if on_cpu else None)
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
                                f"{first_line(err, 300)}") from err
-        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
-        if wanted != session.get_providers()[0]:
-            # A GPU provider that fails to start (its CUDA libraries missing) only logs, and the session runs on
-            # CPU: refuse it rather than serve a "cuda" runtime at CPU speed.
-            raise BackendError(f"{graph}: {wanted} was asked for but ONNX Runtime started the session on "
-                               f"{session.get_providers()[0]} (usually: its CUDA libraries did not load; with "
-                               f"CUDA from pip's nvidia-* packages call onnxruntime.preload_dlls() before loading). "
-                               f"Pass device='cpu' to run on CPU.")
+        wanted, started = _name(providers[0]), session.get_providers()[0]
+        if wanted != started:
+            # A provider that fails to start (its libraries missing) only logs, and the session runs on the next
+            # one: refuse it rather than serve a "cuda" or TensorRT runtime at another provider's speed.
+            raise BackendError(f"{graph}: {wanted} was asked for but ONNX Runtime started the session on {started}: "
+                               f"{PROVIDER_FIXES.get(wanted, 'its libraries did not load')}. To run on {started}, "
+                               f"ask for it ({DEVICE_OF.get(started, f'providers=[{started!r}]')}).")
         check_declared(graph, entry.file, self.graph_io(graph), session)
         return session
 

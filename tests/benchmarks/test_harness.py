@@ -43,11 +43,24 @@ def test_interleave_varies_each_cases_neighbour_and_skips_warmup():
 
 def test_interleave_pauses_before_every_call_when_asked(monkeypatch):
     """The pause lets a backend's spinning threads stop before the next backend's call; it is not timed."""
-    events = []
-    monkeypatch.setattr("benchmarks.timing.time.sleep", lambda s: events.append(("sleep", s)))
-    cases = [Case(n, lambda n=n: events.append(("run", n))) for n in "ab"]
+    from benchmarks import timing
+
+    clock, events = [0.0], []
+
+    def sleep(seconds):
+        events.append(("sleep", seconds))
+        clock[0] += seconds
+
+    def call(name):
+        events.append(("run", name))
+        clock[0] += 1.0
+
+    monkeypatch.setattr(timing, "time", type("FakeTime", (), {"sleep": staticmethod(sleep),
+                                                              "perf_counter": staticmethod(lambda: clock[0])}))
+    cases = [Case(n, lambda n=n: call(n)) for n in "ab"]
     interleave(cases, runs=2, warmup=1, settle_s=0.1)
     assert events[0::2] == [("sleep", 0.1)] * 6 and [e[0] for e in events[1::2]] == ["run"] * 6
+    assert all(case.samples == [1.0, 1.0] for case in cases)  # the pauses stay out of the samples
     events.clear()
     interleave(cases, runs=2, warmup=1)
     assert [e[0] for e in events] == ["run"] * 6

@@ -37,22 +37,34 @@ def test_cuda_without_cuda_falls_back_to_cpu_with_a_warning(tiny_export, photos_
     np.testing.assert_array_equal(runtime.itm_scores(image, ["two cats", "a goal"]), expected)
 
 
-def test_a_gpu_provider_that_does_not_start_is_an_error_not_a_silent_cpu_session(tiny_export, monkeypatch):
-    """onnxruntime-gpu without its CUDA libraries logs and runs the session on CPU; the runtime refuses that."""
+@pytest.mark.parametrize("asked, started, says", [
+    ({"device": "cuda"}, "CPUExecutionProvider", "CUDA/cuDNN libraries did not load.*preload_dlls.*device='cpu'"),
+    ({"providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]},
+     "CUDAExecutionProvider", "TensorRT libraries \\(libnvinfer\\) did not load.*device='cuda'"),
+])
+def test_a_provider_that_does_not_start_is_an_error_not_a_silent_fallback(tiny_export, monkeypatch, asked, started,
+                                                                          says):
+    """onnxruntime-gpu without its CUDA (or TensorRT) libraries logs and runs the session on the next provider;
+    the runtime refuses that, naming what to fix."""
     import onnxruntime as ort
 
     from bt_runtime.errors import BackendError
 
-    real = ort.InferenceSession
+    class Fallen:  # the session ONNX Runtime returns after the asked-for provider failed to start
+        def __init__(self, path, options, providers, disabled_optimizers=None):
+            self.session = ort_session(path, options, providers=["CPUExecutionProvider"])
 
-    def cpu_only(path, options, providers, disabled_optimizers=None):
-        return real(path, options, providers=["CPUExecutionProvider"])
+        def get_providers(self):
+            return [started, "CPUExecutionProvider"][:1 if started == "CPUExecutionProvider" else 2]
 
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
-    runtime = BridgeTowerRuntime.load(tiny_export, device="cuda")
-    with pytest.raises(BackendError, match="vision_tower: CUDAExecutionProvider was asked for but ONNX Runtime "
-                                           "started the session on CPUExecutionProvider.*preload_dlls"):
+    ort_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Fallen)
+    runtime = BridgeTowerRuntime.load(tiny_export, **asked)
+    wanted = "CUDAExecutionProvider" if "device" in asked else "TensorrtExecutionProvider"
+    with pytest.raises(BackendError, match=f"vision_tower: {wanted} was asked for but ONNX Runtime started the "
+                                           f"session on {started}: .*{says}"):
         runtime.backend.session("vision_tower")
 
 
