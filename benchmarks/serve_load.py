@@ -188,12 +188,13 @@ def _tails(folder: Path, lines: int = 40) -> str:
 
 def load_test(export_dir: Path, concurrency: int, seconds: float, server_python: str, max_requests: int = 100000,
               protocol: str = "grpc", max_batch: int = 16, queue_delay_us: int = 2000, threads: int = 0,
-              precision: str = "fp32", instances: int = 1, log=print) -> dict:
+              precision: str = "fp32", instances: int = 1, log=print, spinning: str = "off") -> dict:
     from bt_runtime import BridgeTowerRuntime
 
     work = pairs(export_dir, 16)
     with serving(export_dir, server_python, "--max-batch", str(max_batch), "--queue-delay-us", str(queue_delay_us),
-                 "--threads", str(threads), "--precision", precision, "--instances", str(instances)) as server:
+                 "--threads", str(threads), "--precision", precision, "--instances", str(instances),
+                 "--spinning", spinning) as server:
         host, http_port = server.host, server.http_port
         phases = [Phase("one request at a time", 1), Phase(f"{concurrency} concurrent clients", concurrency)]
         for phase in phases:
@@ -207,7 +208,7 @@ def load_test(export_dir: Path, concurrency: int, seconds: float, server_python:
     summaries = [p.summary() for p in phases]
     return {"export": str(export_dir), "cpu": cpu_info(), "protocol": protocol, "seconds": seconds,
             "max_batch": max_batch, "queue_delay_us": queue_delay_us, "threads": threads, "precision": precision,
-            "instances": instances,
+            "instances": instances, "spinning": spinning,
             "server_python": server_python, "phases": summaries,
             "throughput_ratio": (summaries[1]["throughput_rps"] / summaries[0]["throughput_rps"]
                                  if summaries[0]["throughput_rps"] else float("nan")),
@@ -292,6 +293,7 @@ def main(argv=None) -> int:
     parser.add_argument("--queue-delay-us", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--spinning", default="off", help="bt-serve --spinning (off, per-run, on)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--ceiling", action="store_true", help="also measure per-pair time at batch 1/4/8 in-process")
     parser.add_argument("--json", type=Path)
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     report = load_test(args.export, args.concurrency, args.seconds, args.server_python, args.max_requests,
                        args.protocol, args.max_batch, args.queue_delay_us, args.threads, args.precision, args.instances,
-                       log=lambda m: print(m, file=sys.stderr))
+                       log=lambda m: print(m, file=sys.stderr), spinning=args.spinning)
     if args.ceiling:
         report["ceiling"] = batch_ceiling(args.export, precision=args.precision)
     emit(report, markdown(report), args.json, args.markdown)
