@@ -69,13 +69,11 @@ def markdown(report: dict) -> str:
         from .accuracy_report import markdown as accuracy_markdown
 
         return accuracy_markdown(report, header(report))
+    settings = report["settings"]
+    pause = f", {settings['settle_s'] * 1000:.0f} ms pause before each call" if settings.get("settle_s") else ""
     lines = header(report) + [
-        f"Method: {report['settings']['warmup']} warm-up + {report['settings']['runs']} timed rounds per case, "
-        "backends "
-        "interleaved (a seeded shuffle of the order each round)"
-        + (f", {report['settings'].get('settle_s', 0) * 1000:.0f} ms pause before each call"
-           if report['settings'].get('settle_s') else "")
-        + "; medians from per-iteration samples.",
+        f"Method: {settings['warmup']} warm-up + {settings['runs']} timed rounds per case, backends interleaved (a "
+        f"seeded shuffle of the order each round){pause}; medians from per-iteration samples.",
         "",
         "| scenario | params | backend | p50 ms | p90 ms | p99 ms | throughput | × torch | GFLOP/s | of matmul rate |"
         " agrees with eager |",

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .parity import ParityRow, check_task_parity, cpu_session
+from bt_runtime.backends.onnxruntime import cpu_session
+
+from .parity import ParityRow, check_task_parity
 from .precision import attributed_paths, write_int8
 from .specs import computes
 

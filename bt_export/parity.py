@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bt_runtime.backends.onnxruntime import cpu_session  # the runtime's options: parity checks what it runs
 from bt_runtime.features import softmax
 
 from .model import hf_reference
@@ -94,14 +95,6 @@ def _max_abs_diff(actual: np.ndarray, expected: np.ndarray) -> float:
     if actual.shape != expected.shape:
         return float("inf")
     return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)), initial=0.0))
-
-
-def cpu_session(path: str | Path):
-    """An ONNX Runtime CPU session for checking a graph, with the runtime's options (so parity is measured on the
-    graph as the runtime optimizes it)."""
-    from bt_runtime.backends.onnxruntime import cpu_session as runtime_cpu_session
-
-    return runtime_cpu_session(path)
 
 
 def _runner(graph_dir: Path, specs: dict[str, GraphSpec], files: dict[str, str]):

@@ -40,15 +40,19 @@ SPINNING = {"per-run": {"session.force_spinning_stop": "1"}, "off": {"session.in
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
+def check_spinning(spinning: str) -> None:
+    if spinning not in SPINNING:
+        raise BackendInputError(f"spinning {spinning!r}; valid: {list(SPINNING)} (per-run: spin while a graph runs, "
+                                f"stop when it returns)")
+
+
 def session_options(spinning: str = "per-run", intra_op_threads: int | None = None,
                     graph_optimization_level: str = "all", prepack_weights: bool = True):
     """The runtime's onnxruntime.SessionOptions; export-time checks (parity, the int8 search and recipe timing)
     use the same, so what they measure is what the runtime runs."""
     import onnxruntime as ort
 
-    if spinning not in SPINNING:
-        raise BackendInputError(f"spinning {spinning!r}; valid: {list(SPINNING)} (per-run: spin while a graph runs, "
-                                f"stop when it returns)")
+    check_spinning(spinning)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
@@ -138,19 +142,19 @@ class OnnxRuntimeBackend(Backend):
         if o.graph_optimization_level not in OPTIMIZATION_LEVELS:
             raise BackendInputError(f"graph_optimization_level {o.graph_optimization_level!r}; valid: "
                                     f"{list(OPTIMIZATION_LEVELS)}")
-        session_options(o.spinning)  # refuses an unknown spinning mode now, not at the first run
+        check_spinning(o.spinning)  # now, not at the first run
         if o.intra_op_threads is not None and o.intra_op_threads < 0:
             raise BackendInputError(f"intra_op_threads must be ≥ 0 (0 = onnxruntime's default), got "
                                     f"{o.intra_op_threads}")
         variant = manifest.variant(precision)  # names the available precisions (and why one was rejected)
-        if variant.validated_isa and kind == "cpu" and _name(providers[0]) == "CPUExecutionProvider" and \
-                variant.validated_isa != isa_class():
+        # sessions on the CPU provider: int8 recipe by CPU class, no SkipLayerNormalization fusion
+        self.on_cpu = kind == "cpu" and _name(providers[0]) == "CPUExecutionProvider"
+        if variant.validated_isa and self.on_cpu and variant.validated_isa != isa_class():
             _warn_isa_once(precision, variant.validated_isa, isa_class(), manifest.directory)
         super().__init__(manifest, precision, tuple(manifest.graphs), kind)
         self.options, self.providers, self.verify_checksums = o, providers, verify_checksums
-        on_cpu = kind == "cpu" and _name(providers[0]) == "CPUExecutionProvider"
         # int8_recipe: the recipe whose files run ("safe": the variant's own); int8_recipe_reason says why
-        self.files, self.int8_recipe, self.int8_recipe_reason = choose_files(variant, o.int8_recipe, on_cpu)
+        self.files, self.int8_recipe, self.int8_recipe_reason = choose_files(variant, o.int8_recipe, self.on_cpu)
         if precision == "int8":
             LOG.info(self.int8_recipe_reason)
         self._sessions: dict = {}
@@ -192,10 +196,9 @@ class OnnxRuntimeBackend(Backend):
         o = self.options
         options = session_options(o.spinning, o.intra_op_threads, o.graph_optimization_level, o.prepack_weights)
         providers = self._providers_for(graph)
-        on_cpu = _name(providers[0]) == "CPUExecutionProvider"
         try:
             session = ort.InferenceSession(str(path), options, providers=providers,
-                                           disabled_optimizers=CPU_DISABLED_OPTIMIZERS if on_cpu else None)
+                                           disabled_optimizers=CPU_DISABLED_OPTIMIZERS if self.on_cpu else None)
         except Exception as err:  # ONNX Runtime raises its own types for a damaged or foreign file
             raise BackendError(f"ONNX Runtime could not load {graph} from {str(path)!r}: "
                                f"{first_line(err, 300)}") from err
