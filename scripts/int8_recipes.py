@@ -46,6 +46,7 @@ def _candidates():
         RecipeSpec("s8-all", (), "int8", False, False, DECODER),
         RecipeSpec("s8-all per-channel", (), "int8", True, False, DECODER),
         RecipeSpec("s8-all 7-bit", (), "int8", False, True, DECODER),
+        RecipeSpec("s8-all 7-bit per-channel", (), "int8", True, True, DECODER),
         RecipeSpec("s8-all with decoder", (), "int8", False, False, ()),
         RecipeSpec("s8-all static QDQ", (), "int8", False, False, DECODER),
     ]
@@ -140,6 +141,11 @@ def recipe_manifest(manifest, directory: Path, recipes: dict):
     return manifest
 
 
+def file_name(name: str) -> str:
+    """A candidate's name as it appears in its files' names (`<graph>.int8-<name>.onnx`)."""
+    return name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+
+
 class _Spec:  # what bt_export.int8_recipes.write_recipe reads of a graph spec
     def __init__(self, file):
         self.file = file
@@ -156,8 +162,7 @@ def write_all(directory: Path, manifest, log, graphs=None, calibration=None) -> 
         if graphs is not None and spec.name == "s8-all with decoder":  # the decoder is not in a pair's graphs
             continue
         log(f"writing {spec.name}")
-        safe_name = spec.name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-        named = type(spec)(safe_name, *[getattr(spec, f) for f in ("cpu_classes", "weights", "per_channel",
+        named = type(spec)(file_name(spec.name), *[getattr(spec, f) for f in ("cpu_classes", "weights", "per_channel",
                                                                    "reduce_range", "excluded")])
         if spec.name in STATIC:
             if calibration is None:
@@ -238,6 +243,33 @@ def accuracy(export: Path, work: Path, gallery: int, queries: int, seed: int, lo
     return {"seed": seed, "gallery": gallery, "queries": data.queries, "fp32": results["fp32"], "recipes": table}
 
 
+def export_bounds(checkpoint: str, work: Path, log) -> dict:
+    """Every candidate (static ones aside) against the export's own int8 bounds on `checkpoint`'s parity pairs, on
+    this CPU: one `bt-export --precision fp32,int8` into a scratch directory, with the candidates measured where the
+    export measures bt_export.int8_recipes.RECIPES (each retargeted to this class). A candidate that misses a bound
+    here would be left out of any export made on this class."""
+    from bt_export import export_checkpoint, int8_recipes
+    from bt_runtime.cpu import cpu_class
+
+    here = cpu_class()
+    names = {file_name(spec.name): spec for spec in candidates() if spec.name not in STATIC}
+    chosen = tuple(type(spec)(name, (here,), spec.weights, spec.per_channel, spec.reduce_range, spec.excluded)
+                   for name, spec in names.items())
+    shipped, int8_recipes.RECIPES = int8_recipes.RECIPES, chosen
+    try:
+        result = export_checkpoint(checkpoint, work / "bounds", precisions=("fp32", "int8"), log=log)
+    finally:
+        int8_recipes.RECIPES = shipped
+    variant = result.manifest.variants["int8"]
+    table = {"safe (the variant's files)": {"passed": variant.parity.passed,
+                                           "metrics": {r["metric"]: r["value"] for r in variant.parity.rows}}}
+    for recipe in variant.recipes:
+        table[names[recipe.name].name] = {"passed": True, "metrics": recipe.measured[0].accuracy}
+    for name, why in (variant.details.get("recipes_left_out") or {}).items():
+        table[names[name].name] = {"passed": False, "missed": why}
+    return {"checkpoint": checkpoint, "pairs": len(variant.parity.inputs["texts"]), "bounds": table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed-export", type=Path)
@@ -250,6 +282,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="Scratch directory on the exports' filesystem (default: the "
                                                   "system's temporary directory)")
     parser.add_argument("--only", nargs="*", default=[], help="Measure only these candidates (names as listed).")
+    parser.add_argument("--bounds-checkpoint", help="Also judge every candidate against the export's int8 bounds on "
+                                                    "this checkpoint's parity pairs (e.g. shapes), as an export on "
+                                                    "this CPU would")
     args = parser.parse_args()
     ONLY.extend(args.only)
 
@@ -267,12 +302,15 @@ def main() -> None:
         if args.speed_export:
             report["speed"] = speed(args.speed_export, Path(tmp), args.rounds, log)
             args.json.write_text(json.dumps(report, indent=2))
+        if args.bounds_checkpoint:
+            report["export_bounds"] = export_bounds(args.bounds_checkpoint, Path(tmp), log)
+            args.json.write_text(json.dumps(report, indent=2))
         if args.accuracy_export:
             report["accuracy"] = accuracy(args.accuracy_export, Path(tmp), args.gallery, args.queries, args.seed, log)
         shutil.rmtree(tmp, ignore_errors=True)
     report["load_average_end"] = os.getloadavg()
     args.json.write_text(json.dumps(report, indent=2))
-    log(json.dumps({k: report[k] for k in ("speed", "accuracy") if k in report}, indent=1)[:4000])
+    log(json.dumps({k: report[k] for k in ("speed", "export_bounds", "accuracy") if k in report}, indent=1)[:4000])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+CLASSES = ("amx", "avx512-vnni", "avx-vnni", "avx2")  # bt_runtime.cpu's x86 classes with integer units
 PEERS = ("torch", "onnxruntime:fp32", "onnxruntime:int8", "onnxruntime-naive", "onnxruntime-naive:int8")
 
 
@@ -68,6 +69,27 @@ def recipe_table(recipes: dict, speed: dict, accuracy: dict) -> list[str]:
     return lines
 
 
+def bounds_table(bounds: dict, klass: str) -> list[str]:
+    """The candidates against the export's int8 bounds on the checkpoint's parity pairs (scripts/int8_recipes.py
+    --bounds-checkpoint)."""
+    from bt_export.specs import VARIANT_BOUNDS
+
+    limits = VARIANT_BOUNDS["int8"]
+    metrics = [m for m in limits if any(m in row.get("metrics", {}) for row in bounds["bounds"].values())]
+    lines = [f"## Export bounds on this CPU ({klass}): {bounds['checkpoint']}, {bounds['pairs']} parity pairs", "",
+             "Each candidate judged as an export on this CPU judges a recipe (docs/int8.md, \"How the choice is "
+             "made\"); one that misses a bound here is left out of every export made on this class.", "",
+             "| candidate | " + " | ".join(f"{m} (bound {limits[m]})" for m in metrics) + " | kept |",
+             "|---|" + "---|" * len(metrics) + "---|"]
+    for name, row in bounds["bounds"].items():
+        if row["passed"]:
+            cells = [f"{row['metrics'][m]:.4g}" if m in row["metrics"] else "–" for m in metrics]
+            lines.append(f"| {name} | " + " | ".join(cells) + " | yes |")
+        else:
+            lines.append(f"| {name} | " + " | ".join("" for _ in metrics) + f" | no: {row['missed']} |")
+    return lines
+
+
 def _load(run: dict, when: str) -> str:
     value = run.get(f"load_average_{when}")
     return "–" if value is None else "/".join(f"{x:.1f}" for x in value)
@@ -99,8 +121,11 @@ def main() -> None:
                   f"Load average (1/5/15 min, 2 cores): speed run {_load(recipes, 'start')} → {_load(recipes, 'end')}"
                   f"; accuracy run {_load(run, 'start')} → {_load(run, 'end')}.", ""]
         lines += recipe_table(run, recipes["speed"], run["accuracy"]) + [""]
-    lines += ["AVX2-only and AMX classes: no such machine was available; not measured (the runtime gives them the safe "
-              "recipe and says so, docs/int8.md).", ""]
+    for run in [r for r in runs if "export_bounds" in r]:
+        lines += bounds_table(run["export_bounds"], klass) + [""]
+    others = ", ".join(c for c in CLASSES if c != klass)
+    lines += [f"Other classes ({others}): each is measured in its own report where a machine of that class was "
+              "available (docs/int8.md); where none was, the runtime gives the class the safe recipe and says so.", ""]
     args.markdown.write_text("\n".join(lines))
     args.json.write_text(json.dumps({"bench": bench, "recipe_runs": runs}, indent=1))
 

@@ -2,7 +2,8 @@
 CPU session options) and of the naive whole-model graph, summed per operator type (issue 21; results:
 docs/int8.md, "Threads and fusions").
 
-    python3 scripts/pair_profile.py EXPORT [--naive naive_itm.onnx] [--runs 6] [--fused]
+    python3 scripts/pair_profile.py EXPORT [--precision fp32|int8[@RECIPE]] [--naive naive_itm.onnx] [--runs 6]
+        [--fused]
 
 Each graph runs `--runs` times after one warm-up (profiled too, left out of the sums). `--fused` keeps ONNX
 Runtime's SkipLayerNormalization fusion that the runtime turns off on CPU. The toolkit's graphs and the naive graph
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def profile(export: str, naive: str | None, runs: int, fused: bool, directory: Path) -> dict:
+def profile(export: str, precision: str, naive: str | None, runs: int, fused: bool, directory: Path) -> dict:
     import onnxruntime as ort
 
     from benchmarks.scenarios import fixed_text
@@ -31,7 +32,8 @@ def profile(export: str, naive: str | None, runs: int, fused: bool, directory: P
     from bt_runtime import BridgeTowerRuntime
     from bt_runtime.backends import onnxruntime as backend
 
-    runtime = BridgeTowerRuntime.load(export)
+    precision, _, recipe = precision.partition("@")  # int8@RECIPE forces an int8 recipe, as bt-bench's backends
+    runtime = BridgeTowerRuntime.load(export, precision=precision, **({"int8_recipe": recipe} if recipe else {}))
     encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
     pixels = runtime.preprocess(synthetic_images(1))
     text_feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
@@ -80,17 +82,19 @@ def main() -> None:
     parser.add_argument("export")
     parser.add_argument("--naive")
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--precision", default="fp32", help="the toolkit's variant: fp32, int8, or int8@RECIPE")
     parser.add_argument("--fused", action="store_true")
     parser.add_argument("--side", choices=("toolkit", "naive"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         with tempfile.TemporaryDirectory(prefix="bt-profile-") as directory:
             naive = args.naive if args.side == "naive" else None
-            print(json.dumps(profile(args.export, naive, args.runs, args.fused, Path(directory))))
+            print(json.dumps(profile(args.export, args.precision, naive, args.runs, args.fused, Path(directory))))
         return
     report = {}
     for side in ("toolkit", "naive") if args.naive else ("toolkit",):
-        command = [sys.executable, __file__, args.export, "--runs", str(args.runs), "--side", side]
+        command = [sys.executable, __file__, args.export, "--runs", str(args.runs), "--side", side,
+                   "--precision", args.precision]
         command += (["--naive", args.naive] if args.naive else []) + (["--fused"] if args.fused else [])
         report.update(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
     print(json.dumps(report, indent=1))
