@@ -1,6 +1,7 @@
 """The export measures the int8 recipes meant for its CPU's class and records them (docs/int8.md, "How the choice is
-made"). The class is injected and the bounds are replaced (wide to pass, impossible to fail), so nothing here depends
-on this machine's instruction set or on how well the tiny random weights survive a recipe."""
+made"). The CPU's flags are injected (for the export and the runtime alike) and the bounds are replaced (wide to pass,
+impossible to fail), so nothing here depends on this machine's instruction set or on how well the tiny random weights
+survive a recipe."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ FAIL = {"int8": {"itm_probability_abs": -1.0, "itm_decision_agreement": 2.0, "ml
                  "embedding_cosine_min": 2.0}}
 
 
-def _export(tmp_path, monkeypatch, cpu_class: str, bounds: dict):
-    monkeypatch.setattr(int8_recipes, "cpu_class", lambda: cpu_class)
+def _export(tmp_path, monkeypatch, flags: set, bounds: dict):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(int8_recipes, "VARIANT_BOUNDS", bounds)
     images = [SHARED_ASSETS / "images"] if SHARED_ASSETS.is_dir() else None
     return export_checkpoint("tiny", tmp_path / "export", precisions=("fp32", "int8"), parity_images=images)
@@ -30,7 +31,8 @@ def _export(tmp_path, monkeypatch, cpu_class: str, bounds: dict):
 @pytest.mark.parametrize("cpu_class, flags", [("avx2", EPYC_ROME), ("avx512-vnni", EPYC_GENOA)])
 def test_the_recipe_meant_for_the_class_is_measured_recorded_and_opened_there(tmp_path, monkeypatch, cpu_class,
                                                                                flags):
-    result = _export(tmp_path, monkeypatch, cpu_class, PASS)
+    result = _export(tmp_path, monkeypatch, flags, PASS)
+    assert result.manifest.variants["int8"].validated_isa == cpu.isa_class()
     meant = [spec for spec in int8_recipes.RECIPES if cpu_class in spec.cpu_classes]
     assert len(meant) == 1, f"one recipe per x86 class with integer units worth using; {cpu_class}: {meant}"
     (recipe,) = result.manifest.variants["int8"].recipes
@@ -44,19 +46,19 @@ def test_the_recipe_meant_for_the_class_is_measured_recorded_and_opened_there(tm
         assert (result.output / entry.file).is_file()
         assert entry.file != safe[graph].file  # every graph is quantized: none falls back to the safe file
 
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
-    with BridgeTowerRuntime.load(result.output, precision="int8") as runtime:
+    with BridgeTowerRuntime.load(result.output, precision="int8") as runtime:  # on the CPU it was exported on
         assert runtime.backend.int8_recipe == recipe.name
         assert runtime.backend.files["vision_tower"].file == recipe.files["vision_tower"].file
     other = EPYC_GENOA if flags is EPYC_ROME else EPYC_ROME  # measured on one class only: the other gets safe
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(other))
-    with BridgeTowerRuntime.load(result.output, precision="int8") as runtime:
+    with pytest.warns(RuntimeWarning, match="validated on a"), \
+            BridgeTowerRuntime.load(result.output, precision="int8") as runtime:
         assert runtime.backend.int8_recipe == "safe"
         assert runtime.backend.files["vision_tower"].file == safe["vision_tower"].file
 
 
 def test_a_recipe_that_misses_a_bound_is_removed_and_the_variant_says_why(tmp_path, monkeypatch):
-    result = _export(tmp_path, monkeypatch, "avx2", FAIL)
+    result = _export(tmp_path, monkeypatch, EPYC_ROME, FAIL)
     variant = result.manifest.variants["int8"]
     assert variant.recipes == []
     (name,) = [spec.name for spec in int8_recipes.RECIPES if "avx2" in spec.cpu_classes]
