@@ -14,6 +14,7 @@ How the recipes were chosen and used: docs/int8.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -162,8 +163,7 @@ def write_all(directory: Path, manifest, log, graphs=None, calibration=None) -> 
         if graphs is not None and spec.name == "s8-all with decoder":  # the decoder is not in a pair's graphs
             continue
         log(f"writing {spec.name}")
-        named = type(spec)(file_name(spec.name), *[getattr(spec, f) for f in ("cpu_classes", "weights", "per_channel",
-                                                                   "reduce_range", "excluded")])
+        named = dataclasses.replace(spec, name=file_name(spec.name))
         if spec.name in STATIC:
             if calibration is None:
                 continue
@@ -253,8 +253,7 @@ def export_bounds(checkpoint: str, work: Path, log) -> dict:
 
     here = cpu_class()
     names = {file_name(spec.name): spec for spec in candidates() if spec.name not in STATIC}
-    chosen = tuple(type(spec)(name, (here,), spec.weights, spec.per_channel, spec.reduce_range, spec.excluded)
-                   for name, spec in names.items())
+    chosen = tuple(dataclasses.replace(spec, name=name, cpu_classes=(here,)) for name, spec in names.items())
     shipped, int8_recipes.RECIPES = int8_recipes.RECIPES, chosen
     try:
         result = export_checkpoint(checkpoint, work / "bounds", precisions=("fp32", "int8"), log=log)
