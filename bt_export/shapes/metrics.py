@@ -29,6 +29,13 @@ def recall_at(order: np.ndarray, relevant: np.ndarray, ns=RECALL_AT) -> dict[str
     return {f"r@{n}": (float(hit[:, :n].any(axis=1).mean()) if order.shape[1] >= n else None) for n in ns}
 
 
+def first_relevant(order: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """(Q,) rank of each query's first relevant item in `order` (0 = top; len(order[q]) when none is): recall@n is
+    the fraction of queries with first_relevant < n."""
+    hit = np.take_along_axis(np.asarray(relevant), np.asarray(order), axis=1)  # (Q, L)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), hit.shape[1])
+
+
 def itm_accuracy(positive: np.ndarray, negative: np.ndarray, kinds: list[str]) -> dict:
     """positive[i]: p(true caption) of negative i's image; negative[i]: p(negative i); kinds[i]: its kind.
     → {"overall", "per_kind", "binary", "binary_per_kind", "count"} (pairwise unless named binary)."""

@@ -15,6 +15,15 @@ def test_ranking_breaks_ties_by_index_and_recall_counts_any_relevant_in_top_n():
     assert metrics.recall_at(order, relevant, (1, 2, 3, 4)) == {"r@1": 0.0, "r@2": 0.5, "r@3": 1.0, "r@4": None}
 
 
+def test_first_relevant_is_the_rank_recall_at_n_counts_below_n():
+    order = np.array([[1, 0, 2], [2, 1, 0], [0, 1, 2]])
+    relevant = np.array([[False, False, True], [True, True, False], [False, False, False]])
+    ranks = metrics.first_relevant(order, relevant)
+    assert ranks.tolist() == [2, 1, 3]  # the third query has none: the ranking's length
+    for n in (1, 2, 3):
+        assert metrics.recall_at(order, relevant, (n,))[f"r@{n}"] == np.mean(ranks < n)
+
+
 def test_itm_accuracy_pairwise_and_binary_per_kind():
     positive = np.array([0.9, 0.6, 0.4, 0.8])
     negative = np.array([0.1, 0.7, 0.3, 0.8])  # right, wrong, right but both below 0.5, a tie (wrong)

@@ -87,3 +87,21 @@ def test_vision_pretraining_trains_only_the_vision_tower_and_zero_turns_it_off(m
     changed = {k for k, v in reference.items() if not torch.equal(states[3][k], v)}
     assert changed and all(".vision_model." in k or "cross_modal_image_transform" in k or "token_type" in k
                            for k in changed), sorted(changed)[:5]
+
+
+def test_retrieval_ranks_give_its_recalls_and_a_subset_reruns_the_same_ranks():
+    """What the shipped-metrics check relies on: itm_first_relevant follows the recalls, and rerunning some queries
+    (itm_queries) gives those queries' ranks."""
+    from bt_export.shapes.train import retrieval
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden_size=64, unimodal_layers=2, cross_layers=1, contrastive_size=32)
+    tokenizer = build_tokenizer()
+    parts, enc = Parts(build_model(cfg, tokenizer.get_vocab_size()).eval()), Encoder(tokenizer)
+    gallery = data.make_samples(3, 12, split="heldout")
+    full = retrieval(parts, enc, gallery, 6)
+    ranks = np.array(full["itm_first_relevant"])
+    assert ranks.shape == (6,) and all(full["itm"][f"r@{n}"] == round(np.mean(ranks < n), 4) for n in (1, 5, 10))
+    subset = retrieval(parts, enc, gallery, 6, itm_queries=[1, 4])
+    assert "itm" not in subset and subset["itm_first_relevant"] == ranks[[1, 4]].tolist()
+    assert subset["itc"] == full["itc"]
