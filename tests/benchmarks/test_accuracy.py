@@ -165,7 +165,7 @@ def full_table(accuracy_export, tmp_path_factory) -> dict:
     """The report on a seed not developed on, made once for the bar tests below: a 500-image gallery (the committed
     reports use 1,000; half the brute-force pairs). Only what the bars read: the held-out split (no combinations
     split, `--combos-gallery 0`) and eager + the export's variants (the naive export is in `small_report`); the two
-    cut ~20 % of what was CI's longest item (484 s on 2 cores, 2026-12-02)."""
+    took CI's longest item from 459 to 310 s (alone, on one 2-core host, 2026-12-02)."""
     from benchmarks.cli import app
     from bt_runtime import read_manifest
 
