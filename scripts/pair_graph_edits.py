@@ -131,8 +131,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    import onnxruntime as ort
-
     from benchmarks import machine
     from benchmarks.scenarios import fixed_text
     from bt_export.samples import synthetic_images
@@ -142,10 +140,6 @@ def main() -> None:
     runtime = BridgeTowerRuntime.load(args.export, precision="fp32")
     encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
     pixels = runtime.preprocess(synthetic_images(1))
-
-    def session(path: Path):
-        return ort.InferenceSession(str(path), backend.session_options(), providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=backend.CPU_DISABLED_OPTIMIZERS)
 
     def pair(sessions) -> tuple[list[float], list[np.ndarray]]:
         marks = [time.perf_counter()]
@@ -162,8 +156,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bt-edits-") as tmp:
         counts = write_variants(args.export, Path(tmp))
-        variants = {"as exported": {g: session(args.export / f"{g}.onnx") for g in GRAPHS}}
-        variants |= {name: {g: session(Path(tmp) / name / f"{g}.onnx") for g in GRAPHS} for name in EDITS}
+        variants = {"as exported": {g: backend.cpu_session(args.export / f"{g}.onnx") for g in GRAPHS}}
+        variants |= {name: {g: backend.cpu_session(Path(tmp) / name / f"{g}.onnx") for g in GRAPHS}
+                     for name in EDITS}
         reference = pair(variants["as exported"])[1]
         differences = {name: max(float(np.abs(a - b).max()) for a, b in zip(reference, pair(s)[1], strict=True))
                        for name, s in variants.items()}

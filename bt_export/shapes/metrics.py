@@ -25,14 +25,14 @@ def ranking(scores: np.ndarray) -> np.ndarray:
 
 def recall_at(order: np.ndarray, relevant: np.ndarray, ns=RECALL_AT) -> dict[str, float | None]:
     """recall@n of rankings `order` (Q, ≥n) with `relevant` (Q, N) bool; None where a ranking is shorter than n."""
-    hit = np.take_along_axis(np.asarray(relevant), np.asarray(order), axis=1)  # (Q, L): item at rank r relevant
-    return {f"r@{n}": (float(hit[:, :n].any(axis=1).mean()) if order.shape[1] >= n else None) for n in ns}
+    ranks = first_relevant(order, relevant)
+    return {f"r@{n}": (float(np.mean(ranks < n)) if np.shape(order)[1] >= n else None) for n in ns}
 
 
 def first_relevant(order: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """(Q,) rank of each query's first relevant item in `order` (0 = top; len(order[q]) when none is): recall@n is
     the fraction of queries with first_relevant < n."""
-    hit = np.take_along_axis(np.asarray(relevant), np.asarray(order), axis=1)  # (Q, L)
+    hit = np.take_along_axis(np.asarray(relevant), np.asarray(order), axis=1)  # (Q, L): item at rank r relevant
     return np.where(hit.any(axis=1), hit.argmax(axis=1), hit.shape[1])
 
 
