@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-CLASSES = ("amx", "avx512-vnni", "avx-vnni", "avx2")  # bt_runtime.cpu's x86 classes with integer units
+from bt_runtime.cpu import CPU_CLASSES
+
 PEERS = ("torch", "onnxruntime:fp32", "onnxruntime:int8", "onnxruntime-naive", "onnxruntime-naive:int8")
 
 
@@ -123,7 +124,7 @@ def main() -> None:
         lines += recipe_table(run, recipes["speed"], run["accuracy"]) + [""]
     for run in [r for r in runs if "export_bounds" in r]:
         lines += bounds_table(run["export_bounds"], klass) + [""]
-    others = ", ".join(c for c in CLASSES if c != klass)
+    others = ", ".join(c for c in CPU_CLASSES if c not in (klass, "other"))  # the x86 classes
     lines += [f"Other classes ({others}): each is measured in its own report where a machine of that class was "
               "available (docs/int8.md); where none was, the runtime gives the class the safe recipe and says so.", ""]
     args.markdown.write_text("\n".join(lines))
