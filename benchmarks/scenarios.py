@@ -63,6 +63,18 @@ def fixed_text(tokenizer, length: int) -> str:
     return tokenizer.decode(text_ids)
 
 
+def pair_feeds(runtime, tokens: int = 40) -> dict[str, dict[str, np.ndarray]]:
+    """The one pair issue 21's measurement scripts time: a synthetic image and a `tokens`-token caption, as the feeds
+    of vision_tower, text_tower and the cross-modal graph less its two bridges, which the towers give
+    (`dict(feeds["cross_modal"], text_bridge=…, image_bridge=…)`; the layout of `bt_export.int8_recipes.pair_feeds`)."""
+    from bt_export.samples import synthetic_images
+
+    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, tokens)])
+    return {"vision_tower": {"pixel_values": runtime.preprocess(synthetic_images(1))},
+            "text_tower": {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
+            "cross_modal": {"attention_mask": encoded.attention_mask, "image_index": np.zeros(1, np.int64)}}
+
+
 def _rows(scenario, cases, unit, flops_per_call, agreements, params) -> list[Row]:
     return [Row(scenario, c.name, c.work, unit, flops_per_call, summarize(c.samples), agreements.get(c.name, {}),
                 list(c.samples), params) for c in cases]

@@ -183,7 +183,7 @@ def speed(export: Path, work: Path, rounds: int, log) -> dict:
     manifest = read_manifest(directory)
     runtime = BridgeTowerRuntime.load(directory)
     cross = runtime.cross_graph(["itm_logits"])
-    from benchmarks.scenarios import fixed_text
+    from benchmarks.scenarios import fixed_text, pair_feeds
 
     # 4 pairs: speed does not depend on the ranges, and ONNX Runtime's MinMax calibrator keeps every intermediate
     # tensor of every sample (~2 GB per full-size vision sample) until it computes them
@@ -191,10 +191,7 @@ def speed(export: Path, work: Path, rounds: int, log) -> dict:
     recipes = write_all(directory, manifest, log, ("vision_tower", "text_tower", cross),  # what a pair runs
                         calibration=calibration)
 
-    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
-    feeds = {"vision_tower": {"pixel_values": runtime.preprocess(synthetic_images(1))},
-             "text_tower": {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
-             "cross_modal": {"attention_mask": encoded.attention_mask, "image_index": np.zeros(1, np.int64)}}
+    feeds = pair_feeds(runtime)
     sets = {"fp32": {g: f.file for g, f in manifest.variants["fp32"].files.items()}}
     sets |= {name: files for name, (_, files) in recipes.items()}
     log(f"timing {len(sets)} file sets, {rounds} interleaved rounds")
@@ -285,6 +282,8 @@ def main() -> None:
                                                     "this checkpoint's parity pairs (e.g. shapes), as an export on "
                                                     "this CPU would")
     args = parser.parse_args()
+    if args.work is not None and not args.work.is_dir():
+        parser.error(f"--work {args.work}: not an existing directory (the scratch copies go in a new folder there)")
     ONLY.extend(args.only)
 
     from benchmarks import machine

@@ -132,25 +132,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from benchmarks import machine
-    from benchmarks.scenarios import fixed_text
-    from bt_export.samples import synthetic_images
+    from benchmarks.scenarios import pair_feeds
     from bt_runtime import BridgeTowerRuntime
     from bt_runtime.backends import onnxruntime as backend
 
-    runtime = BridgeTowerRuntime.load(args.export, precision="fp32")
-    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
-    pixels = runtime.preprocess(synthetic_images(1))
+    feeds = pair_feeds(BridgeTowerRuntime.load(args.export, precision="fp32"))
 
     def pair(sessions) -> tuple[list[float], list[np.ndarray]]:
         marks = [time.perf_counter()]
-        image = sessions["vision_tower"].run(None, {"pixel_values": pixels})[0]
+        image = sessions["vision_tower"].run(None, feeds["vision_tower"])[0]
         marks.append(time.perf_counter())
-        text = sessions["text_tower"].run(None, {"input_ids": encoded.input_ids,
-                                                 "attention_mask": encoded.attention_mask})[0]
+        text = sessions["text_tower"].run(None, feeds["text_tower"])[0]
         marks.append(time.perf_counter())
-        outputs = sessions["cross_modal_pooled"].run(None, {
-            "text_bridge": text, "image_bridge": image, "attention_mask": encoded.attention_mask,
-            "image_index": np.zeros(1, np.int64)})
+        outputs = sessions["cross_modal_pooled"].run(None, dict(feeds["cross_modal"], text_bridge=text,
+                                                                image_bridge=image))
         marks.append(time.perf_counter())
         return [b - a for a, b in zip(marks, marks[1:], strict=False)] + [marks[-1] - marks[0]], [image, text, *outputs]
 

@@ -27,24 +27,21 @@ import numpy as np
 def profile(export: str, precision: str, naive: str | None, runs: int, fused: bool, directory: Path) -> dict:
     import onnxruntime as ort
 
-    from benchmarks.scenarios import fixed_text
-    from bt_export.samples import synthetic_images
+    from benchmarks.scenarios import pair_feeds
     from bt_runtime import BridgeTowerRuntime
     from bt_runtime.backends import onnxruntime as backend
 
     precision, _, recipe = precision.partition("@")  # int8@RECIPE forces an int8 recipe, as bt-bench's backends
     runtime = BridgeTowerRuntime.load(export, precision=precision, **({"int8_recipe": recipe} if recipe else {}))
-    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
-    pixels = runtime.preprocess(synthetic_images(1))
-    text_feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+    pair = pair_feeds(runtime)
     if naive:
         graphs = {"naive": naive}
-        feeds = {"naive": dict(text_feeds, pixel_values=pixels)}
+        feeds = {"naive": dict(pair["text_tower"], **pair["vision_tower"])}
     else:
         cross = runtime.cross_graph(["itm_logits"])
         graphs = {g: str(runtime.manifest.path(runtime.backend.files[g].file))
                   for g in ("vision_tower", "text_tower", cross)}
-        feeds = {"vision_tower": {"pixel_values": pixels}, "text_tower": text_feeds}
+        feeds = {"vision_tower": pair["vision_tower"], "text_tower": pair["text_tower"]}
     sessions = {}
     for graph, path in graphs.items():
         # the naive graph as bt-bench runs it (ONNX Runtime's defaults), the toolkit's as the runtime does
@@ -56,9 +53,8 @@ def profile(export: str, precision: str, naive: str | None, runs: int, fused: bo
                                                disabled_optimizers=disabled)
     if not naive:
         image = sessions["vision_tower"].run(None, feeds["vision_tower"])[0]
-        text = sessions["text_tower"].run(None, text_feeds)[0]
-        feeds[cross] = {"text_bridge": text, "image_bridge": image, "attention_mask": encoded.attention_mask,
-                        "image_index": np.zeros(1, np.int64)}
+        text = sessions["text_tower"].run(None, feeds["text_tower"])[0]
+        feeds[cross] = dict(pair["cross_modal"], text_bridge=text, image_bridge=image)
     for _ in range(runs + 1):
         for graph, session in sessions.items():
             session.run(None, feeds[graph])

@@ -35,8 +35,7 @@ CASES = MODES + tuple(f"{mode}+fused" for mode in MODES) + ("naive",)
 
 def worker(export: str, precision: str, case: str, naive: str | None, concurrent: int) -> None:
     """Load one case, print "ready", then time one call per stdin line (ms on stdout)."""
-    from benchmarks.scenarios import fixed_text
-    from bt_export.samples import synthetic_images
+    from benchmarks.scenarios import pair_feeds
     from bt_runtime import BridgeTowerRuntime
 
     precision, _, recipe = precision.partition("@")  # int8@RECIPE forces an int8 recipe, as bt-bench's backends
@@ -47,25 +46,22 @@ def worker(export: str, precision: str, case: str, naive: str | None, concurrent
         backend.CPU_DISABLED_OPTIMIZERS = []  # this process only, before any session exists
     options = ({"int8_recipe": recipe} if recipe else {}) | ({"spinning": mode} if mode in MODES else {})
     runtime = BridgeTowerRuntime.load(export, precision=precision, **options)
-    encoded = runtime.tokenizer([fixed_text(runtime.tokenizer, 40)])
-    pixels = runtime.preprocess(synthetic_images(1))
-    text_feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+    feeds = pair_feeds(runtime)
     if case == "naive":
         import onnxruntime as ort
 
         session = ort.InferenceSession(naive, providers=["CPUExecutionProvider"])
 
         def call():
-            return session.run(None, dict(text_feeds, pixel_values=pixels))
+            return session.run(None, dict(feeds["text_tower"], **feeds["vision_tower"]))
     else:
         run = runtime.backend.run
         cross = runtime.cross_graph(["itm_logits"])
 
         def call():
-            image = run("vision_tower", {"pixel_values": pixels})["image_bridge"]
-            text = run("text_tower", text_feeds)["text_bridge"]
-            return run(cross, {"text_bridge": text, "image_bridge": image, "attention_mask": encoded.attention_mask,
-                               "image_index": np.zeros(1, np.int64)}, ["itm_logits"])
+            image = run("vision_tower", feeds["vision_tower"])["image_bridge"]
+            text = run("text_tower", feeds["text_tower"])["text_bridge"]
+            return run(cross, dict(feeds["cross_modal"], text_bridge=text, image_bridge=image), ["itm_logits"])
     call()
     print("ready", flush=True)
     with ThreadPoolExecutor(concurrent) as pool:
