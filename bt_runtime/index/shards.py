@@ -71,9 +71,7 @@ def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
                 changed = [k for k, v in asdict(job).items() if asdict(previous).get(k) != v]
                 raise BtRuntimeError(f"--output {directory} holds another index job (differs in "
                                      f"{', '.join(changed)}); pass --overwrite to replace it, or another --output")
-            for old in directory.glob("shard-*.parquet"):
-                old.unlink()
-            for old in directory.glob("faiss*"):
+            for old in written_files(directory, previous):
                 old.unlink()
     elif directory.exists() and any(directory.iterdir()):
         raise BtRuntimeError(f"--output {directory} exists and is not an index job directory; choose an empty or "
@@ -81,6 +79,16 @@ def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
     directory.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(asdict(job), indent=2).encode())
     return [k for k in range(job.shards) if not shard_path(directory, k).is_file()]
+
+
+def written_files(directory: Path, job: Job) -> list[Path]:
+    """What a job wrote in `directory`, the files an `--overwrite` removes (FAISS manifest first, so an interrupted
+    replacement never leaves an index that claims shards which are gone): exact names only, so a user's
+    `faiss-notes.txt` or `shard-old.parquet` next to them stays."""
+    from .faiss_index import INDEX_FILE, MANIFEST_FILE, ROWS_FILE  # faiss_index imports this module
+
+    names = [directory / name for name in (MANIFEST_FILE, INDEX_FILE, ROWS_FILE)]
+    return [p for p in names + [shard_path(directory, k) for k in range(job.shards)] if p.is_file()]
 
 
 def read_job(directory: Path) -> Job:

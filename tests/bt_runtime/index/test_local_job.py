@@ -58,6 +58,22 @@ def test_another_job_in_the_directory_is_refused(runtime, tiny_export, gallery, 
         from_arguments([str(gallery)], str(gallery / "list.txt"), None)
 
 
+def test_overwrite_replaces_the_jobs_files_only(runtime, tiny_export, gallery, built, tmp_path):
+    import shutil
+
+    output = tmp_path / "index"
+    shutil.copytree(built[0], output)
+    mine = ["faiss-notes.txt", "shard-old.parquet", "shard-000000.parquet.bak", "notes.md"]
+    for name in mine:
+        (output / name).write_text("the user's")
+    inputs = from_arguments([str(gallery)], None, None)
+    summary = index_images(runtime, tiny_export, inputs, output, shard_size=128, overwrite=True)
+    assert summary["embedded_now"] == len(inputs.ids) and shards.read_job(output).shard_size == 128
+    assert all((output / name).read_text() == "the user's" for name in mine)
+    assert not shards.shard_path(output, 3).exists()  # the old job's 4th shard of 64; the new job has 3 of 128
+    assert shards.read_shards(output).equals(shards.read_shards(built[0]))
+
+
 def test_list_and_parquet_inputs_name_the_same_images(gallery, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
