@@ -95,8 +95,8 @@ def _report(checkpoint: str, result, parity_table) -> None:
     def fused(variant) -> int:
         return sum(c["Attention"] + c["MultiHeadAttention"] for c in variant.fused_attention_nodes.values())
 
-    variants = ", ".join(f"{p} ({fused(v)}"
-                         f" fused attention nodes)" for p, v in result.manifest.variants.items())
+    variants = ", ".join(f"{p} ({fused(v)} fused attention nodes in {len(v.fused_attention_nodes)} graphs)"
+                         for p, v in result.manifest.variants.items())
     console.print(f"exported {checkpoint} (heads: {heads}; {variants}) to {result.output} in {result.seconds:.1f} s, "
                   f"{result.disk_bytes / 1e6:.1f} MB")
 

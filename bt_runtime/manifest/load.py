@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import ManifestError
 from ..integrity import confined_path
 from .codec import from_json, schema_of, to_json
-from .schema import GRAPH_NAMES, MANIFEST_NAME, OPTIONAL_GRAPH_NAMES, SCHEMA_VERSION, Manifest
+from .schema import GRAPH_NAMES, MANIFEST_NAME, OPTIONAL_GRAPH_NAMES, SCHEMA_VERSION, GoldenDtype, Manifest
 
 SCHEMA_FILE = Path(__file__).parents[1] / "manifest.schema.json"
-GOLDEN_ITEMSIZE = {"uint8": 1, "int32": 4, "int64": 8, "float16": 2, "float32": 4}  # what golden files may hold
+# what golden files may hold: the schema's dtypes, with their item sizes for the file-size check
+GOLDEN_ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in typing.get_args(GoldenDtype)}
 # BridgeTower resizes to at most 1333/800 × the crop (479 px for 288); 4× leaves room for other processors while a
 # resize stays far below a MemoryError (a 10^9-px edge was one)
 MAX_RESIZE_FACTOR = 4
