@@ -3,6 +3,7 @@ precision + tokenizer + manifest.json, written atomically."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,12 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
         raise BtExportError(f"--attention {attention} needs --opset ≥ 23 (ONNX Attention), got {opset}")
     if int8_search and "int8" not in precisions:
         raise BtExportError("--int8-search chooses the blocks of the int8 variant: add int8 to --precision")
+    for pattern in int8_excluded:  # a bad pattern would fail only after every graph is exported
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise BtExportError(f"--int8-exclude {pattern!r}: not a regular expression ({err}); patterns match "
+                                "'<graph>/<module path>', e.g. '^text_tower/'") from None
     if int8_search and not validate:
         raise BtExportError("--int8-search measures every candidate against eager PyTorch: it cannot run with "
                             "--no-validate")

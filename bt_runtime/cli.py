@@ -39,27 +39,28 @@ def _emit(payload) -> None:
     print(json.dumps(payload, indent=2))
 
 
-def _gallery(paths: list[Path]) -> list[Path]:
-    """Image files of --images, each checked before any model work: one unreadable file fails the command first,
-    naming every bad file, instead of after the rest of the gallery went through the vision tower."""
-    from PIL import Image
-
-    from .images import DEFAULT_FORMATS, regular_files
+def _gallery(paths: list[Path], runtime) -> list[Path]:
+    """Image files of --images, each checked before any model work with the runtime's own limits (pixels from the
+    header, modes, formats, structure): one unusable file fails the command first, naming every bad file, instead
+    of after the rest of the gallery went through the vision tower."""
+    from .errors import ImageInputError
+    from .images import check_image_file, file_kind, regular_files
 
     files, bad = [], []
     for path in paths:
-        if path.is_dir():
+        kind = file_kind(path)
+        if kind == "directory":
             files += regular_files(path, IMAGE_SUFFIXES)  # a FIFO named *.png is refused, never opened
-        elif path.is_file():
+        elif kind == "file":
             files.append(path)
         else:
-            bad.append(f"{path} ({'not a regular file' if path.exists() else 'no such file or directory'})")
+            bad.append(f"{str(path)[:200]} ({kind or 'no such file or directory'})")
+    preprocessor = runtime.preprocess  # the ImagePreprocessor: its limits are the ones embedding applies
     for file in files:
         try:
-            with Image.open(file, formats=list(DEFAULT_FORMATS)) as image:
-                image.verify()  # structure and checksums, without decoding the pixels
-        except Exception as err:  # Pillow raises many types for damaged files
-            bad.append(f"{file} ({type(err).__name__}: {str(err)[:80]})")
+            check_image_file(file, str(file), preprocessor.max_pixels, preprocessor.formats)
+        except ImageInputError as err:
+            bad.append(str(err))
     if bad:
         raise BtRuntimeError(f"--images: {len(bad)} file(s) cannot be read: " + "; ".join(bad[:10]))
     if not files:
@@ -148,7 +149,7 @@ def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--que
             embeddings, gallery = gallery_index.read(index, runtime)
             hits = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank, index=embeddings)
         else:
-            gallery = _gallery(images)
+            gallery = _gallery(images, runtime)
             hits = runtime.retrieve(query, gallery, top_k=top_k, rerank=rerank, progress=True)
         _emit([{"image": str(gallery[h.index]), "score": h.score, "itc": h.itc_score, "itm": h.itm_score}
                for h in hits])
@@ -214,8 +215,8 @@ def _index_npz(export_dir: Path, images: list[str] | None, output: Path, overwri
         raise BtRuntimeError(f"--output {output}: a .npz index takes --images only, in-process; for --list, "
                              "--parquet, --ray or --device give a directory as --output")
     gallery_index.check_output(output, overwrite)
-    gallery = _gallery([Path(p) for p in images])
     runtime = _load(export_dir, precision)
+    gallery = _gallery([Path(p) for p in images], runtime)
     gallery_index.write(output, runtime, gallery, runtime.embed_images(gallery, progress=True), overwrite)
     console.print(f"indexed {len(gallery)} images into {output}")
 

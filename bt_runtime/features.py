@@ -65,9 +65,13 @@ def check_image_list(value, name: str) -> None:
         raise ImageInputError(f"{name}: empty list; give at least one image")
 
 
-def check_positive(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # True is an int: refused, not 1
-        raise BtRuntimeError(f"{name} must be a positive integer, got {value!r}")
+def check_positive(value, name: str, minimum: int = 1) -> int:
+    """`value` is an integer ≥ `minimum`: Python's or numpy's (counts often come from arrays); a bool is refused,
+    not taken as 0 or 1 (True is an int: `top_k=True` is a mistake, not a request for one hit)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise BtRuntimeError(f"{name} must be {wanted}, got {value!r}")
+    return int(value)
 
 
 class Features:

@@ -65,8 +65,9 @@ def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
         _check_pixels(pil, name, max_pixels)
     elif isinstance(image, (str, Path)):
         path = Path(image)
-        if not path.is_file():
-            raise ImageInputError(f"{name}: no image file at {str(path)!r}")
+        kind = file_kind(path)
+        if kind != "file":
+            raise ImageInputError(f"{name}: no image file at {str(path)[:200]!r}" + (f" ({kind})" if kind else ""))
         pil = _decode(path, name, max_pixels, formats)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) == 0:
@@ -77,12 +78,36 @@ def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
                               "NumPy array, a path, or encoded image bytes")
     if pil.width == 0 or pil.height == 0:
         raise ImageInputError(f"{name}: empty image ({pil.width}×{pil.height})")
+    _check_mode(pil, name)
+    return pil
+
+
+def check_image_file(path: Path, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     formats: tuple[str, ...] = DEFAULT_FORMATS) -> None:
+    """Raise the ImageInputError `open_image` would for the file at `path`, found from its header and structure
+    (Pillow's verify()) without decoding pixels: for checking a whole gallery before any model work."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, as in _decode
+            with Image.open(path, formats=list(formats)) as pil:
+                _check_pixels(pil, name, max_pixels)
+                _check_mode(pil, name)
+                pil.verify()  # structure and checksums
+    except ImageInputError:
+        raise
+    except Exception as err:  # Pillow raises many types for damaged files
+        raise ImageInputError(f"{name}: not a decodable image in an allowed format ({type(err).__name__}: "
+                              f"{str(err)[:80]})") from None
+
+
+def _check_mode(pil: Image.Image, name: str) -> None:
     if pil.mode in HIGH_BIT_MODES:
+        example = ("Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for full-range 16-bit" if "16" in pil.mode
+                   else "Image.fromarray(np.clip(np.asarray(im) * (255 / HIGHEST), 0, 255).astype(np.uint8)) with "
+                        "HIGHEST the value that should become white")
         raise ImageInputError(f"{name}: image mode {pil.mode!r} ({'16-bit integer' if '16' in pil.mode else '32-bit'} "
                               "pixels) is refused: its conversion to 8-bit RGB would clip (transformers refuses it "
-                              "too). Convert it to 8-bit yourself with the scaling you intend, e.g. "
-                              "Image.fromarray((np.asarray(im) >> 8).astype(np.uint8)) for full-range 16-bit.")
-    return pil
+                              f"too). Convert it to 8-bit yourself with the scaling you intend, e.g. {example}.")
 
 
 def check_max_pixels(max_pixels) -> int:
@@ -102,6 +127,19 @@ def check_formats(formats) -> tuple[str, ...]:
         raise ImageInputError(f"image formats {unknown} are not formats Pillow can open; valid: "
                               f"{', '.join(sorted(Image.OPEN))}")
     return chosen
+
+
+def file_kind(path: Path) -> str | None:
+    """"file" (regular, links followed), "directory", None when nothing is there, else why not: another kind of
+    file, or the OS's reason (a name too long, a link loop), which `Path.is_file` raises on Python 3.11 and
+    swallows on later ones — so the answer does not depend on the Python version."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return "file" if stat.S_ISREG(mode) else "directory" if stat.S_ISDIR(mode) else f"{_kind(mode)}, not a regular file"
 
 
 def regular_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:

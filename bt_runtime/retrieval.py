@@ -46,6 +46,8 @@ class Retrieval:
         the shortlisted images are read from their sources for the ITM rerank, and hits carry `image_id`
         (`index` is then the FAISS row) — docs/scale.md.
         """
+        top_k, batch_size = check_positive(top_k, "top_k"), check_positive(batch_size, "batch_size")
+        rerank = check_positive(rerank, "rerank", minimum=0)
         if isinstance(index, (str, Path)):
             if images is not None:
                 raise BtRuntimeError("retrieve: give images or an index directory, not both (the index names its "
@@ -59,9 +61,6 @@ class Retrieval:
             self._require("itc", "retrieve with an index")
         check_texts([query], "query")
         check_image_list(images, "images")
-        check_positive(top_k, "top_k")
-        if not isinstance(rerank, int) or rerank < 0:
-            raise BtRuntimeError(f"rerank must be an integer ≥ 0, got {rerank!r}")
         text_features = self.encode_texts([query], name="query")
         if index is not None:
             index = self._check_index(index, len(images), text_features.embeds.shape[1])

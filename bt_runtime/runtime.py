@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backends.base import options_for
+from .errors import BtRuntimeError
 from .features import PAIR_BATCH, Features, ImageFeatures, TextFeatures, softmax
 from .images import DEFAULT_MAX_PIXELS, ImagePreprocessor
 from .manifest import Manifest, read_manifest
@@ -34,6 +35,15 @@ class BridgeTowerRuntime(Tasks, Retrieval, Features):
         options come as `options=` or as keywords, never both; an option the chosen backend would ignore is
         refused. Every file read is checked against the manifest's sha256 (verify_checksums=False opts out);
         images above max_pixels are refused. Use as a context manager, or call close(), to release the sessions."""
+        if not isinstance(export_dir, (str, Path, Manifest)):
+            raise BtRuntimeError(f"export_dir must be a path (str or pathlib.Path) or a Manifest, got "
+                                 f"{type(export_dir).__name__}")
+        for name, value, wanted in (("precision", precision, str), ("backend", backend, str),
+                                    ("verify_checksums", verify_checksums, bool),
+                                    ("exif_transpose", exif_transpose, (bool, type(None)))):
+            if not isinstance(value, wanted):
+                raise BtRuntimeError(f"{name} must be {'a string' if wanted is str else 'True or False'}"
+                                     f"{' or None' if name == 'exif_transpose' else ''}, got {value!r}")
         options = options_for(backend, options, backend_options)
         manifest = export_dir if isinstance(export_dir, Manifest) else read_manifest(export_dir)
         if backend == "onnxruntime":
@@ -49,7 +59,8 @@ class BridgeTowerRuntime(Tasks, Retrieval, Features):
                    TextTokenizer.from_manifest(manifest, verify_checksums))
 
     def close(self) -> None:
-        """Release the backend's sessions or engines; the runtime must not be used afterwards."""
+        """Release the backend's sessions or engines (their memory). A later call makes the ones it needs again, as
+        on first use (bt_runtime.backends.base.Backend.close)."""
         self.backend.close()
 
     def __enter__(self) -> "BridgeTowerRuntime":

@@ -77,6 +77,9 @@ class Tasks:
     def fill_mask(self, image, text: str, top_k: int = 5) -> FillMaskResult:
         """Most likely tokens for each <mask> in `text`, given `image`, and the sentence with them filled in."""
         self._require("mlm", "fill_mask")
+        if not isinstance(text, str):  # one text per call; a list would be reported as "text[0]" below
+            raise TextInputError(f"text: expected one string with {self.tokenizer.mask_token} in it (fill_mask "
+                                 f"takes one text per call), got {type(text).__name__}")
         check_texts([text], "text")
         if self.tokenizer.mask_token not in text:
             raise TextInputError(f"text: {shorten(text)} has no {self.tokenizer.mask_token} token to fill")

@@ -223,9 +223,10 @@ def write(export_dir: str | Path, output: str | Path, precision: str = "fp32", m
     """Write the repository atomically (a temp directory beside `output`, renamed into place); the model names."""
     if kind not in ("KIND_CPU", "KIND_GPU"):
         raise BtRuntimeError(f"kind {kind!r}; valid: KIND_CPU, KIND_GPU")
-    for value, name in ((max_batch, "max_batch"), (instances, "instances")):
-        if not isinstance(value, int) or value < 1:
-            raise BtRuntimeError(f"{name} must be an integer ≥ 1, got {value!r}")
+    for value, name, least in ((max_batch, "max_batch", 1), (instances, "instances", 1),
+                               (queue_delay_us, "queue_delay_us", 0)):  # Triton's field is unsigned
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise BtRuntimeError(f"{name} must be an integer ≥ {least}, got {value!r}")
     manifest = read_manifest(export_dir)
     if precision not in manifest.variants:
         raise BtRuntimeError(f"precision {precision!r} is not in this export; valid: {list(manifest.precisions)}")

@@ -32,6 +32,27 @@ class OnnxRuntimeOptions:
     # forces one
     int8_recipe: str | None = None
 
+    def __post_init__(self):
+        # types here, once, so a wrong one is a named error and not a TypeError deep in the backend; values
+        # (known levels, providers, devices) are checked by the backend, which knows what this build has
+        check_types(self, {"providers": ((list, tuple), "a list of provider names", True),
+                           "intra_op_threads": ((int, np.integer), "an integer", True),
+                           "graph_optimization_level": (str, "a string", False),
+                           "tensorrt_profiles": (dict, "a dict", True), "device": (str, "a string", False),
+                           "spinning": (str, "a string", False), "prepack_weights": (bool, "True or False", False),
+                           "int8_recipe": (str, "a string", True)})
+
+
+def check_types(options, wanted: dict) -> None:
+    """Each field of `options` of the type `wanted` gives: {field: (types, in words, None allowed)}; a bool is not
+    taken for an integer."""
+    for name, (types, words, optional) in wanted.items():
+        value = getattr(options, name)
+        if value is None and optional:
+            continue
+        if not isinstance(value, types) or (words == "an integer" and isinstance(value, bool)):
+            raise BackendInputError(f"{name} must be {words}{' or None' if optional else ''}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class TensorRTOptions:

@@ -46,3 +46,12 @@ def test_truncated_parity_image(photos_dir, tmp_path):
     image = tmp_path / "cut.png"
     image.write_bytes((photos_dir / "coco_000000039769.png").read_bytes()[:3000])
     assert "cut.png" in _run(["-c", "tiny", "--parity-images", str(image)], tmp_path / "out")
+
+
+def test_a_bad_int8_exclude_pattern_is_refused_before_any_work(tmp_path, monkeypatch):
+    import bt_export.export as export
+
+    monkeypatch.setattr(export, "load_checkpoint", lambda *a, **k: pytest.fail("loaded before the check"))
+    output = _run(["-c", "tiny", "--precision", "fp32,int8", "--int8-exclude", "^text_tower/", "--int8-exclude", "(["],
+                  tmp_path / "out")
+    assert "--int8-exclude '([': not a regular expression" in output

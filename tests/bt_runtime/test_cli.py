@@ -102,3 +102,31 @@ def test_index_refusals_name_the_file(tiny_export, photos_dir, tmp_path):
     np.savez(tmp_path / "other.npz", **{**fields, "vision_sha256": np.array("0" * 64)})
     other = invoke("retrieve", tiny_export, "--query", "q", "--index", tmp_path / "other.npz")
     assert other.exit_code == 2 and "another vision tower" in other.output
+
+
+def test_a_gallery_is_checked_with_the_runtimes_limits_before_any_image_is_embedded(tiny_export, photos_dir,
+                                                                                   tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from bt_runtime import BridgeTowerRuntime
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.open(photos_dir / "coco_000000039769.png").resize((200, 150)).save(gallery / "a_good.png")
+    Image.fromarray(np.full((20, 30), 40_000, np.uint16)).save(gallery / "deep.png")  # 16-bit: refused at decode
+    Image.new("RGB", (400, 300)).save(gallery / "large.png")  # above BT_MAX_PIXELS below
+    (gallery / "cut.png").write_bytes((gallery / "a_good.png").read_bytes()[:200])
+    monkeypatch.setenv("BT_MAX_PIXELS", "100000")
+    calls = []
+    monkeypatch.setattr(BridgeTowerRuntime, "encode_images", lambda *a, **k: calls.append(a))
+    for command in (["retrieve", tiny_export, "--query", "q", "--images", gallery],
+                    ["index", tiny_export, "--images", gallery, "-o", tmp_path / "g.npz"]):
+        result = invoke(*command)
+        assert result.exit_code == 2 and "3 file(s) cannot be read" in result.output, result.output
+        assert all(f"{name}.png: {why}" in result.output for name, why in [
+            ("deep", "image mode 'I;16'"), ("large", "400×300 = 120,000 pixels is above"),
+            ("cut", "not a decodable image")])
+    assert calls == [] and not (tmp_path / "g.npz").exists()
+    long = invoke("retrieve", tiny_export, "--query", "q", "--images", "a" * 300)
+    assert long.exit_code == 2 and "File name too long" in long.output and "Traceback" not in long.output

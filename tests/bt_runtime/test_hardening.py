@@ -160,6 +160,23 @@ def test_top_k_must_be_an_integer_not_a_bool(runtime, top_k):
         runtime.fill_mask(np.zeros((8, 8, 3), np.uint8), "a <mask>", top_k=top_k)
 
 
+@pytest.mark.parametrize(("option", "value", "wanted"), [
+    ("batch_size", 0, "a positive integer"), ("batch_size", -1, "a positive integer"),
+    ("batch_size", None, "a positive integer"), ("top_k", True, "a positive integer"),
+    ("rerank", True, "an integer ≥ 0"), ("rerank", -1, "an integer ≥ 0"), ("rerank", 2.0, "an integer ≥ 0")])
+def test_retrieve_checks_its_counts_before_any_work(runtime, option, value, wanted):
+    with pytest.raises(BtRuntimeError, match=f"^{option} must be {wanted}, got {value!r}$"):
+        runtime.retrieve("a cat", [np.zeros((8, 8, 3), np.uint8)] * 3, **{option: value})
+
+
+def test_numpy_integers_are_counts_too(runtime):
+    images = [np.zeros((8, 8, 3), np.uint8)] * 3
+    hits = runtime.retrieve("a cat", images, top_k=np.int64(2), rerank=np.int32(1), batch_size=np.int64(2))
+    assert [h.index for h in hits] == [h.index for h in runtime.retrieve("a cat", images, top_k=2, rerank=1,
+                                                                          batch_size=2)]
+    assert len(runtime.fill_mask(images[0], "a <mask>", top_k=np.int64(3)).masks[0].token_ids) == 3
+
+
 # ---- the per-call text limit
 
 
@@ -184,3 +201,9 @@ def test_text_limit_applies_to_its_own_calls_only(runtime):
         runtime.embed_texts([long])
     with pytest.raises(TextInputError, match="max_chars must be a positive integer"), text_limit(True):
         pass
+
+
+def test_fill_mask_takes_one_text_and_says_so(runtime):
+    with pytest.raises(TextInputError, match=r"^text: expected one string with <mask> in it \(fill_mask takes one "
+                                             r"text per call\), got list$"):
+        runtime.fill_mask(np.zeros((8, 8, 3), np.uint8), ["a <mask>"])

@@ -229,3 +229,8 @@ def test_library_messages_are_cut_to_one_line_and_never_empty():
     assert first_line(Exception("first\nsecond")) == "first"
     assert first_line(Exception("x" * 500), 10) == "x" * 10
     assert first_line(Exception()) == "Exception" and first_line(OSError("  \n")) == "OSError"
+
+
+def test_a_path_too_long_for_the_filesystem_is_an_image_error(runtime):
+    with pytest.raises(ImageInputError, match=r"image: no image file at 'a+' \(File name too long\)"):
+        runtime.itm_scores("a" * 300, ["a cat"])

@@ -33,6 +33,32 @@ def test_load_refuses_an_option_of_the_other_backend_before_reading_anything(tmp
         BridgeTowerRuntime.load(tmp_path / "absent", backend="tensorrt", device="cuda")
 
 
+@pytest.mark.parametrize("given, says", [
+    ({"intra_op_threads": "2"}, "intra_op_threads must be an integer or None, got '2'"),
+    ({"intra_op_threads": True}, "intra_op_threads must be an integer or None, got True"),
+    ({"graph_optimization_level": ["all"]}, r"graph_optimization_level must be a string, got \['all'\]"),
+    ({"device": 0}, "device must be a string, got 0"), ({"prepack_weights": 1}, "prepack_weights must be True or False"),
+    ({"providers": "CPUExecutionProvider"}, "providers must be a list of provider names or None"),
+])
+def test_option_types_are_named_errors(given, says):
+    with pytest.raises(BackendInputError, match=f"^{says}"):
+        options_for("onnxruntime", None, given)
+    assert options_for("onnxruntime", None, {"intra_op_threads": np.int64(1)}).intra_op_threads == 1
+
+
+@pytest.mark.parametrize("args, kwargs, says", [
+    ((None,), {}, "export_dir must be a path .* got NoneType"), ((b"/x",), {}, "got bytes"),
+    (("x",), {"precision": ["fp32"]}, r"precision must be a string, got \['fp32'\]"),
+    (("x",), {"verify_checksums": "no"}, "verify_checksums must be True or False, got 'no'"),
+    (("x",), {"exif_transpose": "yes"}, "exif_transpose must be True or False or None, got 'yes'"),
+])
+def test_load_argument_types_are_named_errors_before_reading_anything(args, kwargs, says):
+    from bt_runtime.errors import BtRuntimeError
+
+    with pytest.raises(BtRuntimeError, match=says):
+        BridgeTowerRuntime.load(*args, **kwargs)
+
+
 class Doubling(Backend):
     name = "doubling"
 
