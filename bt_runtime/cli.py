@@ -43,18 +43,19 @@ def _gallery(paths: list[Path], runtime) -> list[Path]:
     """Image files of --images, each checked before any model work with the runtime's own limits (pixels from the
     header, modes, formats, structure): one unusable file fails the command first, naming every bad file, instead
     of after the rest of the gallery went through the vision tower."""
+    import os
+
     from .errors import ImageInputError
-    from .images import check_image_file, file_kind, regular_files
+    from .images import check_image_file, not_a_file, regular_files
 
     files, bad = [], []
     for path in paths:
-        kind = file_kind(path)
-        if kind == "directory":
+        if os.path.isdir(path):  # never raises (a name too long is "not a directory")
             files += regular_files(path, IMAGE_SUFFIXES)  # a FIFO named *.png is refused, never opened
-        elif kind == "file":
-            files.append(path)
+        elif why := not_a_file(path):
+            bad.append(f"{str(path)[:200]} ({why})")
         else:
-            bad.append(f"{str(path)[:200]} ({kind or 'no such file or directory'})")
+            files.append(path)
     preprocessor = runtime.preprocess  # the ImagePreprocessor: its limits are the ones embedding applies
     for file in files:
         try:
@@ -187,10 +188,12 @@ def index_gallery(export_dir: Path = ExportDir,
         from .index.inputs import from_arguments
         from .index.job import index_images
         from .index.ray_job import RayOptions
+        from .index.shards import check_output_dir
 
         if device:
             os.environ[DEVICE_ENV] = device
         inputs = from_arguments(images, list_file, parquet)
+        check_output_dir(output)  # before the model loads; index_images checks it again where it writes
         chosen = os.environ.get(DEVICE_ENV, "cpu")
         if ray is None and (workers != 1 or cpus_per_worker != 1.0):
             raise BtRuntimeError("--workers / --cpus-per-worker size the Ray actor pool; add --ray auto (or a "

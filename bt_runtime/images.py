@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import stat
 import warnings
 from dataclasses import dataclass, replace
@@ -65,9 +66,9 @@ def open_image(image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
         _check_pixels(pil, name, max_pixels)
     elif isinstance(image, (str, Path)):
         path = Path(image)
-        kind = file_kind(path)
-        if kind != "file":
-            raise ImageInputError(f"{name}: no image file at {str(path)[:200]!r}" + (f" ({kind})" if kind else ""))
+        why = not_a_file(path)
+        if why:
+            raise ImageInputError(f"{name}: no image file at {str(path)[:200]!r} ({why})")
         pil = _decode(path, name, max_pixels, formats)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) == 0:
@@ -129,17 +130,16 @@ def check_formats(formats) -> tuple[str, ...]:
     return chosen
 
 
-def file_kind(path: Path) -> str | None:
-    """"file" (regular, links followed), "directory", None when nothing is there, else why not: another kind of
-    file, or the OS's reason (a name too long, a link loop), which `Path.is_file` raises on Python 3.11 and
-    swallows on later ones — so the answer does not depend on the Python version."""
+def not_a_file(path) -> str | None:
+    """None when `path` names a regular file (links followed), else why not, judged by stat alone: the file is never
+    opened (a FIFO would block a read forever, /dev/zero would be read until memory runs out). Why: "No such file or
+    directory", "a FIFO, not a regular file", … or the OS's reason (a name too long, a link loop, a NUL byte), which
+    Path.is_file raises on Python 3.11 and swallows on later ones — so the answer is the same on every Python."""
     try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as err:
-        return err.strerror or type(err).__name__
-    return "file" if stat.S_ISREG(mode) else "directory" if stat.S_ISDIR(mode) else f"{_kind(mode)}, not a regular file"
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        return getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return None if stat.S_ISREG(mode) else f"{_kind(mode)}, not a regular file"
 
 
 def regular_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:

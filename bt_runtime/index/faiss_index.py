@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BtRuntimeError
+from ..errors import BtRuntimeError, first_line
 from . import shards
+from .inputs import not_regular
 
 FORMAT = "bt-faiss-index/1"
 INDEX_FILE, ROWS_FILE, MANIFEST_FILE = "faiss.index", "faiss-rows.arrow", "faiss.json"
@@ -284,39 +285,114 @@ def mmap_flags(faiss, factory: str) -> int:
     return faiss.IO_FLAG_MMAP
 
 
+def check_manifest(data) -> IndexManifest:
+    """faiss.json's fields as `build` writes them, or ValueError saying which one is not: each of the type its
+    IndexManifest field declares (an int never a bool or a float), counts and breadths in range, before any is used."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, expected an object")
+    manifest = IndexManifest(**data)  # TypeError: a field missing or unknown
+    kinds = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
+    for field in fields(IndexManifest):
+        value = getattr(manifest, field.name)
+        if isinstance(value, bool) or not isinstance(value, kinds[field.type]):
+            raise ValueError(f"{field.name} is {value!r}; expected {field.type}")
+    if manifest.format != FORMAT:
+        raise ValueError(f"format {manifest.format!r}, expected {FORMAT!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.towers_sha256.items()):
+        raise ValueError("towers_sha256 is not an object of sha256 strings")
+    ranges = {"count": (1, None), "dim": (1, None), "nprobe": (0, None), "k_factor": (0, MAX_K_FACTOR),
+              "recall_at_10": (0, 1), "recall_queries": (0, None), "build_seconds": (0, None),
+              "memory_budget_bytes": (0, None)}
+    for name, (low, high) in ranges.items():
+        value = getattr(manifest, name)
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            raise ValueError(f"{name} is {value!r}; expected {low} to {high if high is not None else 'any'}")
+    if manifest.metric != "inner_product":
+        raise ValueError(f"metric {manifest.metric!r}, expected 'inner_product'")
+    return manifest
+
+
 def read_manifest(directory: Path) -> IndexManifest | None:
     """The index manifest in `directory`, or None when there is no readable one (then the index is rebuilt)."""
     try:
-        manifest = IndexManifest(**json.loads((Path(directory) / MANIFEST_FILE).read_text()))
+        manifest = check_manifest(json.loads((Path(directory) / MANIFEST_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None
     complete = all((Path(directory) / name).is_file() for name in (INDEX_FILE, ROWS_FILE))
-    return manifest if manifest.format == FORMAT and complete else None
+    return manifest if complete else None
 
 
-def open_index(directory: Path, towers_sha256: dict, precision: str) -> SearchIndex:
-    """The index in `directory`, memory-mapped, checked against the runtime's export and precision."""
-    import faiss
-    import pyarrow as pa
-
+def open_index(directory: Path, towers_sha256: dict, precision: str, dim: int | None = None) -> SearchIndex:
+    """The index in `directory`, memory-mapped, checked against the runtime's export, precision and embedding size
+    (`dim`), and its three files against each other: a damaged one is refused in one line naming it."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE
+    why = not_regular(str(path))
+    if why:
+        raise BtRuntimeError(f"--index {directory}: {MANIFEST_FILE} {why}; not an index directory (build one with "
+                             "`bt-run index ... --output DIR`)")
     try:
-        manifest = IndexManifest(**json.loads(path.read_text()))
+        manifest = check_manifest(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as err:
-        raise BtRuntimeError(f"--index {directory}: no readable {MANIFEST_FILE} ({type(err).__name__}); build the "
-                             "index with `bt-run index ... --output DIR`") from None
-    if manifest.format != FORMAT:
-        raise BtRuntimeError(f"--index {directory}: format {manifest.format!r}, expected {FORMAT!r}")
+        raise BtRuntimeError(f"--index {directory}: {MANIFEST_FILE} is not an index manifest ({type(err).__name__}: "
+                             f"{first_line(err, 120)}); rebuild it with `bt-run index`") from None
     if manifest.precision != precision or manifest.towers_sha256 != towers_sha256:
         theirs = manifest.towers_sha256.get("vision_tower", "?")[:12]
         raise BtRuntimeError(f"--index {directory} was built from another export or precision ({manifest.precision}, "
                              f"vision tower {theirs}…) than this {precision} one; rebuild it with `bt-run index`")
-    flags = mmap_flags(faiss, manifest.factory)
-    index = faiss.read_index(str(directory / INDEX_FILE), flags | faiss.IO_FLAG_READ_ONLY)
-    set_breadth(index, manifest.nprobe, manifest.k_factor)  # what build measured recall at
-    rows = pa.ipc.open_file(pa.memory_map(str(directory / ROWS_FILE))).read_all()
-    if index.ntotal != manifest.count or rows.num_rows != manifest.count:
-        raise BtRuntimeError(f"--index {directory}: {index.ntotal} vectors and {rows.num_rows} rows for a count of "
-                             f"{manifest.count}; rebuild it with `bt-run index`")
+    if dim is not None and manifest.dim != dim:
+        raise BtRuntimeError(f"--index {directory}: {MANIFEST_FILE} says {manifest.dim}-dimensional vectors, this "
+                             f"export embeds {dim}; rebuild it with `bt-run index`")
+    index, rows = _read_index(directory, manifest), _read_rows(directory)
+    if index.ntotal != manifest.count or index.d != manifest.dim or rows.num_rows != manifest.count:
+        raise BtRuntimeError(f"--index {directory}: {INDEX_FILE} holds {index.ntotal} vectors of {index.d} floats and "
+                             f"{ROWS_FILE} {rows.num_rows} rows, where {MANIFEST_FILE} says {manifest.count} of "
+                             f"{manifest.dim}; rebuild it with `bt-run index`")
     return SearchIndex(directory, manifest, index, rows)
+
+
+def _damaged(directory: Path, name: str, why: str) -> BtRuntimeError:
+    return BtRuntimeError(f"--index {directory}: {name} is damaged or not written by `bt-run index` ({why}); rebuild "
+                          "it with `bt-run index`")
+
+
+def _read_index(directory: Path, manifest: IndexManifest):
+    """faiss.index memory-mapped, searched as tuned; its kind must fit the manifest's nprobe / k_factor."""
+    import faiss
+
+    path = directory / INDEX_FILE
+    why = not_regular(str(path))
+    if why:  # a FIFO would block read_index forever
+        raise _damaged(directory, INDEX_FILE, why)
+    try:
+        index = faiss.read_index(str(path), mmap_flags(faiss, manifest.factory) | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as err:  # FAISS raises RuntimeError for every unreadable file: "Error in <C++ signature>
+        why = first_line(err, 10_000).rpartition("Error: ")[2]  # at file:line: Error: <what failed>"
+        raise _damaged(directory, INDEX_FILE, f"FAISS cannot read it: {why[:160]}") from None
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise _damaged(directory, INDEX_FILE, f"metric {index.metric_type}, not inner product")
+    # an exact index takes neither setting, an IVF nprobe (at most its lists), a refined one k_factor
+    fits = split_breadth(index, max(manifest.nprobe, manifest.k_factor)) == (manifest.nprobe, manifest.k_factor)
+    if not fits or (manifest.nprobe and manifest.nprobe > extract_nlist(index)):
+        raise _damaged(directory, MANIFEST_FILE, f"nprobe {manifest.nprobe} / k_factor {manifest.k_factor} do not "
+                       f"fit the {type(index).__name__} in {INDEX_FILE}")
+    set_breadth(index, manifest.nprobe, manifest.k_factor)  # what build measured recall at
+    return index
+
+
+def _read_rows(directory: Path):
+    """faiss-rows.arrow memory-mapped: an Arrow file of string columns id and source."""
+    import pyarrow as pa
+
+    path = directory / ROWS_FILE
+    why = not_regular(str(path))
+    if why:
+        raise _damaged(directory, ROWS_FILE, why)
+    try:
+        rows = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    except (OSError, pa.ArrowException) as err:
+        raise _damaged(directory, ROWS_FILE, f"{type(err).__name__}: {first_line(err, 120)}") from None
+    if not all(rows.schema.get_field_index(name) >= 0 and pa.types.is_string(rows.schema.field(name).type)
+               for name in ("id", "source")):
+        raise _damaged(directory, ROWS_FILE, f"columns {rows.schema.names}, expected id and source strings")
+    return rows

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BtRuntimeError
-from ..images import regular_files
+from ..images import not_a_file, regular_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 PARQUET_PREFIX = "parquet:"  # source of an image stored in a Parquet file: parquet:PATH:COLUMN:ROW
@@ -66,6 +66,7 @@ def _image_files(spec: str) -> list[str]:
 
 
 def _listed(spec: str) -> list[str]:
+    _check_regular("--list", spec, spec)
     try:
         lines = Path(spec).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
@@ -85,6 +86,7 @@ def _parquet(spec: str) -> Inputs:
     path, _, column = spec.rpartition(":")
     if not path or not column:
         raise BtRuntimeError(f"--parquet {spec}: expected PATH:COLUMN (a Parquet file and its image column)")
+    _check_regular("--parquet", spec, path)
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as err:
@@ -107,8 +109,23 @@ def _parquet(spec: str) -> Inputs:
                   [f"{PARQUET_PREFIX}{absolute}:{column}:{i}" for i in order])
 
 
+def not_regular(path: str) -> str | None:
+    """Why `path` is not a readable regular file (bt_runtime.images.not_a_file: judged by stat, never opened), worded
+    for a row's error; None when it is one."""
+    why = not_a_file(path)
+    return why if why is None or why.endswith("not a regular file") else f"cannot be read ({why})"
+
+
+def _check_regular(option: str, spec: str, path: str) -> None:
+    """Refuse a list or Parquet file that is not a regular file before it is read (a FIFO would hang the job)."""
+    why = not_regular(path)
+    if why:
+        raise BtRuntimeError(f"{option} {spec}: {path} {why}; expected a regular file")
+
+
 def read_bytes(sources: list[str]) -> list[bytes | str]:
-    """Each source's encoded bytes, or a one-line error naming it (a missing file is that row's error)."""
+    """Each source's encoded bytes, or a one-line error naming it (a missing file, or one that is not a regular
+    file, is that row's error: it is never opened)."""
     out: list[bytes | str] = [b""] * len(sources)
     parquet: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for k, source in enumerate(sources):
@@ -116,15 +133,27 @@ def read_bytes(sources: list[str]) -> list[bytes | str]:
             path, column, row = source[len(PARQUET_PREFIX):].rsplit(":", 2)
             parquet.setdefault((path, column), []).append((k, int(row)))
             continue
+        why = not_regular(source)
+        if why:
+            out[k] = f"{source}: {why} (an image must be a regular file)"
+            continue
         try:
             out[k] = Path(source).read_bytes()
         except OSError as err:
             out[k] = f"{source}: cannot be read ({err.strerror or type(err).__name__})"
     for (path, column), wanted in parquet.items():
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        values = pq.read_table(path, columns=[column]).column(column)
+        why = not_regular(path)
+        try:  # the file may have changed or gone since it was indexed: its rows' errors, not the whole call's
+            values = None if why else pq.read_table(path, columns=[column]).column(column)
+        except (OSError, KeyError, pa.ArrowException) as err:
+            why = f"cannot be read ({type(err).__name__}: {str(err)[:80]})"
         for k, row in wanted:
+            if why or row >= len(values):
+                out[k] = f"{sources[k]}: {path} {why or f'has {len(values)} rows now'}"
+                continue
             value = values[row].as_py()
             out[k] = value if value else f"{sources[k]}: empty image bytes"
     return out

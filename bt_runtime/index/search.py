@@ -25,7 +25,8 @@ def open_for(runtime, directory) -> faiss_index.SearchIndex:
     precision = runtime.backend.precision
     key = (str(Path(directory).absolute()), precision, id(runtime.manifest))
     if key not in _OPEN:
-        _OPEN[key] = faiss_index.open_index(directory, shards.towers_sha256(runtime, precision), precision)
+        _OPEN[key] = faiss_index.open_index(directory, shards.towers_sha256(runtime, precision), precision,
+                                            runtime.manifest.config.contrastive_hidden_size)
     return _OPEN[key]
 
 

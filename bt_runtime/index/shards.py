@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BtRuntimeError
+from ..outputs import check_output_path
 
 JOB_FORMAT = "bt-index-job/1"
 JOB_FILE = "job.json"
@@ -57,10 +58,22 @@ def schema(embedding_size: int):
                       ("embedding", pa.list_(pa.float32(), embedding_size)), ("error", pa.string())])
 
 
+def check_output_dir(directory: Path) -> Path:
+    """`directory` made absolute, or a one-line error naming `--output`: a symbolic link (never followed, never
+    replaced), a name too long, a parent that is not a writable directory (bt_runtime.outputs, as for a .npz); an
+    existing directory, written inside only, must itself be writable. Nothing is staged beside it (0 bytes)."""
+    path = Path(os.path.abspath(directory))
+    if not os.path.isdir(path) or os.path.islink(path):  # a new directory, made in its parent (os.path: never raises)
+        return check_output_path(Path(directory), "--output", 0)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BtRuntimeError(f"--output {str(directory)!r} is not writable")
+    return path
+
+
 def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
     """Create or resume the job in `directory`; returns the shards still to embed. A directory holding another
     job (other inputs, export or shard size) is refused unless `overwrite` (its shards are then removed)."""
-    directory = Path(directory)
+    directory = check_output_dir(directory)
     if directory.exists() and not directory.is_dir():
         raise BtRuntimeError(f"--output {directory} is not a directory; an index is a directory of shards")
     path = directory / JOB_FILE
@@ -76,8 +89,11 @@ def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
     elif directory.exists() and any(directory.iterdir()):
         raise BtRuntimeError(f"--output {directory} exists and is not an index job directory; choose an empty or "
                              "new directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(asdict(job), indent=2).encode())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(asdict(job), indent=2).encode())
+    except OSError as err:  # /proc/x: the parent said writable, the filesystem disagreed; or a full disk
+        raise BtRuntimeError(f"--output {directory}: cannot write ({err.strerror or type(err).__name__})") from None
     return [k for k in range(job.shards) if not shard_path(directory, k).is_file()]
 
 
@@ -143,14 +159,21 @@ def embeddings_of(table) -> tuple[np.ndarray, np.ndarray]:
     return good, column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(good), size)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it portably (bt_export.staging reads it the same way)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[str]:
-    """A staging file beside `path` to write; on success it is synced and renamed over `path`, on any failure
-    removed, so `path` is always whole or absent."""
+    """A staging file beside `path` to write; on success it is synced, given the permissions the umask gives a new
+    file, and renamed over `path`; on any failure removed, so `path` is always whole or absent."""
     descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
     try:
         yield staged
+        os.chmod(staged, 0o666 & ~_umask())  # mkstemp makes 0600; faiss.index, written directly, follows the umask
         with open(staged, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(staged, path)

@@ -37,7 +37,8 @@ def test_load_refuses_an_option_of_the_other_backend_before_reading_anything(tmp
     ({"intra_op_threads": "2"}, "intra_op_threads must be an integer or None, got '2'"),
     ({"intra_op_threads": True}, "intra_op_threads must be an integer or None, got True"),
     ({"graph_optimization_level": ["all"]}, r"graph_optimization_level must be a string, got \['all'\]"),
-    ({"device": 0}, "device must be a string, got 0"), ({"prepack_weights": 1}, "prepack_weights must be True or False"),
+    ({"device": 0}, "device must be a string, got 0"),
+    ({"prepack_weights": 1}, "prepack_weights must be True or False"),
     ({"providers": "CPUExecutionProvider"}, "providers must be a list of provider names or None"),
 ])
 def test_option_types_are_named_errors(given, says):
