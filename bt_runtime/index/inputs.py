@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +52,14 @@ def from_arguments(images: list[str] | None, list_file: str | None, parquet: str
 
 
 def _image_files(spec: str) -> list[str]:
-    path = Path(spec)
-    if path.is_dir():
-        files = [str(p) for p in regular_files(path, IMAGE_SUFFIXES)]
+    if os.path.isdir(spec):  # never raises (Path.is_dir does on a name too long, on Python 3.11)
+        files = [str(p) for p in regular_files(Path(spec), IMAGE_SUFFIXES)]
     elif any(c in spec for c in "*?["):
         files = [p for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
-    elif path.is_file():
+    elif not (why := not_a_file(spec)):
         files = [spec]
     else:
-        raise BtRuntimeError(f"--images {spec}: no such directory, file or glob match")
+        raise BtRuntimeError(f"--images {spec}: not a directory, an image file or a glob match ({why})")
     if not files:
         raise BtRuntimeError(f"--images {spec} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return files

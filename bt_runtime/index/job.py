@@ -19,6 +19,9 @@ def index_images(runtime, export_dir: Path, inputs: Inputs, output: Path, *, bat
     for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
         if not isinstance(value, int) or value < 1:
             raise BtRuntimeError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(memory_bytes, int) or memory_bytes < 1:  # here, not after every image is embedded
+        raise BtRuntimeError(f"--index-memory-gib must be above 0 (the FAISS codes' budget), got "
+                             f"{memory_bytes / 2**30 if isinstance(memory_bytes, int) else memory_bytes!r} GiB")
     if "itc" not in runtime.heads:
         raise BtRuntimeError(f"{export_dir}: this export has no ITC heads (contrastive embeddings); an index needs "
                              "them (export a contrastive checkpoint such as bridgetower-large-itm-mlm-itc)")

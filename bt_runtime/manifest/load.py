@@ -139,6 +139,10 @@ def _check_bounds(m: Manifest, fail) -> None:
         value = getattr(t, name)
         if not 0 <= value < min(t.vocab_size, c.vocab_size):
             fail(f"tokenizer.{name}: {value}; must be a token id in [0, {min(t.vocab_size, c.vocab_size)})")
+    embeds = [(g, x) for g, io in m.graphs.items() for x in io.outputs if x.name.endswith("_embeds")]
+    for graph, x in embeds:  # the index job sizes its buffers from config; the graph gives the vectors
+        if isinstance(x.shape[-1], int) and x.shape[-1] != c.contrastive_hidden_size:
+            fail(f"config.contrastive_hidden_size: {c.contrastive_hidden_size}; {graph}'s {x.name} is {x.shape}")
     p, r = m.preprocessing, m.preprocessing.resize
     pixels = next((x for x in m.graphs["vision_tower"].inputs if x.name == "pixel_values"), None)
     if pixels is not None and [d for d in pixels.shape[-2:] if isinstance(d, int)] not in ([], [p.image_size] * 2):

@@ -257,3 +257,15 @@ def test_index_files_follow_the_umask(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
     assert modes == dict.fromkeys(["job.json", "shard-000000.parquet", "shard-000001.parquet",
                                    "shard-000002.parquet", "faiss.json", "faiss.index", "faiss-rows.arrow"], 0o640)
+
+
+def test_a_fifo_given_by_name_and_a_zero_budget_are_refused_before_any_work(runtime, tiny_export, gallery, fifo,
+                                                                            tmp_path):
+    with pytest.raises(BtRuntimeError, match=re.escape(f"--images {fifo}: not a directory, an image file or a glob "
+                                                       "match (a FIFO, not a regular file)")):
+        from_arguments([str(fifo)], None, None)
+    for budget in (0, -2**30):
+        with pytest.raises(BtRuntimeError, match="--index-memory-gib must be above 0"):
+            index_images(runtime, tiny_export, from_arguments([str(gallery)], None, None), tmp_path / "out",
+                         memory_bytes=budget)
+    assert not (tmp_path / "out").exists()

@@ -62,6 +62,8 @@ def test_dump_and_load_round_trip(tiny_export, tmp_path):
     (lambda d: d["golden"]["tensors"][0].update(dtype="int8"), r"golden\.tensors\[0\]\.dtype: 'int8'; valid"),
     (lambda d: d["wiring"]["broadcast"].update(graphs=["cross_modal", "nope"]), r"broadcast\.graphs: 'nope'"),
     (lambda d: d["golden"]["inputs"][0]["image"].update(file="gone.png"), r"missing file.*gone\.png"),
+    (lambda d: d["config"].update(contrastive_hidden_size=7),
+     r"config\.contrastive_hidden_size: 7; vision_tower's image_embeds is \['batch', 32\]"),
 ])
 def test_bad_fields_are_named(export_copy, edit, message):
     data = manifest_data(export_copy)
