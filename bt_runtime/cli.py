@@ -137,12 +137,14 @@ def retrieve(export_dir: Path = ExportDir, query: str = typer.Option(..., "--que
     """Rank --images (or the gallery of --index) for the text --query: ITC shortlist, ITM rerank; ITM only without
     ITC heads. With --index only the shortlisted images are read."""
     def task():
+        import os
+
         from . import gallery_index
 
         if bool(images) == bool(index):
             raise BtRuntimeError("retrieve: give either --images or --index (a gallery indexed by `bt-run index`)")
         runtime = _load(export_dir, precision)
-        if index and index.is_dir():
+        if index and os.path.isdir(index):  # never raises (Path.is_dir does on a name too long)
             hits = runtime.retrieve(query, top_k=top_k, rerank=rerank, index=index)
             _emit([{"image": h.image_id, "score": h.score, "itc": h.itc_score, "itm": h.itm_score} for h in hits])
             return
@@ -180,6 +182,7 @@ def index_gallery(export_dir: Path = ExportDir,
     """Embed every image once (contrastive checkpoints) into an index for `retrieve --index`: Parquet shards
     (resumed by a rerun of the same command) and a FAISS index over them (docs/scale.md)."""
     def task():
+        import math
         import os
 
         if output.suffix == ".npz":
@@ -198,8 +201,10 @@ def index_gallery(export_dir: Path = ExportDir,
         if ray is None and (workers != 1 or cpus_per_worker != 1.0):
             raise BtRuntimeError("--workers / --cpus-per-worker size the Ray actor pool; add --ray auto (or a "
                                  "cluster address), or drop them for the in-process job")
-        if workers < 1 or cpus_per_worker <= 0:
+        if workers < 1 or not cpus_per_worker > 0 or not math.isfinite(cpus_per_worker):
             raise BtRuntimeError(f"--workers {workers} / --cpus-per-worker {cpus_per_worker}: expected ≥ 1 and > 0")
+        if not (math.isfinite(memory_gib) and memory_gib * 2**30 >= 1):  # inf/nan would fail int() below
+            raise BtRuntimeError(f"--index-memory-gib {memory_gib}: expected a finite size above 0 (GiB)")
         options = None if ray is None else RayOptions(
             ray, workers, cpus_per_worker, 1.0 if chosen.startswith("cuda") else 0.0)
         runtime = _load(export_dir, precision)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BtRuntimeError
+from .images import not_a_file
 from .outputs import check_output_path
 
 FORMAT = "bt-gallery-index/1"
@@ -114,8 +115,9 @@ def read(path: Path, runtime) -> tuple[np.ndarray, list[Path]]:
     """(embeddings, image paths) of an index written for this runtime's export and precision. Every member's
     name, dtype, shape and size is checked from its header before any data is decompressed."""
     path = Path(path)
-    if not path.is_file():
-        raise BtRuntimeError(f"--index {path}: no such file (write one with `bt-run index`)")
+    why = not_a_file(path)
+    if why:
+        raise BtRuntimeError(f"--index {str(path)[:200]}: {why} (write an index with `bt-run index`)")
     try:
         with zipfile.ZipFile(path) as archive:
             _check_members(path, archive)

@@ -24,11 +24,14 @@ Pillow ValueError.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import stat
+import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,18 +90,9 @@ def check_image_file(path: Path, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
                      formats: tuple[str, ...] = DEFAULT_FORMATS) -> None:
     """Raise the ImageInputError `open_image` would for the file at `path`, found from its header and structure
     (Pillow's verify()) without decoding pixels: for checking a whole gallery before any model work."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, as in _decode
-            with Image.open(path, formats=list(formats)) as pil:
-                _check_pixels(pil, name, max_pixels)
-                _check_mode(pil, name)
-                pil.verify()  # structure and checksums
-    except ImageInputError:
-        raise
-    except Exception as err:  # Pillow raises many types for damaged files
-        raise ImageInputError(f"{name}: not a decodable image in an allowed format ({type(err).__name__}: "
-                              f"{str(err)[:80]})") from None
+    with _opened(path, name, max_pixels, formats) as pil:
+        _check_mode(pil, name)
+        pil.verify()  # structure and checksums
 
 
 def _check_mode(pil: Image.Image, name: str) -> None:
@@ -134,7 +128,8 @@ def not_a_file(path) -> str | None:
     """None when `path` names a regular file (links followed), else why not, judged by stat alone: the file is never
     opened (a FIFO would block a read forever, /dev/zero would be read until memory runs out). Why: "No such file or
     directory", "a FIFO, not a regular file", … or the OS's reason (a name too long, a link loop, a NUL byte), which
-    Path.is_file raises on Python 3.11 and swallows on later ones — so the answer is the same on every Python."""
+    Path.is_file raises up to Python 3.13 (it swallows only ENOENT, ENOTDIR, EBADF, ELOOP) — so the answer is the
+    same on every Python."""
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
@@ -148,15 +143,11 @@ def regular_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
     is refused by name before any file is opened."""
     files, odd = [], []
     for path in sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in suffixes):
-        try:
-            mode = path.stat().st_mode  # follows symlinks; never opens
-        except OSError as err:
-            odd.append(f"{path} ({err.strerror or type(err).__name__})")
-            continue
-        if stat.S_ISREG(mode):
-            files.append(path)
+        why = not_a_file(path)  # follows symlinks; never opens
+        if why:
+            odd.append(f"{path} ({why})")
         else:
-            odd.append(f"{path} ({_kind(mode)}, not a regular file)")
+            files.append(path)
     if odd:
         raise ImageInputError(f"{directory}: {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named like an image "
                               f"but not a readable regular file: {'; '.join(odd[:10])}; remove or rename them")
@@ -178,22 +169,30 @@ def _check_pixels(pil: Image.Image, name: str, max_pixels: int) -> None:
 
 
 def _decode(source, name: str, max_pixels: int, formats: tuple[str, ...]) -> Image.Image:
+    with _opened(source, name, max_pixels, formats) as pil:
+        pil.load()
+        return pil.copy()  # copy() keeps .info (EXIF, transparency key)
+
+
+@contextlib.contextmanager
+def _opened(source, name: str, max_pixels: int, formats: tuple[str, ...]) -> Iterator[Image.Image]:
+    """Image.open(source) limited to `formats`, its header checked against max_pixels before any pixel is decoded;
+    every Pillow failure inside the block (open, load, verify) becomes one ImageInputError naming `name`."""
     try:
         with warnings.catch_warnings():
-            # max_pixels decides (checked below from the header); Pillow's warning would only be printed
+            # max_pixels decides (checked from the header); Pillow's warning would only be printed
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source, formats=list(formats)) as pil:
-                _check_pixels(pil, name, max_pixels)  # from the header, before any pixel is decoded
-                pil.load()
-                return pil.copy()  # copy() keeps .info (EXIF, transparency key)
-    except ImageInputError:  # above max_pixels: already says so
+                _check_pixels(pil, name, max_pixels)
+                yield pil
+    except ImageInputError:  # above max_pixels, a high-bit mode: already says so
         raise
     except Image.DecompressionBombError as err:  # above Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS)
         raise ImageInputError(f"{name}: refused as a possible decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
         raise ImageInputError(f"{name}: not a decodable image in an allowed format ({', '.join(formats)}); corrupt, "
                               "truncated, or another format?") from err
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:  # what Pillow's plugins raise
         raise ImageInputError(f"{name}: not a decodable image (corrupt or truncated?): {err}") from err
 
 

@@ -6,7 +6,10 @@ per pair), bt_runtime.tasks and bt_runtime.retrieval.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import numpy as np
 
 from .backends.base import options_for
 from .errors import BtRuntimeError
@@ -35,12 +38,12 @@ class BridgeTowerRuntime(Tasks, Retrieval, Features):
         options come as `options=` or as keywords, never both; an option the chosen backend would ignore is
         refused. Every file read is checked against the manifest's sha256 (verify_checksums=False opts out);
         images above max_pixels are refused. Use as a context manager, or call close(), to release the sessions."""
-        if not isinstance(export_dir, (str, Path, Manifest)):
-            raise BtRuntimeError(f"export_dir must be a path (str or pathlib.Path) or a Manifest, got "
+        if not isinstance(export_dir, (str, os.PathLike, Manifest)) or isinstance(export_dir, bytes):
+            raise BtRuntimeError(f"export_dir must be a path (str or os.PathLike) or a Manifest, got "
                                  f"{type(export_dir).__name__}")
         for name, value, wanted in (("precision", precision, str), ("backend", backend, str),
-                                    ("verify_checksums", verify_checksums, bool),
-                                    ("exif_transpose", exif_transpose, (bool, type(None)))):
+                                    ("verify_checksums", verify_checksums, (bool, np.bool_)),
+                                    ("exif_transpose", exif_transpose, (bool, np.bool_, type(None)))):
             if not isinstance(value, wanted):
                 raise BtRuntimeError(f"{name} must be {'a string' if wanted is str else 'True or False'}"
                                      f"{' or None' if name == 'exif_transpose' else ''}, got {value!r}")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bt_runtime.errors import BtRuntimeError
+from bt_runtime.features import check_positive
 from bt_runtime.integrity import sha256_file
 from bt_runtime.manifest import Manifest, TensorInfo, read_manifest
 from bt_runtime.outputs import check_output_path, swap_into_place
@@ -223,10 +224,8 @@ def write(export_dir: str | Path, output: str | Path, precision: str = "fp32", m
     """Write the repository atomically (a temp directory beside `output`, renamed into place); the model names."""
     if kind not in ("KIND_CPU", "KIND_GPU"):
         raise BtRuntimeError(f"kind {kind!r}; valid: KIND_CPU, KIND_GPU")
-    for value, name, least in ((max_batch, "max_batch", 1), (instances, "instances", 1),
-                               (queue_delay_us, "queue_delay_us", 0)):  # Triton's field is unsigned
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise BtRuntimeError(f"{name} must be an integer ≥ {least}, got {value!r}")
+    max_batch, instances = check_positive(max_batch, "max_batch"), check_positive(instances, "instances")
+    queue_delay_us = check_positive(queue_delay_us, "queue_delay_us", minimum=0)  # Triton's field is unsigned
     manifest = read_manifest(export_dir)
     if precision not in manifest.variants:
         raise BtRuntimeError(f"precision {precision!r} is not in this export; valid: {list(manifest.precisions)}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -285,17 +285,16 @@ def mmap_flags(faiss, factory: str) -> int:
     return faiss.IO_FLAG_MMAP
 
 
+MANIFEST_TYPES = {"format": (str,), "towers_sha256": (dict,), "precision": (str,), "count": (int,), "dim": (int,),
+                  "factory": (str,), "metric": (str,), "nprobe": (int,), "recall_at_10": (int, float),
+                  "recall_queries": (int,), "build_seconds": (int, float), "memory_budget_bytes": (int,),
+                  "k_factor": (int,)}
+
+
 def check_manifest(data) -> IndexManifest:
     """faiss.json's fields as `build` writes them, or ValueError saying which one is not: each of the type its
     IndexManifest field declares (an int never a bool or a float), counts and breadths in range, before any is used."""
-    if not isinstance(data, dict):
-        raise ValueError(f"a JSON {type(data).__name__}, expected an object")
-    manifest = IndexManifest(**data)  # TypeError: a field missing or unknown
-    kinds = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
-    for field in fields(IndexManifest):
-        value = getattr(manifest, field.name)
-        if isinstance(value, bool) or not isinstance(value, kinds[field.type]):
-            raise ValueError(f"{field.name} is {value!r}; expected {field.type}")
+    manifest = shards.typed(IndexManifest, data, MANIFEST_TYPES)
     if manifest.format != FORMAT:
         raise ValueError(f"format {manifest.format!r}, expected {FORMAT!r}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.towers_sha256.items()):
@@ -329,7 +328,7 @@ def open_index(directory: Path, towers_sha256: dict, precision: str, dim: int | 
     path = directory / MANIFEST_FILE
     why = not_regular(str(path))
     if why:
-        raise BtRuntimeError(f"--index {directory}: {MANIFEST_FILE} {why}; not an index directory (build one with "
+        raise BtRuntimeError(f"--index {directory}: {MANIFEST_FILE}: {why}; not an index directory (build one with "
                              "`bt-run index ... --output DIR`)")
     try:
         manifest = check_manifest(json.loads(path.read_text()))

@@ -52,10 +52,14 @@ def from_arguments(images: list[str] | None, list_file: str | None, parquet: str
 
 
 def _image_files(spec: str) -> list[str]:
-    if os.path.isdir(spec):  # never raises (Path.is_dir does on a name too long, on Python 3.11)
+    if os.path.isdir(spec):  # never raises (Path.is_dir does on a name too long, up to Python 3.13)
         files = [str(p) for p in regular_files(Path(spec), IMAGE_SUFFIXES)]
     elif any(c in spec for c in "*?["):
-        files = [p for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        files = [p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p)]  # "**" also matches folders
+        odd = [f"{p} ({why})" for p in files if (why := not_a_file(p))]
+        if odd:  # as for a directory: refused by name, never opened (a FIFO would block the job)
+            raise BtRuntimeError(f"--images {spec}: {len(odd)} match(es) not a readable regular file: "
+                                 f"{'; '.join(odd[:10])}; remove them or narrow the pattern")
     elif not (why := not_a_file(spec)):
         files = [spec]
     else:
@@ -120,7 +124,7 @@ def _check_regular(option: str, spec: str, path: str) -> None:
     """Refuse a list or Parquet file that is not a regular file before it is read (a FIFO would hang the job)."""
     why = not_regular(path)
     if why:
-        raise BtRuntimeError(f"{option} {spec}: {path} {why}; expected a regular file")
+        raise BtRuntimeError(f"{option} {spec}: {path}: {why}; expected a regular file")
 
 
 def read_bytes(sources: list[str]) -> list[bytes | str]:
@@ -152,7 +156,7 @@ def read_bytes(sources: list[str]) -> list[bytes | str]:
             why = f"cannot be read ({type(err).__name__}: {str(err)[:80]})"
         for k, row in wanted:
             if why or row >= len(values):
-                out[k] = f"{sources[k]}: {path} {why or f'has {len(values)} rows now'}"
+                out[k] = f"{sources[k]}: {path}: {why or f'now has {len(values)} row(s)'}"
                 continue
             value = values[row].as_py()
             out[k] = value if value else f"{sources[k]}: empty image bytes"

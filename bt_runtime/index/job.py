@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BtRuntimeError
+from ..features import check_positive
 from . import faiss_index, shards
 from .inputs import Inputs
 
@@ -16,12 +17,8 @@ def index_images(runtime, export_dir: Path, inputs: Inputs, output: Path, *, bat
                  log=None) -> dict:
     """Embed `inputs` into shards under `output` (resuming a previous run of the same job), then index them.
     ray: a ray_job.RayOptions to run on Ray, None for in-process. Returns a summary."""
-    for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
-        if not isinstance(value, int) or value < 1:
-            raise BtRuntimeError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(memory_bytes, int) or memory_bytes < 1:  # here, not after every image is embedded
-        raise BtRuntimeError(f"--index-memory-gib must be above 0 (the FAISS codes' budget), got "
-                             f"{memory_bytes / 2**30 if isinstance(memory_bytes, int) else memory_bytes!r} GiB")
+    for name, value in (("--batch-size", batch_size), ("--shard-size", shard_size), ("memory_bytes", memory_bytes)):
+        check_positive(value, name)  # memory_bytes here, not after every image is embedded
     if "itc" not in runtime.heads:
         raise BtRuntimeError(f"{export_dir}: this export has no ITC heads (contrastive embeddings); an index needs "
                              "them (export a contrastive checkpoint such as bridgetower-large-itm-mlm-itc)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,17 +105,39 @@ def written_files(directory: Path, job: Job) -> list[Path]:
     from .faiss_index import INDEX_FILE, MANIFEST_FILE, ROWS_FILE  # faiss_index imports this module
 
     names = [directory / name for name in (MANIFEST_FILE, INDEX_FILE, ROWS_FILE)]
-    return [p for p in names + [shard_path(directory, k) for k in range(job.shards)] if p.is_file()]
+    shards = sorted(p for p in directory.iterdir()  # the entries there, not one name per shard job.json claims
+                    if (m := re.fullmatch(r"shard-(\d{6,})\.parquet", p.name)) and int(m[1]) < job.shards
+                    and p == shard_path(directory, int(m[1])))
+    return [p for p in names if p.is_file()] + [p for p in shards if p.is_file()]
+
+
+def typed(cls, data, types: dict[str, tuple[type, ...]]):
+    """`cls(**data)` from a JSON object whose fields have the Python types `types` gives (a bool is never taken for
+    a number), or ValueError naming the field; TypeError for a field missing or unknown. For the files this package
+    writes (job.json, faiss.json), read back before any field is used."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, expected an object")
+    value = cls(**data)
+    for name, kinds in types.items():
+        field = getattr(value, name)
+        if isinstance(field, bool) or not isinstance(field, kinds):
+            raise ValueError(f"{name} is {field!r}; expected {' or '.join(k.__name__ for k in kinds)}")
+    return value
+
+
+JOB_TYPES = {"format": (str,), "inputs": (str,), "inputs_sha256": (str,), "count": (int,), "shard_size": (int,),
+             "precision": (str,), "towers_sha256": (dict,), "embedding_size": (int,)}
 
 
 def read_job(directory: Path) -> Job:
     path = Path(directory) / JOB_FILE
     try:
-        fields = json.loads(path.read_text())
-        job = Job(**fields)
+        job = typed(Job, json.loads(path.read_text()), JOB_TYPES)
+        if job.count < 0 or job.shard_size < 1 or job.embedding_size < 1:
+            raise ValueError(f"count {job.count}, shard_size {job.shard_size}, embedding_size {job.embedding_size}")
     except (OSError, ValueError, TypeError) as err:
-        raise BtRuntimeError(f"{directory}: no readable {JOB_FILE} ({type(err).__name__}); not a directory written "
-                             "by `bt-run index`") from None
+        raise BtRuntimeError(f"{directory}: no readable {JOB_FILE} ({type(err).__name__}: {str(err)[:120]}); not a "
+                             "directory written by `bt-run index`") from None
     if job.format != JOB_FORMAT:
         raise BtRuntimeError(f"{path}: format {job.format!r}, expected {JOB_FORMAT!r}")
     return job
@@ -159,26 +182,28 @@ def embeddings_of(table) -> tuple[np.ndarray, np.ndarray]:
     return good, column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(good), size)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it portably (bt_export.staging reads it the same way)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[str]:
-    """A staging file beside `path` to write; on success it is synced, given the permissions the umask gives a new
-    file, and renamed over `path`; on any failure removed, so `path` is always whole or absent."""
-    descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
+    """A staging file beside `path` to write; on success it is synced and renamed over `path`, on any failure
+    removed, so `path` is always whole or absent. Created with mode 0o666 for the kernel to apply the umask, as to
+    any new file (mkstemp's 0600 would differ from faiss.index's, and reading the umask means setting it, which
+    races with other threads)."""
+    for _ in range(100):
+        staged = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise BtRuntimeError(f"{path.parent}: could not create a staging file beside {path.name}")
     try:
-        yield staged
-        os.chmod(staged, 0o666 & ~_umask())  # mkstemp makes 0600; faiss.index, written directly, follows the umask
+        yield str(staged)
         with open(staged, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(staged, path)
     except BaseException:
-        Path(staged).unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         raise
 
 

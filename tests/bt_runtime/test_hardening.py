@@ -164,9 +164,12 @@ def test_top_k_must_be_an_integer_not_a_bool(runtime, top_k):
     ("batch_size", 0, "a positive integer"), ("batch_size", -1, "a positive integer"),
     ("batch_size", None, "a positive integer"), ("top_k", True, "a positive integer"),
     ("rerank", True, "an integer ≥ 0"), ("rerank", -1, "an integer ≥ 0"), ("rerank", 2.0, "an integer ≥ 0")])
-def test_retrieve_checks_its_counts_before_any_work(runtime, option, value, wanted):
-    with pytest.raises(BtRuntimeError, match=f"^{option} must be {wanted}, got {value!r}$"):
-        runtime.retrieve("a cat", [np.zeros((8, 8, 3), np.uint8)] * 3, **{option: value})
+def test_retrieve_checks_its_counts_before_any_work(runtime, option, value, wanted, monkeypatch):
+    monkeypatch.setattr(runtime, "encode_texts", lambda *a, **k: pytest.fail("the query was embedded first"))
+    for index in (None, "an-index-dir"):  # both paths: streamed and from a `bt-run index` directory
+        with pytest.raises(BtRuntimeError, match=f"^{option} must be {wanted}, got {value!r}$"):
+            runtime.retrieve("a cat", None if index else [np.zeros((8, 8, 3), np.uint8)] * 3, index=index,
+                             **{option: value})
 
 
 def test_numpy_integers_are_counts_too(runtime):

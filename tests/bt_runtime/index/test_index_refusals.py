@@ -88,12 +88,12 @@ def test_a_parquet_source_changed_since_indexing_is_its_rows_error(tmp_path):
     sources = from_arguments(None, None, f"{path}:png").sources
     assert read_bytes(sources) == [b"one", b"two"]
     pq.write_table(pa.table({"png": [b"one"]}), path)  # a row fewer
-    assert read_bytes(sources) == [b"one", f"{sources[1]}: {path.absolute()} has 1 rows now"]
+    assert read_bytes(sources) == [b"one", f"{sources[1]}: {path.absolute()}: now has 1 row(s)"]
     pq.write_table(pa.table({"jpg": [b"one"]}), path)  # the column renamed
     errors = read_bytes(sources)
-    assert all(e.startswith(f"{s}: {path.absolute()} cannot be read (") for s, e in zip(sources, errors, strict=True))
+    assert all(e.startswith(f"{s}: {path.absolute()}: cannot be read (") for s, e in zip(sources, errors, strict=True))
     path.unlink()
-    gone = f"{path.absolute()} cannot be read (No such file or directory)"
+    gone = f"{path.absolute()}: cannot be read (No such file or directory)"
     assert read_bytes(sources) == [f"{s}: {gone}" for s in sources]
 
 
@@ -108,9 +108,9 @@ def test_an_index_job_over_a_list_with_a_fifo_finishes(runtime, tiny_export, gal
 
 
 def test_a_list_or_parquet_file_that_is_a_fifo_is_refused(fifo):
-    with pytest.raises(BtRuntimeError, match=re.escape(f"--list {fifo}: {fifo} a FIFO, not a regular file")):
+    with pytest.raises(BtRuntimeError, match=re.escape(f"--list {fifo}: {fifo}: a FIFO, not a regular file")):
         from_arguments(None, str(fifo), None)
-    with pytest.raises(BtRuntimeError, match=re.escape(f"--parquet {fifo}:png: {fifo} a FIFO, not a regular file")):
+    with pytest.raises(BtRuntimeError, match=re.escape(f"--parquet {fifo}:png: {fifo}: a FIFO, not a regular file")):
         from_arguments(None, None, f"{fifo}:png")
 
 
@@ -167,10 +167,13 @@ def test_a_directory_the_filesystem_refuses_is_one_line(runtime, tiny_export, ga
              "--output '?/proc/bt-index-test'?(: cannot write \\(No such file|: '/proc' is not writable)", monkeypatch)
 
 
-def test_cli_refuses_a_symlinked_output_directory_in_one_line(tiny_export, gallery, tmp_path):
+def test_cli_refuses_a_symlinked_output_directory_in_one_line(tiny_export, gallery, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
+    import bt_runtime.cli as cli
     from bt_runtime.cli import app
+
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: pytest.fail("the model was loaded before -o was checked"))
 
     (tmp_path / "target").mkdir()
     (tmp_path / "linked").symlink_to(tmp_path / "target")
@@ -224,6 +227,8 @@ def _edit_manifest(**fields):
                                                           "faiss-rows.arrow 40 rows, where faiss.json says 41 of 8"),
     (faiss_index.MANIFEST_FILE, _edit_manifest(dim=9), "faiss.index holds 40 vectors of 8 .* says 40 of 9"),
     (faiss_index.MANIFEST_FILE, lambda p: p.write_text("[1]"), "faiss.json is not an index manifest .*a JSON list"),
+    (faiss_index.MANIFEST_FILE, lambda p: p.unlink(), r"faiss.json: cannot be read \(No such file or directory\); "
+                                                      "not an index directory"),
 ])
 def test_a_damaged_index_directory_is_refused_in_one_line(small_index, tmp_path, name, damage, match):
     damaged = _damage(small_index, tmp_path, name, damage)
@@ -264,8 +269,33 @@ def test_a_fifo_given_by_name_and_a_zero_budget_are_refused_before_any_work(runt
     with pytest.raises(BtRuntimeError, match=re.escape(f"--images {fifo}: not a directory, an image file or a glob "
                                                        "match (a FIFO, not a regular file)")):
         from_arguments([str(fifo)], None, None)
-    for budget in (0, -2**30):
-        with pytest.raises(BtRuntimeError, match="--index-memory-gib must be above 0"):
+    with pytest.raises(BtRuntimeError, match=re.escape(f"1 match(es) not a readable regular file: {fifo} (a FIFO")):
+        from_arguments([str(fifo.parent / "*.png")], None, None)  # a glob match is refused by name too
+    for budget in (0, -2**30, 1.5e9):
+        with pytest.raises(BtRuntimeError, match=f"memory_bytes must be a positive integer, got {budget!r}"):
             index_images(runtime, tiny_export, from_arguments([str(gallery)], None, None), tmp_path / "out",
                          memory_bytes=budget)
+    from typer.testing import CliRunner
+
+    from bt_runtime.cli import app
+
+    for gib in ("inf", "nan", "0", "1e-12"):
+        result = CliRunner().invoke(app, ["index", str(tiny_export), "--images", str(gallery), "-o",
+                                          str(tmp_path / "out"), "--index-memory-gib", gib])
+        assert result.exit_code == 2 and "expected a finite size above 0 (GiB)" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hand_edited_job_file_is_one_line_and_overwrite_still_deletes_only_what_it_wrote(small_index, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(small_index, copy)
+    job = json.loads((copy / shards.JOB_FILE).read_text())
+    (copy / shards.JOB_FILE).write_text(json.dumps({**job, "count": "40"}))
+    with pytest.raises(BtRuntimeError, match=r"no readable job.json \(ValueError: count is '40'; expected int\)"):
+        shards.read_job(copy)
+    (copy / shards.JOB_FILE).write_text(json.dumps({**job, "count": 10**15}))  # 10^12 shards: never enumerated
+    (copy / "shard-0000001.parquet").write_text("the user's")  # shard 1 is shard-000001: not a name it writes
+    removed = shards.written_files(copy, shards.read_job(copy))
+    assert sorted(p.name for p in removed) == sorted(["faiss.json", "faiss.index", "faiss-rows.arrow",
+                                                      "shard-000000.parquet", "shard-000001.parquet",
+                                                      "shard-000002.parquet"])
