@@ -65,7 +65,10 @@ def run_benchmark(export_dir: Path, scenario_names: list[str] | None = None, bac
         except BackendUnavailable as err:
             skipped.append(str(err))
             log(f"skipped {err}")
-    runtime = next(b.runtime for b in backends if hasattr(b, "runtime"))
+    runtime = next((b.runtime for b in backends if hasattr(b, "runtime")), None)
+    if runtime is None:  # every backend asked for was skipped: nothing to measure against eager
+        raise ValueError(f"no backend of this export could be made ({'; '.join(skipped)}); valid backends: "
+                         "onnxruntime:<precision>, onnxruntime-naive[:int8], tensorrt:<precision>")
     gallery = load_images(images)
     log("measuring this machine's matmul rate")
     context = {

@@ -92,6 +92,17 @@ def bench(
         if queries > gallery or rerank > gallery:
             _refuse(f"need --queries ≤ --gallery and --rerank ≤ --gallery, got {queries}, {rerank}, {gallery}")
     gallery = 8 if gallery is None else gallery
+    if threads is not None and threads < 1:
+        _refuse(f"--threads must be ≥ 1, got {threads}")
+    for name, path in (("--json", json_path), ("--markdown", markdown_path), ("--plot", plot_path)):
+        if path is not None and path.is_dir():  # before minutes of measuring, not after
+            _refuse(f"{name} {path} is a directory; give a file path")
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        _refuse(f"--batch-sizes {batch_sizes!r}: expected a comma list of positive integers, e.g. 1,8,32")
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
@@ -111,7 +122,7 @@ def bench(
         console.print(f"[red]error:[/red] need --top-k ≤ --rerank ≤ --gallery, got {top_k}, {rerank}, {gallery}")
         raise typer.Exit(2)
     settings = Settings(text_length=text_length, num_texts=num_texts, gallery=gallery, runs=runs, warmup=warmup,
-                        batch_sizes=tuple(int(b) for b in batch_sizes.split(",")), top_k=top_k, rerank=rerank,
+                        batch_sizes=sizes, top_k=top_k, rerank=rerank,
                         brute_force_sample=brute_force_sample, settle_s=settle_ms / 1000)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:

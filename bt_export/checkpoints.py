@@ -43,6 +43,10 @@ class LoadedCheckpoint:
 def load_checkpoint(checkpoint: str, *, random_init: bool = False, tokenizer: str | Path | None = None,
                     revision: str | None = None) -> LoadedCheckpoint:
     """Load `checkpoint` with every head its weights hold. `random_init`: official architecture, random weights."""
+    offline = checkpoint in ("tiny", "shapes") or random_init or Path(checkpoint).expanduser().is_dir()
+    if revision is not None and offline:  # it was silently ignored
+        raise CheckpointError(f"--revision {revision!r} picks a commit of a hub checkpoint; {checkpoint!r}"
+                              f"{' with --random-init' if random_init else ''} has none (drop --revision)")
     if checkpoint == "tiny":
         return _random_checkpoint("tiny", TINY_CONFIG, TINY_HEADS, tokenizer or TINY_TOKENIZER_DIR, seed=TINY_SEED)
     if checkpoint == "shapes":
@@ -173,6 +177,11 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     except Exception as err:
         raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: "
                               f"{err}") from err
+    vocab = _tokenizer_vocab_size(Path(tokenizer) if tokenizer else directory)
+    if vocab > config.text_config.vocab_size:  # a token id past the embedding table fails deep in eager, as an
+        where = f"--tokenizer {str(tokenizer)!r}" if tokenizer else f"--checkpoint {str(directory)!r}: its tokenizer"
+        raise CheckpointError(f"{where} has {vocab} tokens, more than the model's text vocab_size "  # IndexError
+                              f"{config.text_config.vocab_size}: they do not belong together")
     heads = heads_in_keys(_tensor_names(directory))
     check_supported(config, heads)
     model_cls = with_heads_class(heads)

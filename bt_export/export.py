@@ -18,7 +18,7 @@ from .checkpoints import copy_tokenizer, load_checkpoint
 from .errors import BtExportError, ParityError, VariantsRejected
 from .fused import ATTENTION_MODES, count_attention
 from .manifest import build_manifest, graph_file_entry
-from .onnx_export import DEFAULT_OPSET, example_inputs, export_graph
+from .onnx_export import DEFAULT_OPSET, MIN_OPSET, example_inputs, export_graph
 from .parity import ParityRow, check_parity, check_runtime_loads, check_task_parity, eager_references
 from .precision import INT8_EXCLUDED, PRECISIONS, variant_details, variant_file, write_variant
 from .samples import DEFAULT_TEXTS, hf_processor, load_images, make_samples, shapes_calibration
@@ -92,6 +92,11 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
     started = time.perf_counter()
     output = Path(output)
     precisions = _check_choices(attention, tuple(precisions))
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= DEFAULT_OPSET:
+        # torch.onnx writes below 18 as 18 and falls back to 18 where it cannot convert up (an opset 99 request
+        # failed deep in the export): only the range this exporter writes as asked
+        raise BtExportError(f"--opset {opset!r}; valid: {MIN_OPSET} to {DEFAULT_OPSET} ({DEFAULT_OPSET}, the default, "
+                            f"for fused attention; {MIN_OPSET} with --attention none is the portable recipe)")
     if attention != "none" and opset < 23:
         raise BtExportError(f"--attention {attention} needs --opset ≥ 23 (ONNX Attention), got {opset}")
     if int8_search and "int8" not in precisions:

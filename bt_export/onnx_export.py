@@ -20,6 +20,7 @@ from .specs import BATCH, IMAGE_BATCH, POOLED_GRAPH, SEQ, GraphSpec
 from .towers import CrossModalStack, TextTower, VisionTower
 
 DEFAULT_OPSET = 23  # first opset with the standard Attention operator, used by the fused variants
+MIN_OPSET = 17  # `--attention none --opset 17`, the portable recipe (torch.onnx writes it as 18)
 # Every graph keeps its weights in `<file>.data` beside it. ONNX Runtime maps that file instead of copying weights
 # out of a parsed protobuf: measured on the base text tower (499 MB of weights), peak RSS of a session after one run
 # 754 MB inline → 397 MB external; with prepacking off the weights stay file pages (shared between processes, and

@@ -51,35 +51,33 @@ def synthetic_images(count: int, seed: int = 0) -> list:
 
 
 def load_images(paths: list[Path]) -> tuple[list, list[str]]:
-    from PIL import Image
+    """--parity-images: every file decoded by bt_runtime's own loader, so an image the runtime would refuse
+    (16-bit, above its pixel limit, another format) is refused here, before any eager work, not at the last step."""
+    import os
 
     from bt_runtime.errors import BtRuntimeError
-    from bt_runtime.images import regular_files
+    from bt_runtime.images import not_a_file, open_image, regular_files
 
     files = []
     for path in paths:
         path = Path(path)
-        if path.is_dir():
+        if os.path.isdir(path):
             try:  # a FIFO named *.png would block Image.open forever: only regular files are listed
                 files += regular_files(path, IMAGE_SUFFIXES)
             except BtRuntimeError as err:
                 raise BtExportError(f"--parity-images {err}") from None
-        elif path.is_file():
-            files.append(path)
+        elif why := not_a_file(path):
+            raise BtExportError(f"--parity-images {str(path)!r}: {why} (give image files or a directory of them)")
         else:
-            raise BtExportError(f"--parity-images {str(path)!r} does not exist (give image files or a directory "
-                                "of them)")
+            files.append(path)
     if not files:
         raise BtExportError(f"--parity-images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
     images = []
     for file in files:
         try:
-            with Image.open(file) as image:
-                image.load()
-                images.append(image.copy())
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise BtExportError(f"--parity-images: {str(file)!r} is not a decodable image (corrupt or truncated?): "
-                                f"{err}") from err
+            images.append(open_image(file, repr(str(file))))
+        except BtRuntimeError as err:
+            raise BtExportError(f"--parity-images: {err}") from None
     return images, [f.name for f in files]
 
 

@@ -156,6 +156,26 @@ def test_cli_rejects_unknown_scenario(tiny_export):
         assert result.exit_code == 2 and says in result.output, result.output
 
 
+def test_cli_option_errors_are_one_line_before_measuring(tiny_export, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from benchmarks import bench
+    from benchmarks.cli import app
+
+    real = bench.run_benchmark
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("measured before refusing"))
+    (tmp_path / "out").mkdir()
+    for args, says in ((["--batch-sizes", "0,x"], "--batch-sizes '0,x': expected a comma list of positive integers"),
+                       (["--batch-sizes", "8,0"], "--batch-sizes '8,0'"),
+                       (["--threads", "-2"], "--threads must be ≥ 1"),
+                       (["--json", str(tmp_path / "out")], "is a directory; give a file path")):
+        result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "pair", *args])
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+    monkeypatch.setattr(bench, "run_benchmark", real)
+    result = CliRunner().invoke(app, [str(tiny_export), "--scenario", "pair", "--backend", "foo"])
+    assert result.exit_code == 2 and "no backend of this export could be made (foo: unknown backend" in result.output
+
+
 def test_plot_without_matplotlib_fails_before_measuring(tiny_export, tmp_path, monkeypatch):
     import importlib.util
 

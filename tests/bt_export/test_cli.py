@@ -55,3 +55,22 @@ def test_a_bad_int8_exclude_pattern_is_refused_before_any_work(tmp_path, monkeyp
     output = _run(["-c", "tiny", "--precision", "fp32,int8", "--int8-exclude", "^text_tower/", "--int8-exclude", "(["],
                   tmp_path / "out")
     assert "--int8-exclude '([': not a regular expression" in output
+
+
+def test_a_parity_image_the_runtime_would_refuse_is_refused_before_any_work(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import bt_export.export as export
+
+    image = tmp_path / "deep.png"
+    Image.fromarray(np.full((20, 30), 40_000, np.uint16)).save(image)
+    monkeypatch.setattr(export, "load_checkpoint", lambda *a, **k: pytest.fail("loaded before the check"))
+    assert "deep.png': image mode 'I;16'" in _run(["-c", "tiny", "--parity-images", str(image)], tmp_path / "out")
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused_at_load(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "small-vocab", BridgeTowerForImageAndTextRetrieval,
+                                 small_config(vocab_size=100))  # the tiny tokenizer has 515 tokens
+    output = " ".join(_run(["-c", str(checkpoint)], tmp_path / "out").split())  # rich wraps long lines
+    assert "its tokenizer has 515 tokens, more than the model's text vocab_size 100" in output

@@ -184,10 +184,12 @@ def test_cli_tiny_prints_the_parity_table(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint", "bridgetower-huge"], "neither a known alias"),
     (["--checkpoint", "base", "--random-init", "--tokenizer", "/nonexistent"], "--tokenizer"),
-    (["--parity-images", "/nonexistent.png"], "does not exist"),
+    (["--parity-images", "/nonexistent.png"], "'/nonexistent.png': No such file or directory"),
     (["--attention", "flash"], "valid: none, onnx, ort"),
+    (["--opset", "99"], "--opset 99; valid: 17 to 23"), (["--opset", "0", "--attention", "none"], "--opset 0; valid"),
     (["--precision", "fp32,int4"], "valid: a comma list of fp32, fp16, int8"),
     (["--opset", "20"], "needs --opset ≥ 23"),
+    (["--checkpoint", "tiny", "--revision", "v1"], "--revision 'v1' picks a commit of a hub checkpoint"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "t")])
