@@ -53,23 +53,16 @@ def synthetic_images(count: int, seed: int = 0) -> list:
 def load_images(paths: list[Path]) -> tuple[list, list[str]]:
     """--parity-images: every file decoded by bt_runtime's own loader, so an image the runtime would refuse
     (16-bit, above its pixel limit, another format) is refused here, before any eager work, not at the last step."""
-    import os
-
     from bt_runtime.errors import BtRuntimeError
-    from bt_runtime.images import not_a_file, open_image, regular_files
+    from bt_runtime.images import image_files, open_image
 
-    files = []
-    for path in paths:
-        path = Path(path)
-        if os.path.isdir(path):
-            try:  # a FIFO named *.png would block Image.open forever: only regular files are listed
-                files += regular_files(path, IMAGE_SUFFIXES)
-            except BtRuntimeError as err:
-                raise BtExportError(f"--parity-images {err}") from None
-        elif why := not_a_file(path):
-            raise BtExportError(f"--parity-images {str(path)!r}: {why} (give image files or a directory of them)")
-        else:
-            files.append(path)
+    try:  # a FIFO named *.png would block Image.open forever: only regular files are listed
+        files, bad = image_files(paths, IMAGE_SUFFIXES)
+    except BtRuntimeError as err:
+        raise BtExportError(f"--parity-images {err}") from None
+    if bad:
+        path, why = bad[0]
+        raise BtExportError(f"--parity-images {str(path)!r}: {why} (give image files or a directory of them)")
     if not files:
         raise BtExportError(f"--parity-images {[str(p) for p in paths]} hold no image ({', '.join(IMAGE_SUFFIXES)})")
     images = []

@@ -43,19 +43,11 @@ def _gallery(paths: list[Path], runtime) -> list[Path]:
     """Image files of --images, each checked before any model work with the runtime's own limits (pixels from the
     header, modes, formats, structure): one unusable file fails the command first, naming every bad file, instead
     of after the rest of the gallery went through the vision tower."""
-    import os
-
     from .errors import ImageInputError
-    from .images import check_image_file, not_a_file, regular_files
+    from .images import check_image_file, image_files
 
-    files, bad = [], []
-    for path in paths:
-        if os.path.isdir(path):  # never raises (a name too long is "not a directory")
-            files += regular_files(path, IMAGE_SUFFIXES)  # a FIFO named *.png is refused, never opened
-        elif why := not_a_file(path):
-            bad.append(f"{str(path)[:200]} ({why})")
-        else:
-            files.append(path)
+    files, missing = image_files(paths, IMAGE_SUFFIXES)  # a FIFO named *.png is refused, never opened
+    bad = [f"{str(path)[:200]} ({why})" for path, why in missing]
     preprocessor = runtime.preprocess  # the ImagePreprocessor: its limits are the ones embedding applies
     for file in files:
         try:

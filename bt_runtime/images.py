@@ -137,6 +137,21 @@ def not_a_file(path) -> str | None:
     return None if stat.S_ISREG(mode) else f"{_kind(mode)}, not a regular file"
 
 
+def image_files(paths, suffixes: tuple[str, ...]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files a list of image paths names: each directory's regular files with `suffixes` (`regular_files`:
+    anything else named like an image is refused), each other path as given; and (path, why) for each path that is
+    not a regular file. Judged by stat alone: nothing is opened."""
+    files, bad = [], []
+    for path in map(Path, paths):
+        if os.path.isdir(path):  # never raises (Path.is_dir does on a name too long, up to Python 3.13)
+            files += regular_files(path, suffixes)
+        elif why := not_a_file(path):
+            bad.append((path, why))
+        else:
+            files.append(path)
+    return files, bad
+
+
 def regular_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """The regular files (symlinks to regular files included) in `directory` whose suffix is in `suffixes`, sorted.
     Anything else with such a name — a FIFO (opening it would block forever), a socket, a device, a directory —
