@@ -208,10 +208,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _new_directory_mode(parent: Path) -> int:
+    """The permissions a new directory in `parent` gets (umask, and a default ACL where one applies), read from a
+    probe directory: reading the umask means setting it (os.umask), which races with other threads' file creation."""
+    probe = Path(tempfile.mkdtemp(prefix=".mode-", dir=parent))  # a unique name; its 0700 is changed below
+    try:
+        probe.rmdir()
+        probe.mkdir(0o777)  # the kernel applies the umask to the mode asked for, as for any new directory
+        return probe.stat().st_mode & 0o777
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
 
 
 @contextlib.contextmanager
@@ -226,7 +233,7 @@ def staged_directory(output: Path, overwrite: bool) -> Iterator[Path]:
             (staging / OWNER_FILE).write_text(str(os.getpid()))
             yield staging
             (staging / OWNER_FILE).unlink()
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished export follows the umask
+            os.chmod(staging, _new_directory_mode(staging))  # mkdtemp makes 0700; a finished export follows the umask
             check_output_dir(output, overwrite)  # nothing foreign appeared there while we worked
             swap_into_place(staging, output)
         except BaseException:  # KeyboardInterrupt and SIGTERM included: never leave a half-written export behind

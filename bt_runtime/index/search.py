@@ -34,13 +34,14 @@ def retrieve_from_index(runtime, query: str, directory, top_k: int, rerank: int,
                         index: faiss_index.SearchIndex | None = None):
     from ..retrieval import RetrievalHit, _best
 
+    # The same checks as retrieve() (bt-serve and benchmarks call this directly): numpy integers are counts, a bool
+    # is not (rerank=True is a mistake, not a request for one image)
+    top_k, batch_size = check_positive(top_k, "top_k"), check_positive(batch_size, "batch_size")
+    rerank = check_positive(rerank, "rerank", minimum=0)
     runtime._require("itc", "retrieve with an index")
     if rerank:
         runtime._require("itm", "retrieve")
     check_texts([query], "query")
-    check_positive(top_k, "top_k")
-    if not isinstance(rerank, int) or rerank < 0:
-        raise BtRuntimeError(f"rerank must be an integer ≥ 0, got {rerank!r}")
     index = index or open_for(runtime, directory)
     text = runtime.encode_texts([query], name="query")
     scores, found = index.search(text.embeds, max(rerank, top_k))

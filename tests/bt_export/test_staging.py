@@ -88,6 +88,18 @@ def test_finished_export_follows_the_umask(tmp_path, umask, mode):
     assert (tmp_path / "out").stat().st_mode & 0o777 == mode
 
 
+def test_staging_never_sets_the_umask(tmp_path, monkeypatch):
+    """Reading the umask through os.umask sets it for a moment, and a file another thread creates then gets the
+    wrong mode; the mode is read from a probe directory instead, leaving nothing behind."""
+    import bt_export.staging as staging_module
+
+    monkeypatch.setattr(staging_module.os, "umask", lambda mask: pytest.fail(f"os.umask({mask:o}) called"))
+    with staged_directory(tmp_path / "out", overwrite=False) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def _start_export(out: Path) -> subprocess.Popen:
     code = ("from bt_export.cli import app; import sys; sys.argv = ['bt-export', '-c', 'tiny', '-o', sys.argv[1]]; "
             "app()")

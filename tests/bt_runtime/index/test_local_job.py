@@ -103,6 +103,25 @@ def test_retrieve_over_the_index_equals_brute_force(runtime, built):
         np.testing.assert_allclose([h.score for h in indexed], [h.score for h in brute], rtol=0, atol=1e-5)
 
 
+def test_retrieve_from_index_checks_its_counts_as_retrieve_does(runtime, built, monkeypatch):
+    """bt-serve and benchmarks/scale.py call retrieve_from_index directly: numpy integers are counts (as in
+    retrieve()), a bool or a zero batch is refused before the query is embedded."""
+    from bt_runtime.index.search import retrieve_from_index
+
+    output = built[0]
+    expected = [h.image_id for h in runtime.retrieve("a red circle", top_k=3, rerank=4, index=output)]
+    hits = retrieve_from_index(runtime, "a red circle", output, np.int64(3), np.int32(4), np.int64(16))
+    assert [h.image_id for h in hits] == expected
+    monkeypatch.setattr(runtime, "encode_texts", lambda *a, **k: pytest.fail("embedded before the check"))
+    for top_k, rerank, batch_size, message in ((3, True, 16, "rerank must be an integer ≥ 0, got True"),
+                                               (True, 4, 16, "top_k must be a positive integer, got True"),
+                                               (3, -1, 16, "rerank must be an integer ≥ 0, got -1"),
+                                               (3, 4, 0, "batch_size must be a positive integer, got 0"),
+                                               (3.0, 4, 16, "top_k must be a positive integer, got 3.0")):
+        with pytest.raises(BtRuntimeError, match=message):
+            retrieve_from_index(runtime, "a red circle", output, top_k, rerank, batch_size)
+
+
 def test_an_index_of_another_export_or_precision_is_refused(runtime, built, tmp_path):
     import shutil
 
