@@ -62,6 +62,15 @@ def _recorded_files(data) -> dict[str, set[str]]:
     return recorded
 
 
+def _export_manifest(directory: Path) -> dict | None:
+    """The manifest of the bt export in `directory`; None if there is none."""
+    try:
+        data = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "schema_version" in data and "graphs" in data else None
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -80,11 +89,8 @@ def _foreign_entries(directory: Path) -> list[str] | None:
     """Entries of an existing export directory that bt-export cannot prove it wrote, each with the reason; None:
     not a bt export. Judged by content, never by name: a listed file must be a regular file (not a link, not a
     directory) whose sha256 is one the manifest records; the caches above may hold only what their writer writes."""
-    try:
-        data = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or "schema_version" not in data or "graphs" not in data:
+    data = _export_manifest(directory)
+    if data is None:
         return None
     recorded = _recorded_files(data)
     foreign = []
@@ -146,6 +152,10 @@ def check_output_dir(output: Path, overwrite: bool) -> Path:
                                  f"{foreign[:8]}{'…' if len(foreign) > 8 else ''}; --overwrite would delete "
                                  "them. Move them away, or choose another directory")
     ancestor = _writable_ancestor(output.parent)
+    for parent in (ancestor, *ancestor.parents):
+        if _export_manifest(parent) is not None:  # its --overwrite would then refuse: an entry its manifest lacks
+            raise OutputDirError(f"--output {given!r} is inside the export {str(parent)!r}; choose a directory "
+                                 "outside it (an export holds only the files its manifest lists)")
     if not ancestor.is_dir():
         raise OutputDirError(f"--output {given!r}: {str(ancestor)!r} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -3,6 +3,7 @@ behind for long, the umask is respected, and bad output paths fail before any wo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -86,6 +87,22 @@ def test_finished_export_follows_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == mode
+
+
+def test_an_output_inside_an_export_is_refused(tmp_path):
+    """Writing into an earlier export would leave an entry its manifest does not list (and its --overwrite would
+    then refuse); the export itself is still a valid --output."""
+    export = tmp_path / "exports" / "base"
+    export.mkdir(parents=True)
+    (export / "manifest.json").write_text(json.dumps({"schema_version": 9, "graphs": {}}))
+    for inside in (export / "int8", export / "a" / "b"):
+        with pytest.raises(OutputDirError, match=f"is inside the export {str(export)!r}"):
+            check_output_dir(inside, overwrite=False)
+        assert not (export / "a").exists()
+    assert check_output_dir(export, overwrite=True) == export
+    assert check_output_dir(tmp_path / "exports" / "other", overwrite=False) == tmp_path / "exports" / "other"
+    (export / "manifest.json").write_text("{}")  # a manifest.json that is not an export's does not count
+    assert check_output_dir(export / "int8", overwrite=False) == export / "int8"
 
 
 def test_staging_never_sets_the_umask(tmp_path, monkeypatch):
