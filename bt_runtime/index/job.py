@@ -26,23 +26,24 @@ def index_images(runtime, export_dir: Path, inputs: Inputs, output: Path, *, bat
     job = shards.Job(shards.JOB_FORMAT, f"--{inputs.kind} {inputs.spec}", inputs.fingerprint(), len(inputs.ids),
                      shard_size, precision, shards.towers_sha256(runtime, precision),
                      runtime.manifest.config.contrastive_hidden_size)
-    pending = shards.open_job(output, job, overwrite)
-    if log and len(pending) < job.shards:
-        log(f"resuming: {job.shards - len(pending)} of {job.shards} shards already written")
-    if ray is None:
-        from . import local
+    with shards.job_lock(output):  # held until the index is built: a second job here is refused meanwhile
+        pending = shards.open_job(output, job, overwrite)
+        if log and len(pending) < job.shards:
+            log(f"resuming: {job.shards - len(pending)} of {job.shards} shards already written")
+        if ray is None:
+            from . import local
 
-        embedded = local.run(runtime, inputs, job, output, pending, batch_size, log)
-    else:
-        from . import ray_job
+            embedded = local.run(runtime, inputs, job, output, pending, batch_size, log)
+        else:
+            from . import ray_job
 
-        embedded = ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, device, ray, log)
-    previous = faiss_index.read_manifest(output) if not embedded else None
-    if previous is not None and previous.memory_budget_bytes == memory_bytes:
-        built = previous  # a rerun of a finished job: the index over the same shards is already there
-    else:
-        built = faiss_index.build(output, memory_bytes, log=log)
-    table = shards.read_shards(output, job)
+            embedded = ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, device, ray, log)
+        previous = faiss_index.read_manifest(output) if not embedded else None
+        if previous is not None and previous.memory_budget_bytes == memory_bytes:
+            built = previous  # a rerun of a finished job: the index over the same shards is already there
+        else:
+            built = faiss_index.build(output, memory_bytes, log=log)
+        table = shards.read_shards(output, job)
     errors = [e for e in table.column("error").to_pylist() if e]
     return {"output": str(output), "images": job.count, "embedded_now": embedded, "shards": job.shards,
             "errors": len(errors), "first_errors": errors[:5], "factory": built.factory,

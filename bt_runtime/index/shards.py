@@ -8,6 +8,7 @@ missing shards."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -69,6 +70,31 @@ def check_output_dir(directory: Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise BtRuntimeError(f"--output {str(directory)!r} is not writable")
     return path
+
+
+@contextlib.contextmanager
+def job_lock(directory: Path) -> Iterator[Path]:
+    """Hold `directory` (made if new) for one job: a second job on the same directory, which would delete
+    (--overwrite) or interleave this one's shards, is refused while this one runs. An advisory flock(2) on the
+    directory itself: nothing is written for it, and the kernel releases it when the process ends, SIGKILL included
+    (a lock file would outlive a killed job and need a stale-lock rule)."""
+    directory = check_output_dir(directory)
+    if directory.exists() and not directory.is_dir():
+        raise BtRuntimeError(f"--output {directory} is not a directory; an index is a directory of shards")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:  # /proc/x: the parent said writable, the filesystem disagreed
+        raise BtRuntimeError(f"--output {directory}: cannot write ({err.strerror or type(err).__name__})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BtRuntimeError(f"--output {directory}: another index job is writing to it now; wait for it to "
+                                 "finish, or choose another --output") from None
+        yield directory
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:

@@ -74,6 +74,26 @@ def test_overwrite_replaces_the_jobs_files_only(runtime, tiny_export, gallery, b
     assert shards.read_shards(output).equals(shards.read_shards(built[0]))
 
 
+def test_a_second_job_on_a_directory_in_use_is_refused(runtime, tiny_export, gallery, built, tmp_path):
+    """While a job holds its directory, another (here one whose --overwrite would delete the first one's shards)
+    is refused, touching nothing; once the first is done, the directory is free again. flock(2) locks belong to an
+    open file description, so a second open in this process stands for another process."""
+    import shutil
+
+    directory = tmp_path / "index"
+    shutil.copytree(built[0], directory)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    with shards.job_lock(directory):
+        with pytest.raises(BtRuntimeError, match="another index job is writing to it now"):
+            index_images(runtime, tiny_export, from_arguments([str(gallery)], None, None), directory,
+                         shard_size=32, overwrite=True)
+        assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    summary = index_images(runtime, tiny_export, from_arguments([str(gallery)], None, None), directory,
+                           shard_size=64)
+    assert summary["embedded_now"] == 0 and summary["images"] == built[1]["images"]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(before)
+
+
 def test_list_and_parquet_inputs_name_the_same_images(gallery, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
