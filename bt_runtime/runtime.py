@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.base import options_for
+from .backends.base import check_type, options_for
 from .errors import BtRuntimeError
 from .features import PAIR_BATCH, Features, ImageFeatures, TextFeatures, softmax
 from .images import DEFAULT_MAX_PIXELS, ImagePreprocessor
@@ -41,12 +41,10 @@ class BridgeTowerRuntime(Tasks, Retrieval, Features):
         if not isinstance(export_dir, (str, os.PathLike, Manifest)) or isinstance(export_dir, bytes):
             raise BtRuntimeError(f"export_dir must be a path (str or os.PathLike) or a Manifest, got "
                                  f"{type(export_dir).__name__}")
-        for name, value, wanted in (("precision", precision, str), ("backend", backend, str),
-                                    ("verify_checksums", verify_checksums, (bool, np.bool_)),
-                                    ("exif_transpose", exif_transpose, (bool, np.bool_, type(None)))):
-            if not isinstance(value, wanted):
-                raise BtRuntimeError(f"{name} must be {'a string' if wanted is str else 'True or False'}"
-                                     f"{' or None' if name == 'exif_transpose' else ''}, got {value!r}")
+        check_type("precision", precision, str, "a string")
+        check_type("backend", backend, str, "a string")
+        check_type("verify_checksums", verify_checksums, (bool, np.bool_), "True or False")
+        check_type("exif_transpose", exif_transpose, (bool, np.bool_), "True or False", optional=True)
         options = options_for(backend, options, backend_options)
         manifest = export_dir if isinstance(export_dir, Manifest) else read_manifest(export_dir)
         if backend == "onnxruntime":

@@ -44,14 +44,18 @@ class OnnxRuntimeOptions:
 
 
 def check_types(options, wanted: dict) -> None:
-    """Each field of `options` of the type `wanted` gives: {field: (types, in words, None allowed)}; a bool is not
-    taken for an integer."""
+    """Each field of `options` of the type `wanted` gives: {field: (types, in words, None allowed)}."""
     for name, (types, words, optional) in wanted.items():
-        value = getattr(options, name)
-        if value is None and optional:
-            continue
-        if not isinstance(value, types) or (words == "an integer" and isinstance(value, bool)):
-            raise BackendInputError(f"{name} must be {words}{' or None' if optional else ''}, got {value!r}")
+        check_type(name, getattr(options, name), types, words, optional)
+
+
+def check_type(name: str, value, types, words: str, optional: bool = False) -> None:
+    """`value` is of `types` (None too if `optional`), else an error naming `name` and what is valid in `words`; a
+    bool is not taken for an integer. For options and keyword arguments (counts: features.check_positive)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, types) or (words == "an integer" and isinstance(value, bool)):
+        raise BackendInputError(f"{name} must be {words}{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)
