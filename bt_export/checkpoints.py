@@ -8,6 +8,7 @@ the HF cache for hub ids). Without network a hub id fails in seconds with a mess
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -25,6 +26,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 TOKENIZER_LAYOUTS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+MIN_TEXT_TOKENS = 3  # bt_runtime refuses a tokenizer max_length below 3 (<s>, one token, </s>)
 
 
 @dataclass
@@ -172,6 +174,13 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     from .model import heads_in_keys, with_heads_class
 
     _check_directory(directory, tokenizer)
+    try:  # before from_pretrained, which would first print a warning about it
+        declared = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        declared = None  # from_pretrained says what is wrong with the file
+    if declared not in (None, "bridgetower"):  # AutoConfig/AutoModel would load the directory as that architecture
+        raise UnsupportedConfigError(f"unsupported BridgeTower config: model_type={declared!r} (valid: 'bridgetower'; "
+                                     f"transformers' AutoModel would load this directory as {declared!r})")
     try:
         config = BridgeTowerConfig.from_pretrained(directory)
     except Exception as err:
@@ -183,7 +192,9 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
         raise CheckpointError(f"{where} has {vocab} tokens, more than the model's text vocab_size "  # IndexError
                               f"{config.text_config.vocab_size}: they do not belong together")
     heads = heads_in_keys(_tensor_names(directory))
-    check_supported(config, heads)
+    tokenizer_dir = Path(tokenizer) if tokenizer else directory
+    check_supported(config, heads, _parity_text_tokens(tokenizer_dir))
+    image_processor = image_processor_kwargs(config, directory)  # refused here, before the weights load
     model_cls = with_heads_class(heads)
     try:
         model, info = model_cls.from_pretrained(directory, config=config, output_loading_info=True)
@@ -194,11 +205,8 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     if problems:
         shown = "; ".join(sorted(problems)[:8]) + (" …" if len(problems) > 8 else "")
         raise CheckpointError(f"--checkpoint {str(directory)!r}: {len(problems)} weight problem(s): {shown}")
-    return LoadedCheckpoint(
-        model=model.eval(), heads=model.HEADS, tokenizer_dir=Path(tokenizer) if tokenizer else directory,
-        image_processor=image_processor_kwargs(config, directory),
-        source={**source, "random_init": False},
-    )
+    return LoadedCheckpoint(model=model.eval(), heads=model.HEADS, tokenizer_dir=tokenizer_dir,
+                            image_processor=image_processor, source={**source, "random_init": False})
 
 
 def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], tokenizer: str | Path,
@@ -217,7 +225,8 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
     if vocab > config.text_config.vocab_size:
         raise CheckpointError(f"--tokenizer {str(tokenizer)!r} has {vocab} tokens, more than the model's "
                               f"vocab_size {config.text_config.vocab_size}")
-    check_supported(config, heads)
+    check_supported(config, heads, _parity_text_tokens(tokenizer))
+    image_processor = image_processor_kwargs(config, None)
     torch.manual_seed(seed)
     model = with_heads_class(heads)(config).eval()
     if "itc" in heads:
@@ -226,8 +235,8 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
     source = {"kind": "tiny" if name == "tiny" else "alias", "alias": name, "random_init": True, "seed": seed}
     if name in KNOWN_CHECKPOINTS:
         source["hub_id"] = KNOWN_CHECKPOINTS[name].hub_id
-    return LoadedCheckpoint(model=model, heads=model.HEADS, tokenizer_dir=tokenizer,
-                            image_processor=image_processor_kwargs(config, None), source=source)
+    return LoadedCheckpoint(model=model, heads=model.HEADS, tokenizer_dir=tokenizer, image_processor=image_processor,
+                            source=source)
 
 
 def _tokenizer_vocab_size(directory: Path) -> int:
@@ -242,10 +251,52 @@ def _tokenizer_vocab_size(directory: Path) -> int:
                               f"{first_line(err)}") from err
 
 
-def check_supported(config, heads: tuple[str, ...] = ()) -> None:
-    """Reject config variants the graphs do not reproduce, naming the field. Everything else is exported."""
+def _parity_text_tokens(tokenizer_dir: Path) -> int:
+    """Tokens in the longest default parity caption (special tokens included), by the tokenizer the export writes.
+    The eager model and the traced text tower take them untruncated."""
+    from .samples import DEFAULT_TEXTS
+
+    try:
+        tok = _hf_tokenizer(tokenizer_dir, max_length=MIN_TEXT_TOKENS)  # counted below without truncation
+    except Exception as err:  # tokenizers/transformers raise bare Exceptions for corrupt files
+        raise CheckpointError(f"tokenizer files in {str(tokenizer_dir)!r} cannot be loaded: "
+                              f"{first_line(err)}") from err
+    return max(len(tok.backend_tokenizer.encode(text).ids) for text in DEFAULT_TEXTS)  # no over-length warning
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float: a bool is not a number here, nor is NaN or ±inf (JSON files from Python can hold both)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_supported(config, heads: tuple[str, ...] = (), text_tokens: int = 0) -> None:
+    """Reject config variants the graphs do not reproduce, and values transformers' eager model cannot run, naming
+    the field. `text_tokens`: the longest parity caption the text tower must hold (_parity_text_tokens). Everything
+    else is exported."""
     text, vision = config.text_config, config.vision_config
     problems = []
+    positions, needed = text.max_position_embeddings, max(text_tokens, MIN_TEXT_TOKENS)
+    if not _is_int(positions) or positions - 2 < needed:  # RoBERTa positions start after padding_idx 1
+        why = (f"the export's parity captions need {text_tokens} with this tokenizer" if text_tokens >= MIN_TEXT_TOKENS
+               else f"bt_runtime needs {MIN_TEXT_TOKENS}")
+        held = f"positions for {max(positions - 2, 0)} tokens; " if _is_int(positions) else ""
+        problems.append(f"text_config.max_position_embeddings={positions!r} ({held}{why}: valid ≥ {needed + 2})")
+    if text.pad_token_id not in (0, 1) or isinstance(text.pad_token_id, bool):
+        problems.append(f"text_config.pad_token_id={text.pad_token_id!r} (positions start at pad_token_id + 1 and "
+                        "texts are cut at max_position_embeddings − 2 tokens, so a longer text would index past the "
+                        "position table: valid 0 or 1)")
+    if not _is_int(text.type_vocab_size) or text.type_vocab_size < 1:
+        problems.append(f"text_config.type_vocab_size={text.type_vocab_size!r} (valid: ≥ 1; every token has type 0)")
+    if not (_is_int(vision.patch_size) and _is_int(vision.image_size) and 1 <= vision.patch_size <= vision.image_size):
+        problems.append(f"vision_config.image_size={vision.image_size!r} with patch_size={vision.patch_size!r} "
+                        "(valid: 1 ≤ patch_size ≤ image_size; the patch convolution needs one whole patch)")
+    if vision.num_channels != 3 or isinstance(vision.num_channels, bool):
+        problems.append(f"vision_config.num_channels={vision.num_channels!r} (valid: 3; the image processor gives "
+                        "RGB)")
     if "itc" in heads:  # transformers' BridgeTowerForContrastiveLearning itself fails on these two
         if not config.share_cross_modal_transformer_layers:
             problems.append("share_cross_modal_transformer_layers=False with contrastive (itc) heads")
@@ -301,9 +352,12 @@ def _stored_image_processor(directory: Path | None) -> tuple[Path | None, dict]:
 
 def image_processor_kwargs(config, directory: Path | None) -> dict:
     """BridgeTowerImageProcessor settings: the checkpoint's own (see _stored_image_processor), else defaults for
-    its size."""
-    size = config.vision_config.image_size
-    kwargs = {"size": {"shortest_edge": size}, "crop_size": {"shortest_edge": size}, "size_divisor": 32}
+    its size. Settings transformers' processor fails on, or that bt_runtime would refuse or reproduce differently,
+    are refused here, all in one CheckpointError (docs/export.md, "Checkpoints")."""
+    from bt_runtime.manifest.load import MAX_RESIZE_FACTOR
+
+    image_size = config.vision_config.image_size
+    kwargs = {"size": {"shortest_edge": image_size}, "crop_size": {"shortest_edge": image_size}, "size_divisor": 32}
     preprocessor_json, stored = _stored_image_processor(directory)
     where = repr(str(preprocessor_json)) if preprocessor_json else "the default image processor settings"
     if stored:
@@ -312,17 +366,56 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
         keep = ("size", "crop_size", "size_divisor", "resample", "image_mean", "image_std", "rescale_factor",
                 "do_resize", "do_center_crop", "do_rescale", "do_normalize")
         kwargs.update({k: v for k, v in stored.items() if k in keep and v is not None})
+    problems = []
     for key in ("size", "crop_size"):  # transformers writes {"shortest_edge": N}; older files a bare N
         value = kwargs[key]
-        if isinstance(value, int) and not isinstance(value, bool):
+        if _is_int(value) and value >= 1:
             kwargs[key] = {"shortest_edge": value}
-        elif not (isinstance(value, dict) and isinstance(value.get("shortest_edge"), int)):
-            raise CheckpointError(f"{where}: {key} {value!r}; expected an integer or "
-                                  '{"shortest_edge": N}')
-    if kwargs["crop_size"]["shortest_edge"] != size:
-        raise CheckpointError(f"{where}: crop_size {kwargs['crop_size']['shortest_edge']} does not "
-                              f"match the model's vision_config.image_size {size} "
-                              f"(the vision tower takes {size}×{size})")
+        elif not (isinstance(value, dict) and _is_int(value.get("shortest_edge")) and value["shortest_edge"] >= 1):
+            problems.append(f'{key} {_json(value)}; expected a positive integer or {{"shortest_edge": N}}')
+    divisor = kwargs["size_divisor"]
+    if not _is_int(divisor) or divisor < 1:
+        problems.append(f"size_divisor {_json(divisor)} (valid: a positive integer; the resize floors each side to a "
+                        "multiple of it)")
+    for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+        if not isinstance(kwargs.get(flag, True), bool):
+            problems.append(f"{flag} {_json(kwargs[flag])} (valid: true or false)")
+    if kwargs.get("do_center_crop") is False:
+        problems.append("do_center_crop false (the vision tower takes image_size × image_size pixels, which only the "
+                        "center crop guarantees: transformers would pass each image at its resized size, which "
+                        "bt_runtime refuses; valid: true)")
+    if "rescale_factor" in kwargs:  # the manifest records 1.0 when do_rescale is false; bt_runtime needs (0, 1]
+        factor = kwargs["rescale_factor"]
+        if not _is_number(factor) or (kwargs.get("do_rescale", True) and not 0 < factor <= 1):
+            problems.append(f"rescale_factor {_json(factor)} (valid: a number in (0, 1], 1/255 for 8-bit pixels)")
+    for key in ("image_mean", "image_std"):
+        if key not in kwargs:
+            continue
+        value = kwargs[key]
+        if _is_number(value):  # transformers applies one number to every channel; the manifest records three
+            kwargs[key] = [value] * 3
+        values = kwargs[key]
+        if not (isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)
+                and (key == "image_mean" or all(v > 0 for v in values))):
+            problems.append(f"{key} {_json(value)} (valid: 3 finite numbers{' > 0' if key == 'image_std' else ''}, "
+                            "one per RGB channel, or one number for all three)")
+    crop = kwargs["crop_size"].get("shortest_edge") if isinstance(kwargs["crop_size"], dict) else None
+    if _is_int(crop) and crop != image_size:
+        problems.append(f"crop_size {crop} does not match the model's vision_config.image_size {image_size} "
+                        f"(the vision tower takes {image_size}×{image_size})")
+    shortest = kwargs["size"].get("shortest_edge") if isinstance(kwargs["size"], dict) else None
+    if kwargs.get("do_resize", True) is True and _is_int(shortest) and _is_int(divisor) and divisor >= 1:
+        if shortest < divisor:  # every image's short side floors to 0 pixels: transformers raises
+            named = "" if preprocessor_json else " (vision_config.image_size)"
+            problems.append(f"size shortest_edge {shortest}{named} is below size_divisor {divisor} (the resize floors "
+                            "the short side to a multiple of size_divisor: 0; valid: shortest_edge ≥ size_divisor)")
+        longest, most = int(1333 / 800 * shortest), MAX_RESIZE_FACTOR * image_size  # transformers' long-side cap
+        if longest > most:
+            problems.append(f"size shortest_edge {shortest} makes a longest edge of {longest}, above the "
+                            f"{MAX_RESIZE_FACTOR} × image_size = {most} bt_runtime accepts (valid: shortest_edge ≤ "
+                            f"{_largest_shortest_edge(most)})")
+    if problems:
+        raise CheckpointError(f"{where}: " + "; ".join(problems))
     if "resample" in kwargs:
         from .manifest import resample_name
 
@@ -330,7 +423,21 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
     return kwargs
 
 
+def _largest_shortest_edge(longest: int) -> int:
+    """The largest shortest_edge whose transformers long-side cap int(1333 / 800 · s) stays ≤ `longest`."""
+    shortest = int((longest + 1) * 800 / 1333) + 1  # int(1333 / 800 · s) ≤ longest ⇔ 1333 / 800 · s < longest + 1
+    while int(1333 / 800 * shortest) > longest:
+        shortest -= 1
+    return shortest
+
+
+def _json(value) -> str:
+    """`value` as a JSON file spells it (true, "0.5", NaN), for messages about a JSON file."""
+    return json.dumps(value, default=repr)
+
+
 def _hf_tokenizer(src: Path, max_length: int):
+    from tokenizers import AddedToken
     from transformers import AutoTokenizer, RobertaTokenizerFast
 
     if (src / "tokenizer.json").is_file():
@@ -338,7 +445,11 @@ def _hf_tokenizer(src: Path, max_length: int):
     try:
         return AutoTokenizer.from_pretrained(src, model_max_length=max_length)
     except (OSError, ValueError):
-        return RobertaTokenizerFast(vocab_file=str(src / "vocab.json"), merges_file=str(src / "merges.txt"),
+        # transformers 5 takes vocab=/merges=: 4.x's vocab_file=/merges_file= are ignored there and made an empty
+        # tokenizer (every text <unk>). <mask> takes the space before it, as in RoBERTa's own tokenizer.json.
+        return RobertaTokenizerFast(vocab=str(src / "vocab.json"), merges=str(src / "merges.txt"),
+                                    mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False,
+                                                          special=True),
                                     model_max_length=max_length)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from bt_export.configs import TINY_CONFIG, TINY_TOKENIZER_DIR
 def small_config(vocab_size: int = 515, **overrides) -> BridgeTowerConfig:
     kwargs = copy.deepcopy(TINY_CONFIG)
     kwargs["text_config"]["vocab_size"] = vocab_size
-    text_overrides = overrides.pop("text_config", {})
-    kwargs["text_config"].update(text_overrides)
+    for tower in ("text_config", "vision_config"):  # merged into the tiny values, not replacing them
+        kwargs[tower].update(overrides.pop(tower, {}))
     kwargs.update(overrides)
     return BridgeTowerConfig(**kwargs)
 
@@ -40,3 +41,16 @@ def save_checkpoint(directory: Path, model_class, config: BridgeTowerConfig, tok
         torch.save(model.state_dict(), directory / "pytorch_model.bin")
     copy_tokenizer_files(tokenizer_dir, directory, tokenizer_layout)
     return directory
+
+
+def edit_json(file: Path, edits: dict) -> None:
+    """Hand-edit a JSON file as a user would: `edits` maps dotted keys ("text_config.type_vocab_size") to values;
+    a missing file starts empty."""
+    data = json.loads(file.read_text()) if file.exists() else {}
+    for dotted, value in edits.items():
+        *parents, key = dotted.split(".")
+        target = data
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[key] = value
+    file.write_text(json.dumps(data))

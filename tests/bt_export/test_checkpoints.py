@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +15,11 @@ from transformers import (
     BridgeTowerModel,
 )
 
-from bt_export.checkpoints import load_checkpoint
-from bt_export.configs import KNOWN_CHECKPOINTS
+from bt_export.checkpoints import copy_tokenizer, image_processor_kwargs, load_checkpoint
+from bt_export.configs import KNOWN_CHECKPOINTS, TINY_TOKENIZER_DIR
 from bt_export.errors import CheckpointError, UnsupportedConfigError
 
-from .checkpoint_dirs import save_checkpoint, small_config
+from .checkpoint_dirs import copy_tokenizer_files, edit_json, save_checkpoint, small_config
 
 HEAD_CLASSES = [
     (BridgeTowerModel, ()),
@@ -172,3 +175,151 @@ def test_hub_id_is_served_from_the_hf_cache(monkeypatch, tmp_path):
     assert loaded.heads == ("mlm",)
     assert loaded.source["hub_id"] == "BridgeTower/bridgetower-base-itm-mlm"
     assert loaded.source["revision"] == commit
+
+
+# Hand-edited checkpoints whose config or image processor settings transformers' eager model, its image processor or
+# bt_runtime cannot run: refused at load, naming the field, before the weights load and before any export work.
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "ckpt", BridgeTowerModel, small_config())
+
+
+def _edited(model_dir: Path, tmp_path: Path, file: str, edits: dict) -> Path:
+    directory = shutil.copytree(model_dir, tmp_path / "edited")
+    edit_json(directory / file, edits)
+    return directory
+
+
+@pytest.mark.parametrize("edits,message", [
+    ({"model_type": "bert"}, "model_type='bert' (valid: 'bridgetower'"),
+    ({"text_config.max_position_embeddings": 8},
+     "text_config.max_position_embeddings=8 (positions for 6 tokens; the export's parity captions need 28 with this "
+     "tokenizer: valid ≥ 30)"),
+    ({"text_config.type_vocab_size": 0}, "text_config.type_vocab_size=0 (valid: ≥ 1"),
+    ({"text_config.pad_token_id": 3}, "text_config.pad_token_id=3 ("),
+    ({"vision_config.image_size": 8}, "vision_config.image_size=8 with patch_size=16 (valid: 1 ≤ patch_size ≤"),
+    ({"vision_config.num_channels": 1}, "vision_config.num_channels=1 (valid: 3"),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else "")
+def test_a_config_the_eager_model_cannot_run_is_refused_before_the_weights_load(model_dir, tmp_path, monkeypatch,
+                                                                                 edits, message):
+    import bt_export.model
+
+    monkeypatch.setattr(bt_export.model, "with_heads_class", lambda heads: pytest.fail("weights loaded first"))
+    directory = _edited(model_dir, tmp_path, "config.json", edits)
+    with pytest.raises(UnsupportedConfigError, match=re.escape(message)):
+        load_checkpoint(str(directory))
+
+
+def test_every_config_problem_is_named_in_one_error(model_dir, tmp_path):
+    directory = _edited(model_dir, tmp_path, "config.json", {"text_config.type_vocab_size": 0,
+                                                             "vision_config.num_channels": 1})
+    with pytest.raises(UnsupportedConfigError, match="type_vocab_size=0.*; vision_config.num_channels=1"):
+        load_checkpoint(str(directory))
+
+
+def test_max_position_embeddings_must_hold_the_parity_captions_exactly(tmp_path):
+    """The tiny tokenizer makes 28 tokens of the longest default caption: 30 positions hold it (RoBERTa positions
+    start after padding_idx 1), 29 do not."""
+    directory = save_checkpoint(tmp_path / "ckpt", BridgeTowerModel,
+                                small_config(text_config={"max_position_embeddings": 30}))
+    assert load_checkpoint(str(directory)).config.text_config.max_position_embeddings == 30
+    edit_json(directory / "config.json", {"text_config.max_position_embeddings": 29})
+    with pytest.raises(UnsupportedConfigError, match=re.escape("max_position_embeddings=29 (positions for 27 tokens")):
+        load_checkpoint(str(directory))
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"size_divisor": 0}, "size_divisor 0 (valid: a positive integer"),
+    ({"size_divisor": True}, "size_divisor true (valid: a positive integer"),
+    ({"size_divisor": 32.0}, "size_divisor 32.0 (valid: a positive integer"),
+    ({"size": {"shortest_edge": 0}}, 'size {"shortest_edge": 0}; expected a positive integer'),
+    ({"size": True}, "size true; expected a positive integer"),
+    ({"size": 24}, "size shortest_edge 24 is below size_divisor 32"),
+    ({"size": 288}, "size shortest_edge 288 makes a longest edge of 479"),
+    ({"image_mean": [0.5]}, "image_mean [0.5] (valid: 3 finite numbers"),
+    ({"image_mean": [True, 0.5, 0.5]}, "image_mean [true, 0.5, 0.5] (valid: 3 finite numbers"),
+    ({"image_std": [0.5, 0.5, 0.0]}, "image_std [0.5, 0.5, 0.0] (valid: 3 finite numbers > 0"),
+    ({"image_std": [0.5, float("nan"), 0.5]}, "image_std [0.5, NaN, 0.5] (valid"),
+    ({"image_std": "0.5"}, 'image_std "0.5" (valid'),
+    ({"rescale_factor": "0.0039"}, 'rescale_factor "0.0039" (valid: a number in (0, 1]'),
+    ({"rescale_factor": True}, "rescale_factor true (valid: a number"),
+    ({"rescale_factor": 2}, "rescale_factor 2 (valid: a number in (0, 1]"),
+    ({"do_center_crop": False}, "do_center_crop false ("),
+    ({"do_resize": "no"}, 'do_resize "no" (valid: true or false)'),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else "")
+def test_image_processor_settings_transformers_or_the_runtime_cannot_use_are_refused(tmp_path, settings, message):
+    edit_json(tmp_path / "preprocessor_config.json", settings)
+    with pytest.raises(CheckpointError, match=re.escape(f"{str(tmp_path / 'preprocessor_config.json')!r}: ")) as err:
+        image_processor_kwargs(small_config(), tmp_path)
+    assert message in str(err.value)
+
+
+def test_the_default_image_processor_needs_an_image_size_of_at_least_its_size_divisor():
+    with pytest.raises(CheckpointError, match=re.escape("the default image processor settings: size shortest_edge 24 "
+                                                        "(vision_config.image_size) is below size_divisor 32")):
+        image_processor_kwargs(small_config(vision_config={"image_size": 24}), None)
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ({"do_resize": False}, {"do_resize": False}),  # transformers and bt_runtime both crop the decoded image
+    ({"do_rescale": False, "rescale_factor": 2}, {"do_rescale": False}),  # unused: the manifest records 1.0
+    ({"image_mean": 0.5, "image_std": 0.25}, {"image_mean": [0.5] * 3, "image_std": [0.25] * 3}),  # one per channel
+    ({"size": 24, "size_divisor": 8}, {"size": {"shortest_edge": 24}, "size_divisor": 8}),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else "")
+def test_image_processor_settings_that_work_are_kept(tmp_path, settings, expected):
+    config = small_config(vision_config={"image_size": 24}) if "size" in settings else small_config()
+    if "size" in settings:
+        settings = {**settings, "crop_size": 24}
+    edit_json(tmp_path / "preprocessor_config.json", settings)
+    kwargs = image_processor_kwargs(config, tmp_path)
+    assert {key: kwargs[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("edit", ["max_position_embeddings", "image_size", "size_divisor", "do_center_crop",
+                                  "model_type"])
+def test_cli_refuses_such_a_checkpoint_in_one_line_before_any_export_work(tmp_path, monkeypatch, edit):
+    """Before: an internal error with a transformers traceback (exit 1) for the first three; exit 1 'parity failed'
+    after the whole export for do_center_crop; an export for model_type 'bert'."""
+    from typer.testing import CliRunner
+
+    import bt_export.export as export
+    from bt_export.cli import app
+
+    config = {"max_position_embeddings": small_config(text_config={"max_position_embeddings": 8}),
+              "image_size": small_config(vision_config={"image_size": 24})}.get(edit, small_config())
+    directory = save_checkpoint(tmp_path / "ckpt", BridgeTowerForImageAndTextRetrieval, config)
+    if edit == "size_divisor":
+        edit_json(directory / "preprocessor_config.json", {"size_divisor": 0})
+    elif edit == "do_center_crop":
+        edit_json(directory / "preprocessor_config.json", {"do_center_crop": False})
+    elif edit == "model_type":
+        edit_json(directory / "config.json", {"model_type": "bert"})
+    monkeypatch.setattr(export, "staged_directory", lambda *a, **k: pytest.fail("export work began"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["-c", str(directory), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert edit in " ".join(result.output.split())  # rich wraps long lines
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny", "roberta-base"])
+def test_a_vocab_and_merges_tokenizer_is_converted_with_its_vocabulary(tmp_path, request, tokenizer):
+    """The tokenizer.json written from vocab.json + merges.txt tokenizes as the tokenizer.json shipped beside them
+    (<mask> included). transformers 5 ignores 4.x's vocab_file=/merges_file=, which made an empty tokenizer."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer
+
+    from bt_export.samples import DEFAULT_TEXTS
+
+    files = TINY_TOKENIZER_DIR if tokenizer == "tiny" else request.getfixturevalue("roberta_dir")
+    source, out = tmp_path / "vocab-merges", tmp_path / "out"
+    source.mkdir(), out.mkdir()
+    copy_tokenizer_files(files, source, "vocab-merges")
+    copy_tokenizer(SimpleNamespace(tokenizer_dir=source, config=small_config()), out)
+    ours, reference = (Tokenizer.from_file(str(d / "tokenizer.json")) for d in (out, files))
+    assert ours.get_vocab_size() == reference.get_vocab_size()
+    for text in (*DEFAULT_TEXTS, "<mask> at the start, and a<mask>glued"):
+        assert ours.encode(text).ids == reference.encode(text).ids, text
