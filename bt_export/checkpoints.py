@@ -261,7 +261,21 @@ def _parity_text_tokens(tokenizer_dir: Path) -> int:
     except Exception as err:  # tokenizers/transformers raise bare Exceptions for corrupt files
         raise CheckpointError(f"tokenizer files in {str(tokenizer_dir)!r} cannot be loaded: "
                               f"{first_line(err)}") from err
+    _check_vocabulary(tok, tokenizer_dir, DEFAULT_TEXTS)
     return max(len(tok.backend_tokenizer.encode(text).ids) for text in DEFAULT_TEXTS)  # no over-length warning
+
+
+def _check_vocabulary(tok, tokenizer_dir: Path, texts) -> None:
+    """The tokenizer knows the words of plain English captions: at least one known token per two words. A vocabulary
+    that did not load (a vocab.json holding only the special tokens; transformers 5 ignoring 4.x's vocab_file=)
+    drops or <unk>s every word, and parity cannot see it: eager and the graphs read the same token ids."""
+    words = sum(len(text.split()) for text in texts)
+    known = [[i for i in tok.backend_tokenizer.encode(text, add_special_tokens=False).ids if i != tok.unk_token_id]
+             for text in texts]
+    if 2 * sum(map(len, known)) < words:
+        raise CheckpointError(f"tokenizer in {str(tokenizer_dir)!r} knows {sum(map(len, known))} token(s) in the "
+                              f"{words} words of the parity captions ({texts[0]!r} → {known[0]}): its vocabulary is "
+                              "missing or not for English text; give the checkpoint's own tokenizer (--tokenizer)")
 
 
 def _is_int(value) -> bool:

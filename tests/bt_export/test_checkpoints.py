@@ -323,3 +323,18 @@ def test_a_vocab_and_merges_tokenizer_is_converted_with_its_vocabulary(tmp_path,
     assert ours.get_vocab_size() == reference.get_vocab_size()
     for text in (*DEFAULT_TEXTS, "<mask> at the start, and a<mask>glued"):
         assert ours.encode(text).ids == reference.encode(text).ids, text
+
+
+def test_a_tokenizer_that_knows_no_english_word_is_refused_at_load(model_dir, tmp_path, monkeypatch):
+    """A vocab.json holding only the special tokens (a truncated or wrong file) drops every word of every caption;
+    parity cannot see it (eager and the graphs read the same ids), so the load refuses it, before the weights."""
+    import bt_export.model
+
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "vocab.json").write_text(json.dumps({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}))
+    (tokenizer / "merges.txt").write_text("#version: 0.2\n")
+    monkeypatch.setattr(bt_export.model, "with_heads_class", lambda heads: pytest.fail("weights loaded first"))
+    with pytest.raises(CheckpointError, match=re.escape(f"tokenizer in {str(tokenizer)!r} knows 1 token(s) in the "
+                                                        "39 words of the parity captions")):
+        load_checkpoint(str(model_dir), tokenizer=tokenizer)
