@@ -274,8 +274,9 @@ def _check_vocabulary(tok, tokenizer_dir: Path, texts) -> None:
              for text in texts]
     if 2 * sum(map(len, known)) < words:
         raise CheckpointError(f"tokenizer in {str(tokenizer_dir)!r} knows {sum(map(len, known))} token(s) in the "
-                              f"{words} words of the parity captions ({texts[0]!r} → {known[0]}): its vocabulary is "
-                              "missing or not for English text; give the checkpoint's own tokenizer (--tokenizer)")
+                              f"{words} words of the parity captions ({texts[0]!r} → {known[0]}; valid: ≥ "
+                              f"{-(-words // 2)} known tokens): its vocabulary is missing or not for English text; "
+                              "give the checkpoint's own tokenizer (--tokenizer)")
 
 
 def _is_int(value) -> bool:
@@ -423,7 +424,9 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
             named = "" if preprocessor_json else " (vision_config.image_size)"
             problems.append(f"size shortest_edge {shortest}{named} is below size_divisor {divisor} (the resize floors "
                             "the short side to a multiple of size_divisor: 0; valid: shortest_edge ≥ size_divisor)")
-        longest, most = int(1333 / 800 * shortest), MAX_RESIZE_FACTOR * image_size  # transformers' long-side cap
+        from .manifest import longest_edge
+
+        longest, most = longest_edge(shortest), MAX_RESIZE_FACTOR * image_size  # transformers' long-side cap
         if longest > most:
             problems.append(f"size shortest_edge {shortest} makes a longest edge of {longest}, above the "
                             f"{MAX_RESIZE_FACTOR} × image_size = {most} bt_runtime accepts (valid: shortest_edge ≤ "
@@ -438,9 +441,11 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
 
 
 def _largest_shortest_edge(longest: int) -> int:
-    """The largest shortest_edge whose transformers long-side cap int(1333 / 800 · s) stays ≤ `longest`."""
+    """The largest shortest_edge whose long-side cap (manifest.longest_edge) stays ≤ `longest`."""
+    from .manifest import longest_edge
+
     shortest = int((longest + 1) * 800 / 1333) + 1  # int(1333 / 800 · s) ≤ longest ⇔ 1333 / 800 · s < longest + 1
-    while int(1333 / 800 * shortest) > longest:
+    while longest_edge(shortest) > longest:
         shortest -= 1
     return shortest
 

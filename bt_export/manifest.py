@@ -146,6 +146,12 @@ def alpha_convention(image_processor) -> str:
     return "composite_on_white" if converted.max() >= 200 else "drop_alpha"
 
 
+def longest_edge(shortest_edge: int) -> int:
+    """BridgeTowerImageProcessor's cap on the long side of a resize to `shortest_edge` (transformers'
+    get_resize_output_image_size: int(1333 / 800 · shortest_edge))."""
+    return int(1333 / 800 * shortest_edge)
+
+
 def preprocessing_summary(processor) -> Preprocessing:
     """What bt_runtime's NumPy preprocessor needs to reproduce transformers' BridgeTowerImageProcessor."""
     shortest = processor.size["shortest_edge"]
@@ -153,7 +159,7 @@ def preprocessing_summary(processor) -> Preprocessing:
     return Preprocessing(
         image_size=crop, alpha=alpha_convention(processor),
         resize=Resize(enabled=bool(processor.do_resize), shortest_edge=shortest,
-                      longest_edge=int(1333 / 800 * shortest), size_divisor=processor.size_divisor,
+                      longest_edge=longest_edge(shortest), size_divisor=processor.size_divisor,
                       rounding="int(x + 0.5), then floor to a multiple of size_divisor",
                       resample=resample_name(processor.resample)),
         center_crop=CenterCrop(enabled=bool(processor.do_center_crop), height=crop, width=crop, pad_value=0.0),

@@ -26,7 +26,7 @@ def index_images(runtime, export_dir: Path, inputs: Inputs, output: Path, *, bat
     job = shards.Job(shards.JOB_FORMAT, f"--{inputs.kind} {inputs.spec}", inputs.fingerprint(), len(inputs.ids),
                      shard_size, precision, shards.towers_sha256(runtime, precision),
                      runtime.manifest.config.contrastive_hidden_size)
-    with shards.job_lock(output):  # held until the index is built: a second job here is refused meanwhile
+    with shards.job_lock(output, log):  # held until the index is built: a second job here is refused meanwhile
         pending = shards.open_job(output, job, overwrite)
         if log and len(pending) < job.shards:
             log(f"resuming: {job.shards - len(pending)} of {job.shards} shards already written")

@@ -72,15 +72,23 @@ def check_output_dir(directory: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def job_lock(directory: Path) -> Iterator[Path]:
-    """Hold `directory` (made if new) for one job: a second job on the same directory, which would delete
-    (--overwrite) or interleave this one's shards, is refused while this one runs. An advisory flock(2) on the
-    directory itself: nothing is written for it, and the kernel releases it when the process ends, SIGKILL included
-    (a lock file would outlive a killed job and need a stale-lock rule)."""
+def _job_directory(directory: Path) -> Path:
+    """`directory` checked as an index job's output (check_output_dir), made absolute."""
     directory = check_output_dir(directory)
     if directory.exists() and not directory.is_dir():
         raise BtRuntimeError(f"--output {directory} is not a directory; an index is a directory of shards")
+    return directory
+
+
+@contextlib.contextmanager
+def job_lock(directory: Path, log=None) -> Iterator[Path]:
+    """Hold `directory` (made if new) for one job: a second job on the same directory, which would delete
+    (--overwrite) or interleave this one's shards, is refused while this one runs. An advisory flock(2) on the
+    directory itself: nothing is written for it, and the kernel releases it when the process ends, SIGKILL included
+    (a lock file would outlive a killed job and need a stale-lock rule). Where the filesystem cannot lock a
+    directory (NFS emulates flock with a write lock, which needs a file open for writing: EBADF), the job runs
+    unlocked, as before locks, and `log` says so."""
+    directory = _job_directory(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -92,6 +100,10 @@ def job_lock(directory: Path) -> Iterator[Path]:
         except BlockingIOError:
             raise BtRuntimeError(f"--output {directory}: another index job is writing to it now; wait for it to "
                                  "finish, or choose another --output") from None
+        except OSError as err:
+            if log:
+                log(f"--output {directory}: this filesystem cannot lock the directory ({err.strerror}); run one "
+                    "index job at a time there")
         yield directory
     finally:
         os.close(handle)  # releases the lock
@@ -100,9 +112,7 @@ def job_lock(directory: Path) -> Iterator[Path]:
 def open_job(directory: Path, job: Job, overwrite: bool = False) -> list[int]:
     """Create or resume the job in `directory`; returns the shards still to embed. A directory holding another
     job (other inputs, export or shard size) is refused unless `overwrite` (its shards are then removed)."""
-    directory = check_output_dir(directory)
-    if directory.exists() and not directory.is_dir():
-        raise BtRuntimeError(f"--output {directory} is not a directory; an index is a directory of shards")
+    directory = _job_directory(directory)
     path = directory / JOB_FILE
     if path.is_file():
         previous = read_job(directory)

@@ -299,3 +299,30 @@ def test_a_hand_edited_job_file_is_one_line_and_overwrite_still_deletes_only_wha
     assert sorted(p.name for p in removed) == sorted(["faiss.json", "faiss.index", "faiss-rows.arrow",
                                                       "shard-000000.parquet", "shard-000001.parquet",
                                                       "shard-000002.parquet"])
+
+
+def test_the_job_lock_is_released_when_the_job_fails(tmp_path):
+    directory = tmp_path / "index"
+    with pytest.raises(RuntimeError, match="embedding failed"):
+        with shards.job_lock(directory):
+            raise RuntimeError("embedding failed")
+    with shards.job_lock(directory):  # free again: taking it twice at once would be refused
+        with pytest.raises(BtRuntimeError, match="another index job is writing to it now"):
+            with shards.job_lock(directory):
+                pass
+
+
+def test_a_filesystem_that_cannot_lock_a_directory_runs_the_job_unlocked_and_says_so(tmp_path, monkeypatch):
+    """NFS emulates flock(2) with a write lock, which a directory (opened read-only) cannot take: EBADF. Such a
+    filesystem ran index jobs before the lock existed; it still does, with a line saying it is unlocked."""
+    import errno
+
+    def no_locks(handle, operation):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(shards.fcntl, "flock", no_locks)
+    lines = []
+    with shards.job_lock(tmp_path / "index", lines.append) as directory:
+        assert directory == tmp_path / "index" and directory.is_dir()
+    assert lines == [f"--output {tmp_path / 'index'}: this filesystem cannot lock the directory "
+                     f"({os.strerror(errno.EBADF)}); run one index job at a time there"]
