@@ -186,13 +186,10 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     except Exception as err:
         raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: "
                               f"{err}") from err
-    vocab = _tokenizer_vocab_size(Path(tokenizer) if tokenizer else directory)
-    if vocab > config.text_config.vocab_size:  # a token id past the embedding table fails deep in eager, as an
-        where = f"--tokenizer {str(tokenizer)!r}" if tokenizer else f"--checkpoint {str(directory)!r}: its tokenizer"
-        raise CheckpointError(f"{where} has {vocab} tokens, more than the model's text vocab_size "  # IndexError
-                              f"{config.text_config.vocab_size}: they do not belong together")
-    heads = heads_in_keys(_tensor_names(directory))
     tokenizer_dir = Path(tokenizer) if tokenizer else directory
+    _check_tokenizer_fits(config, tokenizer_dir, f"--tokenizer {str(tokenizer)!r}" if tokenizer
+                          else f"--checkpoint {str(directory)!r}: its tokenizer")
+    heads = heads_in_keys(_tensor_names(directory))
     check_supported(config, heads, _parity_text_tokens(tokenizer_dir))
     image_processor = image_processor_kwargs(config, directory)  # refused here, before the weights load
     model_cls = with_heads_class(heads)
@@ -221,10 +218,7 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
         raise CheckpointError(f"--tokenizer {str(tokenizer)!r} must be a directory with tokenizer.json, "
                               "or vocab.json + merges.txt")
     config = BridgeTowerConfig(**config_kwargs)
-    vocab = _tokenizer_vocab_size(tokenizer)
-    if vocab > config.text_config.vocab_size:
-        raise CheckpointError(f"--tokenizer {str(tokenizer)!r} has {vocab} tokens, more than the model's "
-                              f"vocab_size {config.text_config.vocab_size}")
+    _check_tokenizer_fits(config, tokenizer, f"--tokenizer {str(tokenizer)!r}")
     check_supported(config, heads, _parity_text_tokens(tokenizer))
     image_processor = image_processor_kwargs(config, None)
     torch.manual_seed(seed)
@@ -237,6 +231,14 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
         source["hub_id"] = KNOWN_CHECKPOINTS[name].hub_id
     return LoadedCheckpoint(model=model, heads=model.HEADS, tokenizer_dir=tokenizer, image_processor=image_processor,
                             source=source)
+
+
+def _check_tokenizer_fits(config, tokenizer_dir: Path, where: str) -> None:
+    """The tokenizer's ids index the model's text embedding table: one past it fails deep in eager (IndexError)."""
+    vocab = _tokenizer_vocab_size(tokenizer_dir)
+    if vocab > config.text_config.vocab_size:
+        raise CheckpointError(f"{where} has {vocab} tokens, more than the model's text vocab_size "
+                              f"{config.text_config.vocab_size}: they do not belong together")
 
 
 def _tokenizer_vocab_size(directory: Path) -> int:
@@ -371,6 +373,8 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
     are refused here, all in one CheckpointError (docs/export.md, "Checkpoints")."""
     from bt_runtime.manifest.load import MAX_RESIZE_FACTOR
 
+    from .manifest import longest_edge, resample_name
+
     image_size = config.vision_config.image_size
     kwargs = {"size": {"shortest_edge": image_size}, "crop_size": {"shortest_edge": image_size}, "size_divisor": 32}
     preprocessor_json, stored = _stored_image_processor(directory)
@@ -424,8 +428,6 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
             named = "" if preprocessor_json else " (vision_config.image_size)"
             problems.append(f"size shortest_edge {shortest}{named} is below size_divisor {divisor} (the resize floors "
                             "the short side to a multiple of size_divisor: 0; valid: shortest_edge ≥ size_divisor)")
-        from .manifest import longest_edge
-
         longest, most = longest_edge(shortest), MAX_RESIZE_FACTOR * image_size  # transformers' long-side cap
         if longest > most:
             problems.append(f"size shortest_edge {shortest} makes a longest edge of {longest}, above the "
@@ -434,8 +436,6 @@ def image_processor_kwargs(config, directory: Path | None) -> dict:
     if problems:
         raise CheckpointError(f"{where}: " + "; ".join(problems))
     if "resample" in kwargs:
-        from .manifest import resample_name
-
         resample_name(kwargs["resample"])  # an unknown code or name is refused here, before loading weights
     return kwargs
 
