@@ -80,7 +80,18 @@ class TextTokenizer:
         if tokenizer.tokenizer.token_to_id(info.mask_token) != info.mask_token_id:
             raise ManifestError(f"{str(path)!r}: {info.mask_token!r} is not token {info.mask_token_id} as the manifest "
                                 "says; the tokenizer does not belong to this export")
+        tokenizer._check_not_empty(path)
         return tokenizer
+
+    def _check_not_empty(self, path) -> None:
+        """A tokenizer whose vocabulary is only its special tokens reads every text as `<s></s>`: every score is the
+        same and nothing fails. bt-export wrote such tokenizers before 2026-12-02 from `vocab.json` + `merges.txt`
+        checkpoints (transformers 5 ignored the 4.x arguments it used), and parity could not see it."""
+        special = {token.content for token in self.tokenizer.get_added_tokens_decoder().values()}
+        if set(self.tokenizer.get_vocab(with_added_tokens=False)) <= special:
+            raise ManifestError(f"{str(path)!r} holds only its {len(special)} special tokens, so every text would "
+                                "be read as <s></s>; exports made before 2026-12-02 from a checkpoint with vocab.json "
+                                "+ merges.txt and no tokenizer.json have this: re-export it with this bt-export")
 
     def __call__(self, texts: list[str], name: str = "texts") -> Encoded:
         call_limit = _CALL_MAX_CHARS.get()

@@ -4,6 +4,7 @@ images, texts and bytes; each must give the documented result or a project error
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -19,6 +20,7 @@ from PIL import Image
 
 from bt_runtime import BackendError, BridgeTowerRuntime, ImageInputError, ManifestError, TextInputError
 from bt_runtime.images import DEFAULT_MAX_PIXELS
+from tests.conftest import edit_manifest
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,21 @@ def test_corrupt_tokenizer_is_a_manifest_error_even_unverified(export_copy, cont
 def test_missing_tokenizer_is_named(export_copy):
     (export_copy / "tokenizer.json").unlink()
     with pytest.raises(ManifestError, match=r"missing file\(s\) named in its manifest: \['tokenizer.json'\]"):
+        BridgeTowerRuntime.load(export_copy)
+
+
+def test_a_tokenizer_of_special_tokens_only_is_refused(export_copy):
+    """What bt-export wrote before 2026-12-02 from a vocab.json + merges.txt checkpoint: a valid, listed tokenizer
+    whose vocabulary is its special tokens, so every text was <s></s> and every score the same."""
+    path = export_copy / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["model"]["vocab"] = {token["content"]: token["id"] for token in data["added_tokens"]}
+    data["model"]["merges"] = []
+    path.write_text(json.dumps(data))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    edit_manifest(export_copy, lambda manifest: [entry.update(sha256=digest) for entry in manifest["files"]
+                                                 if entry["file"] == "tokenizer.json"])
+    with pytest.raises(ManifestError, match="holds only its 5 special tokens.*re-export it"):
         BridgeTowerRuntime.load(export_copy)
 
 
