@@ -8,7 +8,6 @@ the HF cache for hub ids). Without network a hub id fails in seconds with a mess
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
@@ -21,6 +20,7 @@ from bt_runtime.errors import first_line
 
 from .configs import KNOWN_CHECKPOINTS, SHAPES_DIR, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
 from .errors import CheckpointError, UnsupportedConfigError
+from .image_processor import image_processor_kwargs, is_int
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -281,15 +281,6 @@ def _check_vocabulary(tok, tokenizer_dir: Path, texts) -> None:
                               "give the checkpoint's own tokenizer (--tokenizer)")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """A finite int or float: a bool is not a number here, nor is NaN or ±inf (JSON files from Python can hold both)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_supported(config, heads: tuple[str, ...] = (), text_tokens: int = 0) -> None:
     """Reject config variants the graphs do not reproduce, and values transformers' eager model cannot run, naming
     the field. `text_tokens`: the longest parity caption the text tower must hold (_parity_text_tokens). Everything
@@ -297,18 +288,18 @@ def check_supported(config, heads: tuple[str, ...] = (), text_tokens: int = 0) -
     text, vision = config.text_config, config.vision_config
     problems = []
     positions, needed = text.max_position_embeddings, max(text_tokens, MIN_TEXT_TOKENS)
-    if not _is_int(positions) or positions - 2 < needed:  # RoBERTa positions start after padding_idx 1
+    if not is_int(positions) or positions - 2 < needed:  # RoBERTa positions start after padding_idx 1
         why = (f"the export's parity captions need {text_tokens} with this tokenizer" if text_tokens >= MIN_TEXT_TOKENS
                else f"bt_runtime needs {MIN_TEXT_TOKENS}")
-        held = f"positions for {max(positions - 2, 0)} tokens; " if _is_int(positions) else ""
+        held = f"positions for {max(positions - 2, 0)} tokens; " if is_int(positions) else ""
         problems.append(f"text_config.max_position_embeddings={positions!r} ({held}{why}: valid ≥ {needed + 2})")
     if text.pad_token_id not in (0, 1) or isinstance(text.pad_token_id, bool):
         problems.append(f"text_config.pad_token_id={text.pad_token_id!r} (positions start at pad_token_id + 1 and "
                         "texts are cut at max_position_embeddings − 2 tokens, so a longer text would index past the "
                         "position table: valid 0 or 1)")
-    if not _is_int(text.type_vocab_size) or text.type_vocab_size < 1:
+    if not is_int(text.type_vocab_size) or text.type_vocab_size < 1:
         problems.append(f"text_config.type_vocab_size={text.type_vocab_size!r} (valid: ≥ 1; every token has type 0)")
-    if not (_is_int(vision.patch_size) and _is_int(vision.image_size) and 1 <= vision.patch_size <= vision.image_size):
+    if not (is_int(vision.patch_size) and is_int(vision.image_size) and 1 <= vision.patch_size <= vision.image_size):
         problems.append(f"vision_config.image_size={vision.image_size!r} with patch_size={vision.patch_size!r} "
                         "(valid: 1 ≤ patch_size ≤ image_size; the patch convolution needs one whole patch)")
     if vision.num_channels != 3 or isinstance(vision.num_channels, bool):
@@ -342,117 +333,6 @@ def check_supported(config, heads: tuple[str, ...] = (), text_tokens: int = 0) -
         problems.append("text_config.is_decoder/add_cross_attention=True (the text tower is an encoder)")
     if problems:
         raise UnsupportedConfigError("unsupported BridgeTower config: " + "; ".join(problems))
-
-
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-
-
-def _stored_image_processor(directory: Path | None) -> tuple[Path | None, dict]:
-    """The image processor settings a checkpoint directory holds: preprocessor_config.json (the hub's BridgeTower
-    repos, and transformers < 5), or the "image_processor" section of processor_config.json (what transformers 5's
-    BridgeTowerProcessor.save_pretrained writes). (None, {}) when neither exists."""
-    for name in PROCESSOR_FILES if directory is not None else ():
-        path = directory / name
-        if not path.is_file():
-            continue
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{str(path)!r} is not readable JSON: {err}") from err
-        if name == "processor_config.json" and isinstance(stored, dict):
-            stored = stored.get("image_processor", {})
-        if not isinstance(stored, dict):
-            raise CheckpointError(f"{str(path)!r}: expected a JSON object of image processor settings")
-        return path, stored
-    return None, {}
-
-
-def image_processor_kwargs(config, directory: Path | None) -> dict:
-    """BridgeTowerImageProcessor settings: the checkpoint's own (see _stored_image_processor), else defaults for
-    its size. Settings transformers' processor fails on, or that bt_runtime would refuse or reproduce differently,
-    are refused here, all in one CheckpointError (docs/export.md, "Checkpoints")."""
-    from bt_runtime.manifest.load import MAX_RESIZE_FACTOR
-
-    from .manifest import longest_edge, resample_name
-
-    image_size = config.vision_config.image_size
-    kwargs = {"size": {"shortest_edge": image_size}, "crop_size": {"shortest_edge": image_size}, "size_divisor": 32}
-    preprocessor_json, stored = _stored_image_processor(directory)
-    where = repr(str(preprocessor_json)) if preprocessor_json else "the default image processor settings"
-    if stored:
-        # Keys every transformers version understands; legacy ones (feature_extractor_type, image_processor_type,
-        # do_pad, pad_size, …) describe the same processor and are not needed to reproduce it.
-        keep = ("size", "crop_size", "size_divisor", "resample", "image_mean", "image_std", "rescale_factor",
-                "do_resize", "do_center_crop", "do_rescale", "do_normalize")
-        kwargs.update({k: v for k, v in stored.items() if k in keep and v is not None})
-    problems = []
-    for key in ("size", "crop_size"):  # transformers writes {"shortest_edge": N}; older files a bare N
-        value = kwargs[key]
-        if _is_int(value) and value >= 1:
-            kwargs[key] = {"shortest_edge": value}
-        elif not (isinstance(value, dict) and _is_int(value.get("shortest_edge")) and value["shortest_edge"] >= 1):
-            problems.append(f'{key} {_json(value)}; expected a positive integer or {{"shortest_edge": N}}')
-    divisor = kwargs["size_divisor"]
-    if not _is_int(divisor) or divisor < 1:
-        problems.append(f"size_divisor {_json(divisor)} (valid: a positive integer; the resize floors each side to a "
-                        "multiple of it)")
-    for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
-        if not isinstance(kwargs.get(flag, True), bool):
-            problems.append(f"{flag} {_json(kwargs[flag])} (valid: true or false)")
-    if kwargs.get("do_center_crop") is False:
-        problems.append("do_center_crop false (the vision tower takes image_size × image_size pixels, which only the "
-                        "center crop guarantees: transformers would pass each image at its resized size, which "
-                        "bt_runtime refuses; valid: true)")
-    if "rescale_factor" in kwargs:  # the manifest records 1.0 when do_rescale is false; bt_runtime needs (0, 1]
-        factor = kwargs["rescale_factor"]
-        if not _is_number(factor) or (kwargs.get("do_rescale", True) and not 0 < factor <= 1):
-            problems.append(f"rescale_factor {_json(factor)} (valid: a number in (0, 1], 1/255 for 8-bit pixels)")
-    for key in ("image_mean", "image_std"):
-        if key not in kwargs:
-            continue
-        value = kwargs[key]
-        if _is_number(value):  # transformers applies one number to every channel; the manifest records three
-            kwargs[key] = [value] * 3
-        values = kwargs[key]
-        if not (isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)
-                and (key == "image_mean" or all(v > 0 for v in values))):
-            problems.append(f"{key} {_json(value)} (valid: 3 finite numbers{' > 0' if key == 'image_std' else ''}, "
-                            "one per RGB channel, or one number for all three)")
-    crop = kwargs["crop_size"].get("shortest_edge") if isinstance(kwargs["crop_size"], dict) else None
-    if _is_int(crop) and crop != image_size:
-        problems.append(f"crop_size {crop} does not match the model's vision_config.image_size {image_size} "
-                        f"(the vision tower takes {image_size}×{image_size})")
-    shortest = kwargs["size"].get("shortest_edge") if isinstance(kwargs["size"], dict) else None
-    if kwargs.get("do_resize", True) is True and _is_int(shortest) and _is_int(divisor) and divisor >= 1:
-        if shortest < divisor:  # every image's short side floors to 0 pixels: transformers raises
-            named = "" if preprocessor_json else " (vision_config.image_size)"
-            problems.append(f"size shortest_edge {shortest}{named} is below size_divisor {divisor} (the resize floors "
-                            "the short side to a multiple of size_divisor: 0; valid: shortest_edge ≥ size_divisor)")
-        longest, most = longest_edge(shortest), MAX_RESIZE_FACTOR * image_size  # transformers' long-side cap
-        if longest > most:
-            problems.append(f"size shortest_edge {shortest} makes a longest edge of {longest}, above the "
-                            f"{MAX_RESIZE_FACTOR} × image_size = {most} bt_runtime accepts (valid: shortest_edge ≤ "
-                            f"{_largest_shortest_edge(most)})")
-    if problems:
-        raise CheckpointError(f"{where}: " + "; ".join(problems))
-    if "resample" in kwargs:
-        resample_name(kwargs["resample"])  # an unknown code or name is refused here, before loading weights
-    return kwargs
-
-
-def _largest_shortest_edge(longest: int) -> int:
-    """The largest shortest_edge whose long-side cap (manifest.longest_edge) stays ≤ `longest`."""
-    from .manifest import longest_edge
-
-    shortest = int((longest + 1) * 800 / 1333) + 1  # int(1333 / 800 · s) ≤ longest ⇔ 1333 / 800 · s < longest + 1
-    while longest_edge(shortest) > longest:
-        shortest -= 1
-    return shortest
-
-
-def _json(value) -> str:
-    """`value` as a JSON file spells it (true, "0.5", NaN), for messages about a JSON file."""
-    return json.dumps(value, default=repr)
 
 
 def _hf_tokenizer(src: Path, max_length: int):

@@ -170,8 +170,8 @@ def test_resample_codes_and_names(value, name):
 
 
 def test_unknown_resample_is_refused_before_loading_weights(tmp_path):
-    from bt_export.checkpoints import image_processor_kwargs
     from bt_export.errors import CheckpointError
+    from bt_export.image_processor import image_processor_kwargs
 
     config = small_config()
     processor = hf_image_processor(size={"shortest_edge": 96}, crop_size={"shortest_edge": 96}, resample=7)
