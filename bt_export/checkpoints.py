@@ -36,6 +36,7 @@ class LoadedCheckpoint:
     tokenizer_dir: Path  # holds tokenizer.json, or vocab.json + merges.txt
     image_processor: dict  # kwargs for transformers' BridgeTowerImageProcessorPil
     source: dict = field(default_factory=dict)  # what the manifest records about where this came from
+    unused: tuple[str, ...] = ()  # tensors of the checkpoint no module here reads (bt-export logs them)
 
     @property
     def config(self):
@@ -193,17 +194,30 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     check_supported(config, heads, _parity_text_tokens(tokenizer_dir))
     image_processor = image_processor_kwargs(config, directory)  # refused here, before the weights load
     model_cls = with_heads_class(heads)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    # Mismatched shapes are collected, not raised: transformers would print its load report (a table pointing
+    # at itself) before our one-line error, which names each tensor below.
+    hf_logging.set_verbosity_error()
     try:
-        model, info = model_cls.from_pretrained(directory, config=config, output_loading_info=True)
+        model, info = model_cls.from_pretrained(directory, config=config, output_loading_info=True,
+                                                ignore_mismatched_sizes=True)
     except Exception as err:
-        raise CheckpointError(f"--checkpoint {str(directory)!r}: weights could not be loaded: {err}") from err
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: weights could not be loaded: "
+                              f"{first_line(err)}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     problems = [f"missing {k}" for k in info.get("missing_keys", [])]
-    problems += [f"shape mismatch {m[0] if isinstance(m, tuple) else m}" for m in info.get("mismatched_keys", [])]
+    problems += [f"{key} is {list(stored)} in the weights, {list(expected)} by config.json"
+                 for key, stored, expected in info.get("mismatched_keys", [])]
     if problems:
-        shown = "; ".join(sorted(problems)[:8]) + (" …" if len(problems) > 8 else "")
-        raise CheckpointError(f"--checkpoint {str(directory)!r}: {len(problems)} weight problem(s): {shown}")
+        shown = "; ".join(sorted(problems)[:4]) + (" …" if len(problems) > 4 else "")
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: {len(problems)} weight problem(s), so config.json "
+                              f"does not describe these weights: {shown}")
     return LoadedCheckpoint(model=model.eval(), heads=model.HEADS, tokenizer_dir=tokenizer_dir,
-                            image_processor=image_processor, source={**source, "random_init": False})
+                            image_processor=image_processor, source={**source, "random_init": False},
+                            unused=tuple(sorted(info.get("unexpected_keys", []))))
 
 
 def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], tokenizer: str | Path,

@@ -86,6 +86,27 @@ def test_missing_weights_are_refused_not_randomly_initialized(tmp_path):
         load_checkpoint(str(directory))
 
 
+def test_weights_config_json_does_not_describe_are_named_in_one_error(tmp_path, capfd):
+    """Before: transformers' load report (a table, 'look at the above report') then an error pointing at it."""
+    directory = save_checkpoint(tmp_path / "ckpt", BridgeTowerForImageAndTextRetrieval, small_config())
+    edit_json(directory / "config.json", {"text_config.intermediate_size": 40})
+    with pytest.raises(CheckpointError, match=re.escape("21 weight problem(s), so config.json does not describe these "
+                                                        "weights: bridgetower.cross_modal_image_layers.0.intermediate."
+                                                        "dense.bias is [256] in the weights, [40] by config.json;")):
+        load_checkpoint(str(directory))
+    assert "REPORT" not in capfd.readouterr().err
+
+
+def test_tensors_no_module_reads_are_reported_not_exported(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    directory = save_checkpoint(tmp_path / "ckpt", BridgeTowerForImageAndTextRetrieval, small_config())
+    tensors = load_file(directory / "model.safetensors")
+    tensors["extra_head.dense.weight"] = torch.zeros(3, 3)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    assert load_checkpoint(str(directory)).unused == ("extra_head.dense.weight",)
+
+
 @pytest.mark.parametrize("override,field", [
     ({"link_tower_type": "concat"}, "link_tower_type"),
     ({"share_link_tower_layers": True}, "share_link_tower_layers"),
