@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
+import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -194,30 +197,64 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
     check_supported(config, heads, _parity_text_tokens(tokenizer_dir))
     image_processor = image_processor_kwargs(config, directory)  # refused here, before the weights load
     model_cls = with_heads_class(heads)
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    # Mismatched shapes are collected, not raised: transformers would print its load report (a table pointing
-    # at itself) before our one-line error, which names each tensor below.
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = model_cls.from_pretrained(directory, config=config, output_loading_info=True,
-                                                ignore_mismatched_sizes=True)
-    except Exception as err:
-        raise CheckpointError(f"--checkpoint {str(directory)!r}: weights could not be loaded: "
-                              f"{first_line(err)}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    problems = [f"missing {k}" for k in info.get("missing_keys", [])]
-    problems += [f"{key} is {list(stored)} in the weights, {list(expected)} by config.json"
-                 for key, stored, expected in info.get("mismatched_keys", [])]
+    model, info = _from_pretrained(model_cls, directory, config)
+    problems = _weight_problems(info)
     if problems:
-        shown = "; ".join(sorted(problems)[:4]) + (" …" if len(problems) > 4 else "")
-        raise CheckpointError(f"--checkpoint {str(directory)!r}: {len(problems)} weight problem(s), so config.json "
-                              f"does not describe these weights: {shown}")
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: {problems}")
     return LoadedCheckpoint(model=model.eval(), heads=model.HEADS, tokenizer_dir=tokenizer_dir,
                             image_processor=image_processor, source={**source, "random_init": False},
                             unused=tuple(sorted(info.get("unexpected_keys", []))))
+
+
+def _from_pretrained(model_cls, directory: Path, config):
+    """`from_pretrained` with shape mismatches collected (ignore_mismatched_sizes, then refused by
+    _weight_problems) and transformers' log held back: its load report is a table that its own error and ours
+    would follow. When loading fails, what it logged is printed first, since its message may point at it."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    class Held(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(self.format(record))
+
+    held = Held()
+    hf_logging.disable_default_handler()
+    hf_logging.add_handler(held)
+    try:
+        return model_cls.from_pretrained(directory, config=config, output_loading_info=True,
+                                         ignore_mismatched_sizes=True)
+    except Exception as err:
+        if held.lines:
+            print("\n".join(held.lines), file=sys.stderr)
+        raise CheckpointError(f"--checkpoint {str(directory)!r}: weights could not be loaded: "
+                              f"{first_line(err)}") from err
+    finally:
+        hf_logging.remove_handler(held)
+        hf_logging.enable_default_handler()
+
+
+def _weight_problems(info: dict) -> str:
+    """What transformers' loading info says is wrong, in one line ('' when nothing): missing tensors first, then
+    shape mismatches grouped over layers (one config field is usually behind a mismatch in every layer)."""
+    def shown(items: list[str]) -> str:
+        return "; ".join(items[:4]) + (f"; … ({len(items) - 4} more)" if len(items) > 4 else "")
+
+    parts = []
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the model needs are not in the weights: {shown(missing)}")
+    groups = Counter((re.sub(r"\.\d+\.", ".*.", key), tuple(stored), tuple(expected))
+                     for key, stored, expected in info.get("mismatched_keys", []))
+    if groups:
+        mismatched = [f"{pattern}{f' ({n}×)' if n > 1 else ''} is {list(stored)} in the weights, {list(expected)} "
+                      "by config.json" for (pattern, stored, expected), n in sorted(groups.items())]
+        parts.append(f"{groups.total()} tensor(s) have other shapes than config.json gives them: {shown(mismatched)}")
+    return "; ".join(parts)
 
 
 def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], tokenizer: str | Path,

@@ -115,8 +115,9 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
     log(f"loading {checkpoint}{' (random init)' if random_init else ''}")
     loaded = load_checkpoint(checkpoint, random_init=random_init, tokenizer=tokenizer, revision=revision)
     if loaded.unused:
-        log(f"{len(loaded.unused)} tensor(s) of the checkpoint are read by no module of BridgeTower or its heads "
-            f"({', '.join(loaded.heads)}), and are not exported: " + ", ".join(loaded.unused[:4])
+        heads = f" or its heads ({', '.join(loaded.heads)})" if loaded.heads else ""
+        log(f"{len(loaded.unused)} tensor(s) of the checkpoint are read by no module of BridgeTower{heads}, and are "
+            "not exported: " + ", ".join(loaded.unused[:4])
             + (" …" if len(loaded.unused) > 4 else ""))
     specs = graph_specs(loaded.config, loaded.heads)
     with staged_directory(output, overwrite) as staging:

@@ -87,8 +87,10 @@ class TextTokenizer:
         """A tokenizer whose vocabulary is only its special tokens reads every text as `<s></s>`: every score is the
         same and nothing fails. bt-export wrote such tokenizers before 2026-12-02 from `vocab.json` + `merges.txt`
         checkpoints (transformers 5 ignored the 4.x arguments it used), and parity could not see it."""
-        special = {token.content for token in self.tokenizer.get_added_tokens_decoder().values()}
-        if set(self.tokenizer.get_vocab(with_added_tokens=False)) <= special:
+        added = self.tokenizer.get_added_tokens_decoder().values()
+        special = {token.content for token in added if token.special}
+        words = [token for token in added if not token.special]  # added with special=False: they tokenize text
+        if not words and set(self.tokenizer.get_vocab(with_added_tokens=False)) <= special:
             raise ManifestError(f"{str(path)!r} holds only its {len(special)} special tokens, so every text would "
                                 "be read as <s></s>; exports made before 2026-12-02 from a checkpoint with vocab.json "
                                 "+ merges.txt and no tokenizer.json have this: re-export it with this bt-export")

@@ -87,14 +87,29 @@ def test_missing_weights_are_refused_not_randomly_initialized(tmp_path):
 
 
 def test_weights_config_json_does_not_describe_are_named_in_one_error(tmp_path, capfd):
-    """Before: transformers' load report (a table, 'look at the above report') then an error pointing at it."""
+    """Before: transformers' load report (a table, 'look at the above report') then an error pointing at it. Missing
+    tensors come first; a mismatch repeated in every layer is one entry."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
     directory = save_checkpoint(tmp_path / "ckpt", BridgeTowerForImageAndTextRetrieval, small_config())
     edit_json(directory / "config.json", {"text_config.intermediate_size": 40})
-    with pytest.raises(CheckpointError, match=re.escape("21 weight problem(s), so config.json does not describe these "
-                                                        "weights: bridgetower.cross_modal_image_layers.0.intermediate."
-                                                        "dense.bias is [256] in the weights, [40] by config.json;")):
+    handlers = list(logging.getLogger("transformers").handlers)
+    with pytest.raises(CheckpointError, match=re.escape(
+            "21 tensor(s) have other shapes than config.json gives them: bridgetower.cross_modal_image_layers.*."
+            "intermediate.dense.bias (2×) is [256] in the weights, [40] by config.json;")) as err:
         load_checkpoint(str(directory))
+    assert "… (5 more)" in str(err.value) and "missing" not in str(err.value)
     assert "REPORT" not in capfd.readouterr().err
+    assert logging.getLogger("transformers").handlers == handlers  # its own log is back for the next load
+    tensors = load_file(directory / "model.safetensors")
+    del tensors["bridgetower.cross_modal_text_pooler.dense.weight"]
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=re.escape(
+            "1 tensor(s) the model needs are not in the weights: bridgetower.cross_modal_text_pooler.dense.weight; "
+            "21 tensor(s) have other shapes")):
+        load_checkpoint(str(directory))
 
 
 def test_tensors_no_module_reads_are_reported_not_exported(tmp_path):

@@ -75,6 +75,29 @@ def test_a_tokenizer_of_special_tokens_only_is_refused(export_copy):
         BridgeTowerRuntime.load(export_copy)
 
 
+def test_a_tokenizer_of_special_tokens_and_added_words_is_kept(tmp_path):
+    """Tokens added with special=False tokenize text: such a tokenizer is not the empty one refused above."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from bt_runtime.text import TextTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tokenizer = Tokenizer(WordLevel({token: i for i, token in enumerate(specials)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.add_special_tokens(specials)
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    with pytest.raises(ManifestError, match="holds only its 5 special tokens"):
+        TextTokenizer(path, 16, 1, "<mask>", 4)._check_not_empty(path)
+    tokenizer.add_tokens(["a", "cat"])
+    tokenizer.save(str(path))
+    loaded = TextTokenizer(path, 16, 1, "<mask>", 4)
+    loaded._check_not_empty(path)
+    assert loaded(["a cat"]).input_ids.tolist() == [[5, 6]]
+
+
 def test_unlisted_external_data_is_refused(export_copy):
     (export_copy / "cross_modal.int8.onnx.data").write_bytes(np.ones(1000, np.float32).tobytes())
     with pytest.raises(ManifestError, match=r"external-data file\(s\) its manifest does not list: "
