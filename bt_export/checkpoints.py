@@ -212,8 +212,6 @@ def _from_pretrained(model_cls, directory: Path, config):
     would follow. When loading fails, what it logged is printed first, since its message may point at it."""
     import logging
 
-    from transformers.utils import logging as hf_logging
-
     class Held(logging.Handler):
         def __init__(self):
             super().__init__()
@@ -222,9 +220,8 @@ def _from_pretrained(model_cls, directory: Path, config):
         def emit(self, record):
             self.lines.append(self.format(record))
 
-    held = Held()
-    hf_logging.disable_default_handler()
-    hf_logging.add_handler(held)
+    held, library = Held(), logging.getLogger("transformers")  # its root logger; propagate is off there
+    handlers, library.handlers = library.handlers, [held]
     try:
         return model_cls.from_pretrained(directory, config=config, output_loading_info=True,
                                          ignore_mismatched_sizes=True)
@@ -234,8 +231,7 @@ def _from_pretrained(model_cls, directory: Path, config):
         raise CheckpointError(f"--checkpoint {str(directory)!r}: weights could not be loaded: "
                               f"{first_line(err)}") from err
     finally:
-        hf_logging.remove_handler(held)
-        hf_logging.enable_default_handler()
+        library.handlers = handlers  # as the caller had them
 
 
 def _weight_problems(info: dict) -> str:

@@ -112,6 +112,25 @@ def test_weights_config_json_does_not_describe_are_named_in_one_error(tmp_path, 
         load_checkpoint(str(directory))
 
 
+def test_when_transformers_fails_to_load_its_held_back_log_is_printed_first(tmp_path, capfd):
+    """transformers' own errors may say 'look at the report above': the report must then be there."""
+    import logging
+
+    from bt_export.checkpoints import _from_pretrained
+
+    class Failing:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            logging.getLogger("transformers.modeling_utils").warning("CONVERSION report")
+            raise ValueError("see the CONVERSION entries of the above report")
+
+    handlers = list(logging.getLogger("transformers").handlers)
+    with pytest.raises(CheckpointError, match="weights could not be loaded: see the CONVERSION entries"):
+        _from_pretrained(Failing, tmp_path, None)
+    assert "CONVERSION report" in capfd.readouterr().err
+    assert logging.getLogger("transformers").handlers == handlers
+
+
 def test_tensors_no_module_reads_are_reported_not_exported(tmp_path):
     from safetensors.torch import load_file, save_file
 
