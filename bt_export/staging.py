@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from bt_runtime.outputs import swap_into_place
+from bt_runtime.outputs import export_manifest, swap_into_place
 
 from .errors import OutputDirError
 
@@ -62,15 +61,6 @@ def _recorded_files(data) -> dict[str, set[str]]:
     return recorded
 
 
-def _export_manifest(directory: Path) -> dict | None:
-    """The manifest of the bt export in `directory`; None if there is none."""
-    try:
-        data = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "schema_version" in data and "graphs" in data else None
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -89,7 +79,7 @@ def _foreign_entries(directory: Path) -> list[str] | None:
     """Entries of an existing export directory that bt-export cannot prove it wrote, each with the reason; None:
     not a bt export. Judged by content, never by name: a listed file must be a regular file (not a link, not a
     directory) whose sha256 is one the manifest records; the caches above may hold only what their writer writes."""
-    data = _export_manifest(directory)
+    data = export_manifest(directory)
     if data is None:
         return None
     recorded = _recorded_files(data)
@@ -153,7 +143,7 @@ def check_output_dir(output: Path, overwrite: bool) -> Path:
                                  "them. Move them away, or choose another directory")
     ancestor = _writable_ancestor(output.parent)
     for parent in (ancestor, *ancestor.parents):
-        if _export_manifest(parent) is not None:  # its --overwrite would then refuse: an entry its manifest lacks
+        if export_manifest(parent) is not None:  # its --overwrite would then refuse: an entry its manifest lacks
             raise OutputDirError(f"--output {given!r} is inside the export {str(parent)!r}; choose a directory "
                                  "outside it (an export holds only the files its manifest lists)")
     if not ancestor.is_dir():

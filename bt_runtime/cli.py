@@ -195,13 +195,14 @@ def index_gallery(export_dir: Path = ExportDir,
                                  "cluster address), or drop them for the in-process job")
         if workers < 1 or not cpus_per_worker > 0 or not math.isfinite(cpus_per_worker):
             raise BtRuntimeError(f"--workers {workers} / --cpus-per-worker {cpus_per_worker}: expected ≥ 1 and > 0")
-        if not (math.isfinite(memory_gib) and memory_gib * 2**30 >= 1):  # inf/nan would fail int() below
+        budget = memory_gib * 2**30  # a finite but huge number of GiB overflows to inf here
+        if not (math.isfinite(budget) and budget >= 1):  # inf/nan would fail int() below
             raise BtRuntimeError(f"--index-memory-gib {memory_gib}: expected a finite size above 0 (GiB)")
         options = None if ray is None else RayOptions(
             ray, workers, cpus_per_worker, 1.0 if chosen.startswith("cuda") else 0.0)
         runtime = _load(export_dir, precision)
         _emit(index_images(runtime, export_dir, inputs, output, batch_size=batch_size, shard_size=shard_size,
-                           device=chosen, ray=options, memory_bytes=int(memory_gib * 2**30), overwrite=overwrite,
+                           device=chosen, ray=options, memory_bytes=int(budget), overwrite=overwrite,
                            log=lambda m: console.print(f"[dim]{escape(m)}[/dim]")))
     _guard(task)
 

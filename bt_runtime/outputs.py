@@ -1,9 +1,11 @@
 """Checks on a path a command is about to write (`bt-run index -o`, `bt-run triton-repo REPO`), made before any
-work: a symbolic link (dangling or not), a name too long for the staging file beside it, or a parent that cannot be
-written is a one-line error naming the path, never a traceback after minutes of work (docs/limits.md)."""
+work: a symbolic link (dangling or not), a name too long for the staging file beside it, a parent that cannot be
+written, or a place inside an export is a one-line error naming the path, never a traceback after minutes of work
+(docs/limits.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +18,22 @@ def _existing_ancestor(path: Path) -> Path:
         if os.path.lexists(candidate):
             return candidate
     return Path("/")
+
+
+def export_manifest(directory: Path) -> dict | None:
+    """The manifest of the bt export in `directory`; None if there is none (a FIFO named manifest.json is not read)."""
+    path = directory / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "schema_version" in data and "graphs" in data else None
+
+
+def _inside_export(output: Path) -> Path | None:
+    """The export `output` is, or is inside: writing there adds entries its manifest does not list, and bt-export's
+    --overwrite of that export then refuses."""
+    return next((d for d in (output, *output.parents) if export_manifest(d) is not None), None)
 
 
 def check_output_path(output: Path, option: str, staging_bytes: int) -> Path:
@@ -37,6 +55,11 @@ def check_output_path(output: Path, option: str, staging_bytes: int) -> Path:
     if output.is_symlink():
         raise BtRuntimeError(f"{option} {given!r} is a symbolic link (to {os.readlink(output)!r}); give the real "
                              "path (links are neither followed nor replaced)")
+    export = _inside_export(output)
+    if export is not None:
+        where = "is the export" if export == output else "is inside the export"
+        raise BtRuntimeError(f"{option} {given!r} {where} {str(export)!r}; choose a path outside it (an export holds "
+                             "only the files its manifest lists)")
     if not ancestor.is_dir():
         raise BtRuntimeError(f"{option} {given!r}: {str(ancestor)!r} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -194,13 +194,17 @@ def check_files(manifest: Manifest, directory: Path) -> Manifest:
     for precision, section in manifest.tensorrt.items():  # engines may be absent: the backend says how to rebuild
         for graph, engine in section.engines.items():
             confined_path(directory, engine.file, f"{path}: tensorrt.{precision}.engines.{graph}.file")
-    absent = []
+    absent, odd = [], []
     for where, name in names:
-        if not confined_path(directory, name, f"{path}: {where}").is_file():
-            absent.append(name)
+        file = confined_path(directory, name, f"{path}: {where}")
+        if not file.is_file():
+            (odd if file.exists() else absent).append(name)  # a FIFO would block its read
     if absent:
         raise ManifestError(f"export directory {str(directory)!r} is missing file(s) named in its manifest: "
                             f"{sorted(set(absent))}")
+    if odd:
+        raise ManifestError(f"export directory {str(directory)!r}: file(s) named in its manifest are not regular "
+                            f"files: {sorted(set(odd))}; re-export, or copy the export again")
     for i, tensor in enumerate(manifest.golden.tensors if manifest.golden is not None else []):
         size, expected = (directory / tensor.file).stat().st_size, GOLDEN_ITEMSIZE[tensor.dtype]
         for d in tensor.shape:
@@ -230,8 +234,11 @@ def read_manifest(directory: str | Path) -> Manifest:
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not directory.is_dir():
-        raise ManifestError(f"export directory {str(directory)!r} does not exist")
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise ManifestError(f"export directory {str(directory)!r} {what}")
     if not path.is_file():
+        if path.exists():  # a FIFO would block the read, a directory fail it
+            raise ManifestError(f"{str(path)!r} is not a regular file (was the export directory made by bt-export?)")
         raise ManifestError(f"export directory {str(directory)!r} has no {MANIFEST_NAME} (was it made by bt-export?)")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))

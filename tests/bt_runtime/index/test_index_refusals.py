@@ -279,7 +279,7 @@ def test_a_fifo_given_by_name_and_a_zero_budget_are_refused_before_any_work(runt
 
     from bt_runtime.cli import app
 
-    for gib in ("inf", "nan", "0", "1e-12"):
+    for gib in ("inf", "nan", "0", "1e-12", "1e300"):  # 1e300 GiB in bytes overflows to inf
         result = CliRunner().invoke(app, ["index", str(tiny_export), "--images", str(gallery), "-o",
                                           str(tmp_path / "out"), "--index-memory-gib", gib])
         assert result.exit_code == 2 and "expected a finite size above 0 (GiB)" in result.output, result.output
@@ -326,3 +326,22 @@ def test_a_filesystem_that_cannot_lock_a_directory_runs_the_job_unlocked_and_say
         assert directory == tmp_path / "index" and directory.is_dir()
     assert lines == [f"--output {tmp_path / 'index'}: this filesystem cannot lock the directory "
                      f"({os.strerror(errno.EBADF)}); run one index job at a time there"]
+
+
+def test_an_output_inside_an_export_is_refused_before_any_work(export_copy, gallery):
+    """Before: `bt-run index -o EXPORT/idx` (and triton-repo REPO there) wrote into the export, whose bt-export
+    --overwrite then refused: an entry its manifest does not list."""
+    from typer.testing import CliRunner
+
+    from bt_runtime.cli import app
+    from bt_runtime.outputs import check_output_path
+
+    before = sorted(p.name for p in export_copy.iterdir())
+    for output in ("idx", "gallery.npz", "deeper/idx"):
+        result = CliRunner().invoke(app, ["index", str(export_copy), "--images", str(gallery), "-o",
+                                          str(export_copy / output)])
+        assert result.exit_code == 2, result.output
+        assert f"is inside the export {str(export_copy)!r}" in " ".join(result.output.split()), result.output
+    with pytest.raises(BtRuntimeError, match=re.escape(f"REPO {str(export_copy)!r} is the export")):
+        check_output_path(export_copy, "REPO", 0)
+    assert sorted(p.name for p in export_copy.iterdir()) == before

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -196,6 +197,19 @@ def test_missing_directory_and_manifest(tmp_path):
         read_manifest(tmp_path / "nope")
     with pytest.raises(ManifestError, match="has no manifest.json"):
         read_manifest(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ManifestError, match="file' is not a directory"):
+        read_manifest(tmp_path / "file")
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(ManifestError, match="manifest.json' is not a regular file"):
+        read_manifest(tmp_path)
+
+
+def test_a_listed_file_that_is_not_a_regular_file_is_named_as_such(export_copy):
+    (export_copy / "tokenizer.json").unlink()
+    os.mkfifo(export_copy / "tokenizer.json")  # read, it would block the load
+    with pytest.raises(ManifestError, match=re.escape("not regular files: ['tokenizer.json']")):
+        read_manifest(export_copy)
 
 
 def test_unknown_schema_version(export_copy):
