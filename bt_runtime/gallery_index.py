@@ -19,6 +19,7 @@ import numpy as np
 from .errors import BtRuntimeError
 from .images import not_a_file
 from .outputs import check_output_path
+from .retrieval import embedding_rows_problem
 
 FORMAT = "bt-gallery-index/1"
 STAGING_BYTES = len(".") + len(".") + 8 + len(".npz")  # `.NAME.XXXXXXXX.npz` (tempfile.mkstemp) beside the index
@@ -137,4 +138,7 @@ def read(path: Path, runtime) -> tuple[np.ndarray, list[Path]]:
     embeddings, images = fields["embeddings"], [Path(p) for p in fields["images"].tolist()]
     if embeddings.shape[0] != len(images):
         raise BtRuntimeError(f"--index {path}: {embeddings.shape} embeddings for {len(images)} images")
+    problem = embedding_rows_problem(embeddings)
+    if problem:
+        raise BtRuntimeError(f"--index {path}: embeddings {problem}; rebuild it with `bt-run index`")
     return embeddings, images

@@ -22,6 +22,25 @@ class RetrievalHit:
     image_id: str | None = field(default=None, compare=False)  # with an index directory: the image's id (its path)
 
 
+# How far a stored row's L2 norm may be from 1: float16 storage rounds each component by at most 2**-11 relative
+# (so the norm by at most that), an fp16 export normalizes in fp16; 1e-2 holds both with room, and a vector that was
+# never normalized is almost never that close to 1.
+UNIT_NORM_TOLERANCE = 1e-2
+
+
+def embedding_rows_problem(embeddings: np.ndarray) -> str | None:
+    """Why `embeddings` (N, E) floats are not L2-normalized rows (their dot products would not be cosines, scores
+    above 1 would be printed as similarities), or None."""
+    if not np.isfinite(embeddings).all():
+        return "has non-finite values"
+    norms = np.linalg.norm(embeddings.astype(np.float32, copy=False), axis=1)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
+    if off.size:
+        return (f"row {int(off[0])} has L2 norm {float(norms[off[0]]):.4g} ({off.size} of {len(norms)} rows are not "
+                f"unit vectors within {UNIT_NORM_TOLERANCE:g})")
+    return None
+
+
 def _best(hits: list[RetrievalHit], top_k: int) -> list[RetrievalHit]:
     """Best first; equal scores: the higher image index first (as the shortlist's heap keeps them)."""
     return sorted(hits, key=lambda hit: (hit.score, hit.index), reverse=True)[:top_k]
@@ -98,8 +117,9 @@ class Retrieval:
                    else type(index).__name__)
             raise BtRuntimeError(f"index must be the images' embed_images(): a float array of shape ({count}, "
                                  f"{dims}) (one row per image), got {got}")
-        if not np.isfinite(index).all():
-            raise BtRuntimeError("index has non-finite values; rebuild it with embed_images(images)")
+        problem = embedding_rows_problem(index)
+        if problem:
+            raise BtRuntimeError(f"index {problem}; rebuild it with embed_images(images)")
         return index.astype(np.float32, copy=False)
 
     def _retrieve_indexed(self, text_features: TextFeatures, images: list, index: np.ndarray, top_k: int,

@@ -29,7 +29,7 @@ def runtime(tiny_export):
 
 
 def _fields(runtime, images=("/a.png", "/b.png")):
-    return {"format": np.array(gi.FORMAT), "embeddings": np.ones((len(images), 4), np.float32),
+    return {"format": np.array(gi.FORMAT), "embeddings": np.full((len(images), 4), 0.5, np.float32),
             "images": np.array(list(images)), "vision_sha256": np.array(gi.vision_sha256(runtime)),
             "precision": np.array("fp32")}
 
@@ -50,6 +50,32 @@ def test_a_well_formed_index_reads_back(runtime, tmp_path):
     np.savez(tmp_path / "ok.npz", **_fields(runtime))
     embeddings, images = gi.read(tmp_path / "ok.npz", runtime)
     assert embeddings.shape == (2, 4) and [str(p) for p in images] == ["/a.png", "/b.png"]
+
+
+@pytest.mark.parametrize("embeddings, says", [
+    (np.ones((2, 4), np.float32), r"embeddings row 0 has L2 norm 2 \(2 of 2 rows are not unit vectors"),
+    (np.array([[0.5] * 4, [0.0] * 4], np.float32), r"embeddings row 1 has L2 norm 0 \(1 of 2"),
+    (np.array([[0.5] * 4, [np.inf] * 4], np.float32), "embeddings has non-finite values"),
+])
+def test_an_index_of_vectors_that_are_not_unit_is_refused(tiny_export, runtime, tmp_path, embeddings, says):
+    """Their dot products would be printed as cosine similarities above 1 (or ranked by length, not angle)."""
+    np.savez(tmp_path / "raw.npz", **{**_fields(runtime), "embeddings": embeddings})
+    with pytest.raises(BtRuntimeError, match=says):
+        gi.read(tmp_path / "raw.npz", runtime)
+    result = invoke("retrieve", tiny_export, "--query", "q", "--index", tmp_path / "raw.npz")
+    assert result.exit_code == 2 and "rebuild it with `bt-run index`" in result.output
+    assert "internal error" not in result.output
+
+
+def test_a_float16_index_of_real_embeddings_is_kept(runtime, photos_dir, tmp_path):
+    """Storage in float16 moves a norm by up to 2**-11: within the tolerance, as the fp16 export's own rows are."""
+    gallery = [str(p) for p in sorted(photos_dir.iterdir())[:3]]
+    embeddings = runtime.embed_images(gallery).astype(np.float16)
+    np.savez(tmp_path / "half.npz", **{**_fields(runtime, gallery), "embeddings": embeddings})
+    read, _ = gi.read(tmp_path / "half.npz", runtime)
+    assert read.dtype == np.float16
+    hits = runtime.retrieve("a cat", gallery, top_k=3, rerank=0, index=read)
+    assert all(-1.001 <= hit.score <= 1.001 for hit in hits)
 
 
 def test_a_large_junk_member_is_refused_before_decompressing(runtime, tmp_path, monkeypatch):

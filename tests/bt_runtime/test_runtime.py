@@ -151,6 +151,8 @@ def test_retrieve_with_an_index_ranks_as_streaming_and_encodes_only_the_shortlis
     (lambda e: e.tolist(), "got list"),
     (lambda e: e.astype(np.int64), "got int64 array"),
     (lambda e: np.where(e > 0, np.nan, e), "non-finite"),
+    (lambda e: e * 2, r"index row 0 has L2 norm 2 \(3 of 3 rows are not unit vectors within 0.01\)"),
+    (lambda e: np.concatenate([e[:2], e[2:] * 0.9]), r"row 2 has L2 norm 0.9 \(1 of 3"),
 ])
 def test_retrieve_refuses_an_index_that_is_not_the_gallerys(runtime, photos, index, says):
     gallery = [str(p) for p in photos[:3]]
