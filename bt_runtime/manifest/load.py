@@ -236,6 +236,9 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         raise ManifestError(f"export directory {str(directory)!r} {what}")
+    if path.is_symlink():  # as for every file it lists (integrity.confined_path): the contract is the export's own
+        raise ManifestError(f"{str(path)!r} is a symbolic link; an export holds regular files only (copy the export "
+                            "rather than linking its files; a link to the whole directory is fine)")
     if not path.is_file():
         if path.exists():  # a FIFO would block the read, a directory fail it
             raise ManifestError(f"{str(path)!r} is not a regular file (was the export directory made by bt-export?)")

@@ -103,6 +103,17 @@ def test_symlinked_graph_escaping_the_export_is_refused(export_copy, tmp_path):
         read_manifest(export_copy)
 
 
+def test_a_symlinked_manifest_is_refused_and_a_symlinked_export_directory_is_not(export_copy, tmp_path):
+    linked = tmp_path / "current"
+    linked.symlink_to(export_copy, target_is_directory=True)  # exports/current -> exports/v3: a common deployment
+    assert read_manifest(linked).directory == linked
+    outside = tmp_path / "manifest-elsewhere.json"
+    shutil.move(export_copy / "manifest.json", outside)
+    os.symlink(outside, export_copy / "manifest.json")
+    with pytest.raises(ManifestError, match="manifest.json' is a symbolic link; an export holds regular files only"):
+        read_manifest(export_copy)
+
+
 def test_non_utf8_manifest_is_a_manifest_error(export_copy):
     (export_copy / "manifest.json").write_bytes(b'{"schema_version": 3, "created": "\xff\xfe"}')
     with pytest.raises(ManifestError, match="not UTF-8"):
