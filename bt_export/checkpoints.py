@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +22,11 @@ from bt_runtime.errors import first_line
 from .configs import KNOWN_CHECKPOINTS, SHAPES_DIR, TINY_CONFIG, TINY_HEADS, TINY_SEED, TINY_TOKENIZER_DIR, valid_names
 from .errors import CheckpointError, UnsupportedConfigError
 from .image_processor import image_processor_kwargs, is_int
+from .tokenizer_files import MIN_TEXT_TOKENS, check_tokenizer_fits, parity_text_tokens, tokenizer_layout
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-TOKENIZER_LAYOUTS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
-MIN_TEXT_TOKENS = 3  # bt_runtime refuses a tokenizer max_length below 3 (<s>, one token, </s>)
 
 
 @dataclass
@@ -128,20 +125,13 @@ def _reachable(url: str, timeout: float) -> bool:
         return False
 
 
-def _tokenizer_files(directory: Path) -> tuple[str, ...] | None:
-    for layout in TOKENIZER_LAYOUTS:
-        if all((directory / name).is_file() for name in layout):
-            return layout
-    return None
-
-
 def _check_directory(directory: Path, tokenizer: str | Path | None) -> None:
     missing = []
     if not (directory / "config.json").is_file():
         missing.append("config.json")
     if not any((directory / name).is_file() for name in WEIGHT_FILES):
         missing.append("weights (one of " + ", ".join(WEIGHT_FILES) + ")")
-    if tokenizer is None and _tokenizer_files(directory) is None:
+    if tokenizer is None and tokenizer_layout(directory) is None:
         missing.append("tokenizer (tokenizer.json, or vocab.json + merges.txt)")
     if missing:
         raise CheckpointError(f"--checkpoint {str(directory)!r} is missing: {'; '.join(missing)}")
@@ -191,10 +181,10 @@ def _load_directory(directory: Path, source: dict, tokenizer: str | Path | None)
         raise CheckpointError(f"--checkpoint {str(directory)!r}: config.json is not a BridgeTower config: "
                               f"{err}") from err
     tokenizer_dir = Path(tokenizer) if tokenizer else directory
-    _check_tokenizer_fits(config, tokenizer_dir, f"--tokenizer {str(tokenizer)!r}" if tokenizer
+    check_tokenizer_fits(config, tokenizer_dir, f"--tokenizer {str(tokenizer)!r}" if tokenizer
                           else f"--checkpoint {str(directory)!r}: its tokenizer")
     heads = heads_in_keys(_tensor_names(directory))
-    check_supported(config, heads, _parity_text_tokens(tokenizer_dir))
+    check_supported(config, heads, parity_text_tokens(tokenizer_dir))
     image_processor = image_processor_kwargs(config, directory)  # refused here, before the weights load
     model_cls = with_heads_class(heads)
     model, info = _from_pretrained(model_cls, directory, config)
@@ -261,12 +251,12 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
     from .model import with_heads_class
 
     tokenizer = Path(tokenizer)
-    if not tokenizer.is_dir() or _tokenizer_files(tokenizer) is None:
+    if not tokenizer.is_dir() or tokenizer_layout(tokenizer) is None:
         raise CheckpointError(f"--tokenizer {str(tokenizer)!r} must be a directory with tokenizer.json, "
                               "or vocab.json + merges.txt")
     config = BridgeTowerConfig(**config_kwargs)
-    _check_tokenizer_fits(config, tokenizer, f"--tokenizer {str(tokenizer)!r}")
-    check_supported(config, heads, _parity_text_tokens(tokenizer))
+    check_tokenizer_fits(config, tokenizer, f"--tokenizer {str(tokenizer)!r}")
+    check_supported(config, heads, parity_text_tokens(tokenizer))
     image_processor = image_processor_kwargs(config, None)
     torch.manual_seed(seed)
     model = with_heads_class(heads)(config).eval()
@@ -280,57 +270,9 @@ def _random_checkpoint(name: str, config_kwargs: dict, heads: tuple[str, ...], t
                             source=source)
 
 
-def _check_tokenizer_fits(config, tokenizer_dir: Path, where: str) -> None:
-    """The tokenizer's ids index the model's text embedding table: one past it fails deep in eager (IndexError)."""
-    vocab = _tokenizer_vocab_size(tokenizer_dir)
-    if vocab > config.text_config.vocab_size:
-        raise CheckpointError(f"{where} has {vocab} tokens, more than the model's text vocab_size "
-                              f"{config.text_config.vocab_size}: they do not belong together")
-
-
-def _tokenizer_vocab_size(directory: Path) -> int:
-    try:
-        if (directory / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
-        return len(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
-    except Exception as err:  # tokenizers raises a bare Exception for a corrupt file
-        raise CheckpointError(f"--tokenizer {str(directory)!r}: the tokenizer cannot be read: "
-                              f"{first_line(err)}") from err
-
-
-def _parity_text_tokens(tokenizer_dir: Path) -> int:
-    """Tokens in the longest default parity caption (special tokens included), by the tokenizer the export writes.
-    The eager model and the traced text tower take them untruncated."""
-    from .samples import DEFAULT_TEXTS
-
-    try:
-        tok = _hf_tokenizer(tokenizer_dir, max_length=MIN_TEXT_TOKENS)  # counted below without truncation
-    except Exception as err:  # tokenizers/transformers raise bare Exceptions for corrupt files
-        raise CheckpointError(f"tokenizer files in {str(tokenizer_dir)!r} cannot be loaded: "
-                              f"{first_line(err)}") from err
-    _check_vocabulary(tok, tokenizer_dir, DEFAULT_TEXTS)
-    return max(len(tok.backend_tokenizer.encode(text).ids) for text in DEFAULT_TEXTS)  # no over-length warning
-
-
-def _check_vocabulary(tok, tokenizer_dir: Path, texts) -> None:
-    """The tokenizer knows the words of plain English captions: at least one known token per two words. A vocabulary
-    that did not load (a vocab.json holding only the special tokens; transformers 5 ignoring 4.x's vocab_file=)
-    drops or <unk>s every word, and parity cannot see it: eager and the graphs read the same token ids."""
-    words = sum(len(text.split()) for text in texts)
-    known = [[i for i in tok.backend_tokenizer.encode(text, add_special_tokens=False).ids if i != tok.unk_token_id]
-             for text in texts]
-    if 2 * sum(map(len, known)) < words:
-        raise CheckpointError(f"tokenizer in {str(tokenizer_dir)!r} knows {sum(map(len, known))} token(s) in the "
-                              f"{words} words of the parity captions ({texts[0]!r} → {known[0]}; valid: ≥ "
-                              f"{-(-words // 2)} known tokens): its vocabulary is missing or not for English text; "
-                              "give the checkpoint's own tokenizer (--tokenizer)")
-
-
 def check_supported(config, heads: tuple[str, ...] = (), text_tokens: int = 0) -> None:
     """Reject config variants the graphs do not reproduce, and values transformers' eager model cannot run, naming
-    the field. `text_tokens`: the longest parity caption the text tower must hold (_parity_text_tokens). Everything
+    the field. `text_tokens`: the longest parity caption the text tower must hold (parity_text_tokens). Everything
     else is exported."""
     text, vision = config.text_config, config.vision_config
     problems = []
@@ -380,39 +322,3 @@ def check_supported(config, heads: tuple[str, ...] = (), text_tokens: int = 0) -
         problems.append("text_config.is_decoder/add_cross_attention=True (the text tower is an encoder)")
     if problems:
         raise UnsupportedConfigError("unsupported BridgeTower config: " + "; ".join(problems))
-
-
-def _hf_tokenizer(src: Path, max_length: int):
-    from tokenizers import AddedToken
-    from transformers import AutoTokenizer, RobertaTokenizerFast
-
-    if (src / "tokenizer.json").is_file():
-        return RobertaTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), model_max_length=max_length)
-    try:
-        return AutoTokenizer.from_pretrained(src, model_max_length=max_length)
-    except (OSError, ValueError):
-        # transformers 5 takes vocab=/merges=: 4.x's vocab_file=/merges_file= are ignored there and made an empty
-        # tokenizer (every text <unk>). <mask> takes the space before it, as in RoBERTa's own tokenizer.json.
-        return RobertaTokenizerFast(vocab=str(src / "vocab.json"), merges=str(src / "merges.txt"),
-                                    mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False,
-                                                          special=True),
-                                    model_max_length=max_length)
-
-
-def copy_tokenizer(loaded: LoadedCheckpoint, out_dir: Path) -> list[str]:
-    """Write tokenizer.json (converted from vocab.json + merges.txt when needed) and its HF config into `out_dir`."""
-    src = loaded.tokenizer_dir
-    max_length = loaded.config.text_config.max_position_embeddings - 2
-    try:
-        tok = _hf_tokenizer(src, max_length)
-    except Exception as err:  # tokenizers/transformers raise bare Exceptions for corrupt files
-        raise CheckpointError(f"tokenizer files in {str(src)!r} cannot be loaded: "
-                              f"{first_line(err)}") from err
-    with tempfile.TemporaryDirectory() as tmp:
-        tok.save_pretrained(tmp)  # tokenizer.json (converted from vocab.json + merges.txt when needed) + its config
-        written = []
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (Path(tmp) / name).is_file():
-                shutil.copy(Path(tmp) / name, out_dir / name)
-                written.append(name)
-    return written

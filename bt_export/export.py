@@ -14,7 +14,7 @@ import torch
 from bt_runtime.cpu import isa_class
 from bt_runtime.manifest import Parity, RejectedVariant, Variant, checked, write_manifest
 
-from .checkpoints import copy_tokenizer, load_checkpoint
+from .checkpoints import load_checkpoint
 from .errors import BtExportError, ParityError, VariantsRejected
 from .fused import ATTENTION_MODES, count_attention
 from .manifest import build_manifest, graph_file_entry
@@ -24,6 +24,7 @@ from .precision import INT8_EXCLUDED, PRECISIONS, variant_details, variant_file,
 from .samples import DEFAULT_TEXTS, hf_processor, load_images, make_samples, shapes_calibration
 from .specs import VARIANT_BOUNDS, computes, graph_specs
 from .staging import check_output_dir, staged_directory
+from .tokenizer_files import copy_tokenizer
 
 # Measured on this project's CPU machine (full-size base, 1 pair, int8): ONNX Attention 312 ms, com.microsoft
 # MultiHeadAttention 348 ms, fp32 within noise of each other. `onnx` is also the portable one (TensorRT ≥ 10.14).

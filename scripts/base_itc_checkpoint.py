@@ -22,8 +22,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json, or vocab.json + merges.txt")
     args = parser.parse_args()
 
-    from bt_export.checkpoints import TOKENIZER_LAYOUTS, _random_checkpoint
+    from bt_export.checkpoints import _random_checkpoint
     from bt_export.configs import KNOWN_CHECKPOINTS
+    from bt_export.tokenizer_files import TOKENIZER_LAYOUTS
 
     itc = {k: KNOWN_CHECKPOINTS["large-itm-mlm-itc"].config[k] for k in ("contrastive_hidden_size",
                                                                          "logit_scale_init_value")}

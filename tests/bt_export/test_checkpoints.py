@@ -15,10 +15,11 @@ from transformers import (
     BridgeTowerModel,
 )
 
-from bt_export.checkpoints import copy_tokenizer, load_checkpoint
+from bt_export.checkpoints import load_checkpoint
 from bt_export.configs import KNOWN_CHECKPOINTS, TINY_TOKENIZER_DIR
 from bt_export.errors import CheckpointError, UnsupportedConfigError
 from bt_export.image_processor import image_processor_kwargs
+from bt_export.tokenizer_files import copy_tokenizer
 
 from .checkpoint_dirs import copy_tokenizer_files, edit_json, save_checkpoint, small_config
 

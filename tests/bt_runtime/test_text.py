@@ -23,7 +23,8 @@ def tokenizer_dir(request, tiny_export, roberta_dir, tmp_path):
     if request.param == "tiny":
         return tiny_export
     # the hub layout: tokenizer.json + vocab.json, plus transformers' own config written by bt-export
-    from bt_export.checkpoints import LoadedCheckpoint, copy_tokenizer
+    from bt_export.checkpoints import LoadedCheckpoint
+    from bt_export.tokenizer_files import copy_tokenizer
 
     class Config:
         class text_config:
