@@ -36,11 +36,20 @@ class LoadedCheckpoint:
     tokenizer_dir: Path  # holds tokenizer.json, or vocab.json + merges.txt
     image_processor: dict  # kwargs for transformers' BridgeTowerImageProcessorPil
     source: dict = field(default_factory=dict)  # what the manifest records about where this came from
-    unused: tuple[str, ...] = ()  # tensors of the checkpoint no module here reads (bt-export logs them)
+    unused: tuple[str, ...] = ()  # tensors of the checkpoint no module here reads (unused_note)
 
     @property
     def config(self):
         return self.model.config
+
+    def unused_note(self) -> str | None:
+        """The line bt-export and the benchmarks' eager model print when the checkpoint holds tensors no module reads
+        (a head this toolkit does not know is dropped, not silently exported or compared)."""
+        if not self.unused:
+            return None
+        heads = f" or its heads ({', '.join(self.heads)})" if self.heads else ""
+        return (f"{len(self.unused)} tensor(s) of the checkpoint are read by no module of BridgeTower{heads}: "
+                + ", ".join(self.unused[:4]) + (" …" if len(self.unused) > 4 else ""))
 
 
 def load_checkpoint(checkpoint: str, *, random_init: bool = False, tokenizer: str | Path | None = None,

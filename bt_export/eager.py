@@ -3,6 +3,8 @@ the loaded weights. The reference for runtime parity tests and the baseline for 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -15,6 +17,8 @@ class EagerBridgeTower:
     def __init__(self, checkpoint: str, tokenizer_dir, **load_kwargs):
         """`tokenizer_dir`: where the tokenizer files are (an export directory has them)."""
         self.loaded = load_checkpoint(checkpoint, **load_kwargs)
+        if self.loaded.unused:  # bt-export says the same of this checkpoint: the baseline does not use them either
+            print(f"eager: {self.loaded.unused_note()} (not used)", file=sys.stderr)
         self.processor = hf_processor(self.loaded.image_processor, tokenizer_dir)
         self._models = {}
 

@@ -116,10 +116,7 @@ def export_checkpoint(checkpoint: str, output: str | Path, *, random_init: bool 
     log(f"loading {checkpoint}{' (random init)' if random_init else ''}")
     loaded = load_checkpoint(checkpoint, random_init=random_init, tokenizer=tokenizer, revision=revision)
     if loaded.unused:
-        heads = f" or its heads ({', '.join(loaded.heads)})" if loaded.heads else ""
-        log(f"{len(loaded.unused)} tensor(s) of the checkpoint are read by no module of BridgeTower{heads}, and are "
-            "not exported: " + ", ".join(loaded.unused[:4])
-            + (" …" if len(loaded.unused) > 4 else ""))
+        log(f"{loaded.unused_note()} (not exported)")
     specs = graph_specs(loaded.config, loaded.heads)
     with staged_directory(output, overwrite) as staging:
         tokenizer_files = copy_tokenizer(loaded, staging)
