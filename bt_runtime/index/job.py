@@ -3,6 +3,7 @@ shards in-process or on Ray, then build the FAISS index over the shards."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..errors import BtRuntimeError
@@ -26,24 +27,28 @@ def index_images(runtime, export_dir: Path, inputs: Inputs, output: Path, *, bat
     job = shards.Job(shards.JOB_FORMAT, f"--{inputs.kind} {inputs.spec}", inputs.fingerprint(), len(inputs.ids),
                      shard_size, precision, shards.towers_sha256(runtime, precision),
                      runtime.manifest.config.contrastive_hidden_size)
-    with shards.job_lock(output, log):  # held until the index is built: a second job here is refused meanwhile
-        pending = shards.open_job(output, job, overwrite)
-        if log and len(pending) < job.shards:
-            log(f"resuming: {job.shards - len(pending)} of {job.shards} shards already written")
-        if ray is None:
-            from . import local
-
-            embedded = local.run(runtime, inputs, job, output, pending, batch_size, log)
-        else:
+    with contextlib.ExitStack() as on_ray:
+        if ray is not None:  # Ray connected and checked to fit the actor pool before the job makes or deletes a file
             from . import ray_job
 
-            embedded = ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, device, ray, log)
-        previous = faiss_index.read_manifest(output) if not embedded else None
-        if previous is not None and previous.memory_budget_bytes == memory_bytes:
-            built = previous  # a rerun of a finished job: the index over the same shards is already there
-        else:
-            built = faiss_index.build(output, memory_bytes, log=log)
-        table = shards.read_shards(output, job)
+            on_ray.enter_context(ray_job.session(ray, log))
+        with shards.job_lock(output, log):  # held until the index is built: a second job here is refused meanwhile
+            pending = shards.open_job(output, job, overwrite)
+            if log and len(pending) < job.shards:
+                log(f"resuming: {job.shards - len(pending)} of {job.shards} shards already written")
+            if ray is None:
+                from . import local
+
+                embedded = local.run(runtime, inputs, job, output, pending, batch_size, log)
+            else:
+                embedded = ray_job.run(export_dir, runtime, inputs, job, output, pending, batch_size, device, ray, log)
+            on_ray.close()  # the index build below needs none of Ray's processes
+            previous = faiss_index.read_manifest(output) if not embedded else None
+            if previous is not None and previous.memory_budget_bytes == memory_bytes:
+                built = previous  # a rerun of a finished job: the index over the same shards is already there
+            else:
+                built = faiss_index.build(output, memory_bytes, log=log)
+            table = shards.read_shards(output, job)
     errors = [e for e in table.column("error").to_pylist() if e]
     return {"output": str(output), "images": job.count, "embedded_now": embedded, "shards": job.shards,
             "errors": len(errors), "first_errors": errors[:5], "factory": built.factory,

@@ -6,6 +6,9 @@ exactly one row. docs/scale.md says what scales with what."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +53,42 @@ def _read_and_preprocess(batch: dict, preprocessor) -> dict:
     return {"row": batch["row"], "pixels": pixels, "error": np.array(errors, dtype=object)}
 
 
+def shortfall(options: RayOptions, resources: dict) -> str | None:
+    """What the job holds at once beyond what the cluster has, or None. The actors keep their CPUs (and GPUs) for
+    the whole job and the decode tasks need `preprocess_cpus` beside them: with less, Ray Data waits for resources
+    that never come (a 2-core node with 2 actors × 1 CPU made no progress, no error)."""
+    needs = {"CPU": options.workers * options.cpus_per_worker + options.preprocess_cpus,
+             "GPU": options.workers * options.gpus_per_worker}
+    short = [f"{needs[kind]:g} {kind}s at once ({_terms(options, kind)}), the Ray has {resources.get(kind, 0.0):g}"
+             for kind in ("CPU", "GPU") if needs[kind] > resources.get(kind, 0.0) + 1e-9]
+    return "; ".join(short) or None
+
+
+def _terms(options: RayOptions, kind: str) -> str:
+    if kind == "GPU":
+        return f"--workers {options.workers} × {options.gpus_per_worker:g} GPU each"
+    return (f"--workers {options.workers} × --cpus-per-worker {options.cpus_per_worker:g}, + "
+            f"{options.preprocess_cpus:g} for decoding")
+
+
+def check_resources(options: RayOptions, resources: dict, fixed: bool, log=None) -> None:
+    """Refuse a job that cannot start on a Ray whose size is known (`fixed`: the local one this job started); on a
+    cluster, which may add nodes (an autoscaler), say what it waits for instead."""
+    why = shortfall(options, resources)
+    if why is None:
+        return
+    if fixed:
+        raise BtRuntimeError(f"--ray {options.address}: the job needs {why} (started on this machine): it would "
+                             "wait for them forever; lower --workers or --cpus-per-worker (actors × CPUs each + "
+                             f"{options.preprocess_cpus:g} ≤ the cores)")
+    if log:
+        log(f"warning: the job needs {why}: it waits until the cluster has them (an autoscaler adds nodes; a "
+            "fixed cluster never will: lower --workers or --cpus-per-worker)")
+
+
 def connect(address: str):
     """ray.init for the job: an existing cluster, or (address "auto" without RAY_ADDRESS) a local Ray bound to
     loopback. Returns whether this call started Ray (and so must shut it down)."""
-    import os
-
     import ray
 
     if ray.is_initialized():
@@ -70,13 +104,29 @@ def connect(address: str):
     return True
 
 
+@contextlib.contextmanager
+def session(options: RayOptions, log=None) -> Iterator[None]:
+    """Ray for one job, connected (or started here) and checked to hold the actor pool before the job writes
+    anything; shut down afterwards if this started it."""
+    import ray
+
+    started = connect(options.address)
+    try:
+        local = started and options.address == LOCAL and not os.environ.get("RAY_ADDRESS")
+        check_resources(options, ray.cluster_resources(), fixed=local, log=log)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def run(export_dir: Path, runtime, inputs: Inputs, job: Job, directory: Path, pending: list[int],
         batch_size: int, device: str, options: RayOptions, log=None, embedder=Embedder) -> int:
     """Embed the `pending` shards of `job` into `directory` on Ray; returns the number of images embedded.
     `runtime` is the driver's (its preprocessor is shipped to the CPU tasks; it embeds nothing)."""
     import ray
 
-    started = connect(options.address)
+    started = connect(options.address)  # False inside session(), which then shuts Ray down
     try:
         rows = [{"row": r, "id": inputs.ids[r], "source": inputs.sources[r]} for shard in pending
                 for r in range(shard * job.shard_size, min((shard + 1) * job.shard_size, job.count))]

@@ -4,11 +4,16 @@ actor dies mid-job, a corrupt image an error row. One local Ray (conftest.local_
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bt_runtime import BridgeTowerRuntime
+from bt_runtime.errors import BtRuntimeError
 from bt_runtime.index import ray_job, shards
 from bt_runtime.index.inputs import from_arguments
 from bt_runtime.index.job import index_images
@@ -80,3 +85,53 @@ def test_a_killed_actor_is_restarted_and_every_image_is_written_once(local_ray, 
     position = {image_id: k for k, image_id in enumerate(local_job.column("id").to_pylist())}
     expected = local_job.take([position[i] for i in listed])
     _check_equal(table, expected)
+
+
+@pytest.mark.parametrize("options, resources, says", [
+    (RayOptions(workers=2, cpus_per_worker=1.0), {"CPU": 2.0},
+     r"2.5 CPUs at once \(--workers 2 × --cpus-per-worker 1, \+ 0.5 for decoding\), the Ray has 2"),
+    (RayOptions(workers=1, cpus_per_worker=1.0, gpus_per_worker=1.0), {"CPU": 8.0},
+     r"^1 GPUs at once \(--workers 1 × 1 GPU each\), the Ray has 0$"),
+    (RayOptions(workers=2, cpus_per_worker=0.5), {"CPU": 2.0}, None),  # the tests' own pool: exactly full
+])
+def test_what_the_actor_pool_holds_is_compared_with_the_ray(options, resources, says):
+    why = ray_job.shortfall(options, resources)
+    assert why is None if says is None else re.search(says, why)
+
+
+def test_a_pool_larger_than_a_known_ray_is_refused_and_a_cluster_is_warned():
+    """A 2-core node with 2 actors × 1 CPU waited forever (the decode tasks' 0.5 CPU never free), no error."""
+    options = RayOptions(workers=2, cpus_per_worker=1.0)
+    with pytest.raises(BtRuntimeError, match=r"--ray auto: the job needs 2.5 CPUs .* would wait for them forever; "
+                                             r"lower --workers or --cpus-per-worker"):
+        ray_job.check_resources(options, {"CPU": 2.0}, fixed=True)
+    said = []
+    ray_job.check_resources(options, {"CPU": 2.0}, fixed=False, log=said.append)  # an autoscaler may add nodes
+    assert len(said) == 1 and said[0].startswith("warning: the job needs 2.5 CPUs")
+
+
+def test_bt_run_index_on_a_local_ray_too_small_for_the_pool_exits_before_touching_the_output(
+        tiny_export, gallery, tmp_path):
+    """Through the CLI, in its own process (it starts its own local Ray): refused in one line, exit 2, before the
+    output is made, or, with --overwrite over another job, before that job's shards are deleted. A timeout, not a
+    hang, if the check is missing."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def index(output, *extra):
+        command = [sys.executable, "-c", "from bt_runtime.cli import app; app()", "index", str(tiny_export),
+                   "--images", str(gallery), "-o", str(output), "--ray", "auto", "--workers", "512", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        said = " ".join((result.stdout + result.stderr).split())
+        assert "the job needs 512.5 CPUs at once" in said and "Traceback" not in said
+
+    index(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    previous = tmp_path / "previous"
+    listed = [str(p) for p in sorted(gallery.iterdir())[:3]]
+    (tmp_path / "list.txt").write_text("\n".join(listed))
+    index_images(BridgeTowerRuntime.load(tiny_export), tiny_export, from_arguments(None, str(tmp_path / "list.txt"),
+                                                                                   None), previous)
+    before = sorted(p.name for p in previous.iterdir())
+    index(previous, "--overwrite", "--shard-size", "7")  # another job: --overwrite would delete the first one's
+    assert sorted(p.name for p in previous.iterdir()) == before
