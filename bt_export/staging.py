@@ -208,7 +208,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _new_directory_mode(parent: Path) -> int:
+def new_directory_mode(parent: Path) -> int:
     """The permissions a new directory in `parent` gets (umask, and a default ACL where one applies), read from a
     probe directory: reading the umask means setting it (os.umask), which races with other threads' file creation."""
     probe = Path(tempfile.mkdtemp(prefix=".mode-", dir=parent))  # a unique name; its 0700 is changed below
@@ -233,7 +233,7 @@ def staged_directory(output: Path, overwrite: bool) -> Iterator[Path]:
             (staging / OWNER_FILE).write_text(str(os.getpid()))
             yield staging
             (staging / OWNER_FILE).unlink()
-            os.chmod(staging, _new_directory_mode(staging))  # mkdtemp makes 0700; a finished export follows the umask
+            os.chmod(staging, new_directory_mode(staging))  # mkdtemp makes 0700; a finished export follows the umask
             check_output_dir(output, overwrite)  # nothing foreign appeared there while we worked
             swap_into_place(staging, output)
         except BaseException:  # KeyboardInterrupt and SIGTERM included: never leave a half-written export behind

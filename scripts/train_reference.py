@@ -1,6 +1,6 @@
 """Train the `shapes` reference BridgeTower from scratch on generated scenes and save it where bt-export finds it.
 
-    PYTHONPATH=. python3 scripts/train_reference.py                     # writes bt_export/assets/shapes/
+    PYTHONPATH=. python3 scripts/train_reference.py --overwrite         # replaces bt_export/assets/shapes/
     PYTHONPATH=. python3 scripts/train_reference.py --steps 200 --output /tmp/shapes-probe
 
 Prints the losses every 50 steps and the held-out metrics at the end (recall@1/5/10 text → image over a 1,000-image
@@ -24,7 +24,8 @@ def main() -> None:
     import torch
 
     from benchmarks.machine import cpu_info
-    from bt_export.shapes.train import TrainConfig, evaluate, save, train
+    from bt_export.errors import BtExportError
+    from bt_export.shapes.train import TrainConfig, check_output, evaluate, save, train
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -33,7 +34,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="stop the training loop early past this")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine two threads wait on each other)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="where to save (default: the shipped weights, replaced only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output when it holds a previous training's output (nothing else)")
     parser.add_argument("--patch-size", type=int, default=defaults.patch_size, help="vision patch size (px)")
     parser.add_argument("--shape-aux-weight", type=float, default=defaults.shape_aux_weight,
                         help="weight of the training-only shape-presence loss on the image tower (0: off)")
@@ -56,6 +60,10 @@ def main() -> None:
         weights[kind] = weight
     if args.vision_pretrain_steps < 0:
         parser.error(f"--vision-pretrain-steps must be >= 0, got {args.vision_pretrain_steps}")
+    try:
+        check_output(args.output, args.overwrite)  # now, not after half an hour of training
+    except BtExportError as err:
+        parser.error(str(err))
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, minutes=args.minutes, patch_size=args.patch_size,
@@ -70,7 +78,7 @@ def main() -> None:
                    machine={**cpu_info(), "torch_threads": args.threads, "torch": torch.__version__},
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), losses=history[-1:] + history[:1])
     print(json.dumps({k: v for k, v in metrics.items() if k != "machine"}, indent=1))
-    save(model, tokenizer, cfg, args.output, metrics)
+    save(model, tokenizer, cfg, args.output, metrics, overwrite=args.overwrite)
     print(f"saved to {args.output} ({metrics['total_seconds'] / 60:.1f} min in all)")
 
 

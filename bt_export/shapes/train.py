@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..configs import HEAD_NAMES
+from ..errors import OutputDirError
 from ..model import with_heads_class
 from ..towers import CrossModalStack, TextTower, VisionTower
 from . import data, metrics
@@ -427,19 +429,64 @@ def evaluate(model, tokenizer, cfg: TrainConfig, log=print, itm_queries: list[in
     return metrics
 
 
-def save(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict) -> None:
-    """save_pretrained of the model and of a BridgeTowerProcessor (image processor + tokenizer), plus metrics.json."""
+# What save() writes (transformers 5.17–5.24 write the first six; special_tokens_map.json older ones): a directory
+# holding only these names is a previous training's output, which --overwrite may replace.
+SAVED_FILES = frozenset({"config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
+                         "tokenizer_config.json", "metrics.json", "special_tokens_map.json"})
+STAGING_BYTES = len(".") + len(".partial-") + 8  # `.NAME.partial-XXXXXXXX` beside the output
+
+
+def check_output(out_dir: Path, overwrite: bool) -> Path:
+    """`out_dir` absolute, checked before half an hour of training: a new or empty directory, or, with `overwrite`,
+    one holding only what save() writes (the shipped weights included). Anything else is refused, naming it."""
+    from bt_runtime.outputs import check_output_path
+
+    path = check_output_path(Path(out_dir), "--output", STAGING_BYTES)
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise OutputDirError(f"--output {path} is not a directory")
+    entries = sorted(os.listdir(path))
+    if entries and not overwrite:
+        raise OutputDirError(f"--output {path} exists ({len(entries)} entries); pass --overwrite to replace a "
+                             "previous training's output, or choose a new directory")
+    foreign = [name for name in entries if name not in SAVED_FILES or not (path / name).is_file()
+               or (path / name).is_symlink()]
+    if foreign:
+        raise OutputDirError(f"--output {path} holds what training does not write ({', '.join(foreign[:4])}); "
+                             "--overwrite replaces only a previous training's output: choose another directory")
+    return path
+
+
+def save(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict, overwrite: bool = False) -> None:
+    """save_pretrained of the model and of a BridgeTowerProcessor (image processor + tokenizer), plus metrics.json,
+    written into a staging directory beside `out_dir` and swapped into place whole (bt_runtime.outputs): a crash
+    mid-save leaves the previous weights, never half of each."""
+    import shutil
     import tempfile
 
     from transformers import BridgeTowerProcessor
     from transformers.models.bridgetower.image_processing_pil_bridgetower import BridgeTowerImageProcessorPil
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    image_processor = BridgeTowerImageProcessorPil(size={"shortest_edge": cfg.image_size},
-                                                   crop_size={"shortest_edge": cfg.image_size}, size_divisor=32)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(str(Path(tmp) / "tokenizer.json"))
-        hf = hf_tokenizer(str(Path(tmp) / "tokenizer.json"), model.config.text_config.max_position_embeddings - 2)
-        BridgeTowerProcessor(image_processor, hf).save_pretrained(out_dir)
-    (out_dir / "metrics.json").write_text(json.dumps({**metrics, "config": asdict(cfg)}, indent=1) + "\n")
+    from bt_runtime.outputs import swap_into_place
+
+    from ..staging import new_directory_mode
+
+    out_dir = check_output(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        image_processor = BridgeTowerImageProcessorPil(size={"shortest_edge": cfg.image_size},
+                                                       crop_size={"shortest_edge": cfg.image_size}, size_divisor=32)
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(str(Path(tmp) / "tokenizer.json"))
+            hf = hf_tokenizer(str(Path(tmp) / "tokenizer.json"), model.config.text_config.max_position_embeddings - 2)
+            BridgeTowerProcessor(image_processor, hf).save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps({**metrics, "config": asdict(cfg)}, indent=1) + "\n")
+        os.chmod(staging, new_directory_mode(staging))  # mkdtemp makes it 0700; a new directory follows the umask
+        swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+

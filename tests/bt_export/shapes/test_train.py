@@ -105,3 +105,60 @@ def test_retrieval_ranks_give_its_recalls_and_a_subset_reruns_the_same_ranks():
     subset = retrieval(parts, enc, gallery, 6, itm_queries=[1, 4])
     assert "itm" not in subset and subset["itm_first_relevant"] == ranks[[1, 4]].tolist()
     assert subset["itc"] == full["itc"]
+
+
+def _small_trained():
+    cfg = TrainConfig(hidden_size=64, unimodal_layers=2, cross_layers=1, contrastive_size=32)
+    tokenizer = build_tokenizer()
+    return cfg, tokenizer, build_model(cfg, tokenizer.get_vocab_size()).eval()
+
+
+def test_saving_replaces_a_previous_training_whole_and_nothing_else(tmp_path, monkeypatch):
+    """scripts/train_reference.py's default --output is the shipped weights: a run without --overwrite, or over a
+    directory holding anything training does not write, is refused before training; a save that fails midway
+    leaves the previous weights as they were and no staging directory."""
+    from bt_export.errors import OutputDirError
+    from bt_export.shapes.train import check_output, save
+
+    cfg, tokenizer, model = _small_trained()
+    out = tmp_path / "shapes"
+    save(model, tokenizer, cfg, out, {"run": 1})
+    saved = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors" in saved and (out / "metrics.json").read_text().startswith('{\n "run": 1')
+    with pytest.raises(OutputDirError, match=r"exists \(\d+ entries\); pass --overwrite"):
+        check_output(out, overwrite=False)
+    assert check_output(out, overwrite=True) == out  # a previous training's output may be replaced
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(type(model), "save_pretrained", crash)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OSError, match="No space left"):
+        save(model, tokenizer, cfg, out, {"run": 2}, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # no .shapes.partial-* left beside it
+    monkeypatch.undo()
+
+    save(model, tokenizer, cfg, out, {"run": 3}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == saved and '"run": 3' in (out / "metrics.json").read_text()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"holds what training does not write \(notes.txt\)"):
+        save(model, tokenizer, cfg, out, {"run": 4}, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and '"run": 3' in (out / "metrics.json").read_text()
+
+
+def test_the_training_script_refuses_its_output_before_training(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from bt_export.shapes import train
+
+    monkeypatch.setattr(train, "train", lambda cfg: pytest.fail("training started before the output was checked"))
+    script = Path(__file__).resolve().parents[3] / "scripts" / "train_reference.py"
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", [str(script), "--output", str(tmp_path / "taken")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
