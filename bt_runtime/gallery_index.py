@@ -87,7 +87,7 @@ def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tup
         return shape, dtype, handle.tell()
 
 
-def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
+def _check_members(path: Path, archive: zipfile.ZipFile, option: str) -> None:
     problems = []
     infos = {info.filename: info for info in archive.infolist()}
     for name, info in infos.items():
@@ -108,37 +108,38 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
     if missing:
         problems.append(f"no {missing}")
     if problems:
-        raise BtRuntimeError(f"--index {path}: not a {FORMAT} file ({'; '.join(problems[:4])}); write one with "
+        raise BtRuntimeError(f"{option} {path}: not a {FORMAT} file ({'; '.join(problems[:4])}); write one with "
                              "`bt-run index`")
 
 
-def read(path: Path, runtime) -> tuple[np.ndarray, list[Path]]:
+def read(path: Path, runtime, option: str = "--index") -> tuple[np.ndarray, list[Path]]:
     """(embeddings, image paths) of an index written for this runtime's export and precision. Every member's
-    name, dtype, shape and size is checked from its header before any data is decompressed."""
+    name, dtype, shape and size is checked from its header before any data is decompressed. Errors name the
+    index as `option` (the CLI's --index, retrieve()'s index)."""
     path = Path(path)
     why = not_a_file(path)
     if why:
-        raise BtRuntimeError(f"--index {str(path)[:200]}: {why} (write an index with `bt-run index`)")
+        raise BtRuntimeError(f"{option} {str(path)[:200]}: {why} (write an index with `bt-run index`)")
     try:
         with zipfile.ZipFile(path) as archive:
-            _check_members(path, archive)
+            _check_members(path, archive, option)
         with np.load(path, allow_pickle=False) as data:
             fields = {key: data[key] for key in data.files}
     except BtRuntimeError:
         raise
     except Exception as err:  # zipfile/NumPy raise several types for a damaged or foreign file
-        raise BtRuntimeError(f"--index {path}: not an index written by `bt-run index` ({type(err).__name__})") \
+        raise BtRuntimeError(f"{option} {path}: not an index written by `bt-run index` ({type(err).__name__})") \
             from None
     if str(fields["format"]) != FORMAT:
-        raise BtRuntimeError(f"--index {path}: not a {FORMAT} file (write one with `bt-run index`)")
+        raise BtRuntimeError(f"{option} {path}: not a {FORMAT} file (write one with `bt-run index`)")
     if str(fields["vision_sha256"]) != vision_sha256(runtime):
-        raise BtRuntimeError(f"--index {path} was built with another vision tower (precision "
+        raise BtRuntimeError(f"{option} {path} was built with another vision tower (precision "
                              f"{fields.get('precision', '?')}, sha256 {str(fields['vision_sha256'])[:12]}…) than "
                              f"this export's {runtime.backend.precision} one; rebuild it with `bt-run index`")
     embeddings, images = fields["embeddings"], [Path(p) for p in fields["images"].tolist()]
     if embeddings.shape[0] != len(images):
-        raise BtRuntimeError(f"--index {path}: {embeddings.shape} embeddings for {len(images)} images")
+        raise BtRuntimeError(f"{option} {path}: {embeddings.shape} embeddings for {len(images)} images")
     problem = embedding_rows_problem(embeddings)
     if problem:
-        raise BtRuntimeError(f"--index {path}: embeddings {problem}; rebuild it with `bt-run index`")
+        raise BtRuntimeError(f"{option} {path}: embeddings {problem}; rebuild it with `bt-run index`")
     return embeddings, images

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ class RetrievalHit:
     index: int = field(compare=False)  # position in the `images` list
     itc_score: float | None = field(default=None, compare=False)
     itm_score: float | None = field(default=None, compare=False)
-    image_id: str | None = field(default=None, compare=False)  # with an index directory: the image's id (its path)
+    image_id: str | None = field(default=None, compare=False)  # with an index path: the image's id (its path)
 
 
 # How far a stored row's L2 norm may be from 1: float16 storage rounds each component by at most 2**-11 relative
@@ -61,16 +62,24 @@ class Retrieval:
         comes from it and only the shortlisted images go through the vision tower (ITM needs their bridges), so a
         query costs one text, one matrix-vector product and `rerank` pairs whatever the gallery's size.
         Equal scores rank the higher image index first, with or without an index.
-        index may instead be a directory written by `bt-run index` (no `images`): its FAISS index shortlists,
-        the shortlisted images are read from their sources for the ITM rerank, and hits carry `image_id`
-        (`index` is then the FAISS row) — docs/scale.md.
+        index may instead be a path written by `bt-run index` (no `images`: the index names them), and hits then
+        carry `image_id`, the image's path: a directory (its FAISS index shortlists, the shortlisted images are
+        read from their sources for the ITM rerank, `index` is the FAISS row; docs/scale.md), or a .npz file
+        (its embeddings as above, `index` the position in the file's image list).
         """
         top_k, batch_size = check_positive(top_k, "top_k"), check_positive(batch_size, "batch_size")
         rerank = check_positive(rerank, "rerank", minimum=0)
         if isinstance(index, (str, Path)):
             if images is not None:
-                raise BtRuntimeError("retrieve: give images or an index directory, not both (the index names its "
-                                     "images)")
+                raise BtRuntimeError("retrieve: give images or an index path, not both (the index names its images)")
+            if not os.path.isdir(index):  # never raises (Path.is_dir does on a name too long)
+                from .gallery_index import read
+
+                embeddings, paths = read(Path(index), self, option="index")
+                hits = self.retrieve(query, paths, top_k, rerank, batch_size, progress, index=embeddings)
+                for hit in hits:
+                    hit.image_id = str(paths[hit.index])
+                return hits
             from .index.search import retrieve_from_index
 
             return retrieve_from_index(self, query, index, top_k, rerank, batch_size)

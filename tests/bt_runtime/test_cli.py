@@ -65,6 +65,18 @@ def test_index_then_retrieve_reads_only_the_index_and_the_shortlist(tiny_export,
         assert all(Path(p).is_absolute() and Path(p).is_file() for p in data["images"].tolist())
     assert invoke("index", tiny_export, "--images", photos_dir, "-o", index, "--overwrite").exit_code == 0
     assert [p.name for p in tmp_path.iterdir()] == ["gallery.npz"]  # no staged leftovers
+    from bt_runtime import BridgeTowerRuntime
+    from bt_runtime.errors import BtRuntimeError
+
+    with BridgeTowerRuntime.load(tiny_export) as runtime:  # the same file from Python: retrieve(index=PATH)
+        hits = runtime.retrieve("two cats", index=str(index), top_k=2)
+        assert [h.image_id for h in hits] == [h["image"] for h in json.loads(reranked.stdout)]
+        assert [h.score for h in hits] == pytest.approx([h["score"] for h in json.loads(reranked.stdout)])
+        with pytest.raises(BtRuntimeError, match="give images or an index path, not both"):
+            runtime.retrieve("two cats", [str(p) for p in photos_dir.iterdir()], index=index)
+        (tmp_path / "junk.npz").write_bytes(b"not a zip")
+        with pytest.raises(BtRuntimeError, match=r"^index .*junk.npz: not an index written by `bt-run index`"):
+            runtime.retrieve("two cats", index=tmp_path / "junk.npz")
 
 
 def test_index_refusals_name_the_file(tiny_export, photos_dir, tmp_path):
