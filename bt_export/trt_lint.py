@@ -21,6 +21,8 @@ from pathlib import Path
 
 import onnx
 
+from bt_runtime.errors import BtRuntimeError
+
 TABLE_SOURCE = "onnx/onnx-tensorrt docs/operators.md (TensorRT 10.15), Attention since 10.14"
 OPSET_RANGE = (9, 24)
 MIN_VERSION_FOR = {"Attention": "10.14"}
@@ -180,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python3 -m bt_export.trt_lint EXPORT_DIR", file=sys.stderr)
         return 2
-    results = lint_export(Path(argv[0]))
+    try:
+        results = lint_export(Path(argv[0]))
+    except BtRuntimeError as err:  # an unreadable export: one line and exit 2, as `bt-export --trt-check` says it
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     failed = False
     for precision, findings in results.items():
         portable = precision != "int8"

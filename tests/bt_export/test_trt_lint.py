@@ -48,3 +48,14 @@ def test_lint_catches_ops_dtypes_opset_and_uncovered_axes():
     assert any("MatMulInteger is unsupported" in p for p in problems)
     assert any("DOUBLE" in p for p in problems)
     assert any("dynamic axis 'seq'" in p for p in problems)
+
+
+def test_the_module_entry_point_refuses_an_unreadable_export_in_one_line(tmp_path, capsys):
+    """`python3 -m bt_export.trt_lint DIR` (docs/tensorrt.md): exit 2 and one line, as `bt-export --trt-check`."""
+    from bt_export.trt_lint import main
+
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: export directory '{tmp_path / 'nope'}' does not exist"
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert main([str(tmp_path)]) == 2
+    assert "is not readable JSON" in capsys.readouterr().err
