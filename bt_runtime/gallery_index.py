@@ -10,7 +10,6 @@ hashed: an image changed on disk after indexing keeps its old embedding; re-inde
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import numpy as np
 
 from .errors import BtRuntimeError
 from .images import not_a_file
-from .outputs import check_output_path
+from .outputs import check_output_path, new_file_beside
 from .retrieval import embedding_rows_problem
 
 FORMAT = "bt-gallery-index/1"
-STAGING_BYTES = len(".") + len(".") + 8 + len(".npz")  # `.NAME.XXXXXXXX.npz` (tempfile.mkstemp) beside the index
+STAGING_BYTES = len(".") + len(".") + 8 + len(".npz")  # `.NAME.XXXXXXXX.npz` (new_file_beside) beside the index
 
 
 def vision_sha256(runtime) -> str:
@@ -49,7 +48,7 @@ def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overw
     path = check_output(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        descriptor, staged = new_file_beside(path, f".{path.name}.", ".npz")  # umask's mode, as faiss.index
     except OSError as err:
         raise BtRuntimeError(f"--output {path}: cannot write ({err.strerror or type(err).__name__})") from None
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -77,3 +78,16 @@ def swap_into_place(staging: Path, output: Path) -> None:
     staging.rename(output)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def new_file_beside(path: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new empty file `PREFIX` + 8 hex digits + `SUFFIX` in `path`'s directory, open for writing: (descriptor,
+    path). Created with mode 0o666 for the kernel to apply the umask, as to any new file (mkstemp's 0600 would not
+    follow it, and reading the umask means setting it, which races with other threads)."""
+    for _ in range(100):
+        staged = path.parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), staged
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: could not create a staging file beside {path.name}")

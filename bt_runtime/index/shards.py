@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BtRuntimeError
-from ..outputs import check_output_path
+from ..outputs import check_output_path, new_file_beside
 
 JOB_FORMAT = "bt-index-job/1"
 JOB_FILE = "job.json"
@@ -222,17 +221,12 @@ def embeddings_of(table) -> tuple[np.ndarray, np.ndarray]:
 def _replacing(path: Path) -> Iterator[str]:
     """A staging file beside `path` to write; on success it is synced and renamed over `path`, on any failure
     removed, so `path` is always whole or absent. Created with mode 0o666 for the kernel to apply the umask, as to
-    any new file (mkstemp's 0600 would differ from faiss.index's, and reading the umask means setting it, which
-    races with other threads)."""
-    for _ in range(100):
-        staged = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise BtRuntimeError(f"{path.parent}: could not create a staging file beside {path.name}")
+    any new file (bt_runtime.outputs.new_file_beside)."""
+    try:
+        descriptor, staged = new_file_beside(path, f".{path.name}.", ".tmp")
+    except FileExistsError as err:
+        raise BtRuntimeError(str(err)) from None
+    os.close(descriptor)
     try:
         yield str(staged)
         with open(staged, "rb") as handle:

@@ -5,7 +5,9 @@ refusal is one line with exit code 2."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import stat
 import zipfile
 
 import numpy as np
@@ -134,3 +136,14 @@ def test_index_output_paths_are_checked_before_any_work(tiny_export, photos_dir,
     locked.mkdir(mode=0o500)
     result = invoke("index", tiny_export, "--images", photos_dir, "-o", locked / "g.npz")
     assert result.exit_code == 2 and "is not writable" in result.output
+
+
+def test_an_npz_index_follows_the_umask_as_an_index_directory_does(runtime, photos_dir, tmp_path):
+    gallery = sorted(photos_dir.iterdir())[:2]
+    previous = os.umask(0o027)
+    try:
+        gi.write(tmp_path / "g.npz", runtime, gallery, runtime.embed_images(gallery))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "g.npz").stat().st_mode) == 0o640  # mkstemp made it 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["g.npz"]
