@@ -44,7 +44,8 @@ def check_output(path: Path, overwrite: bool) -> Path:
 
 def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overwrite: bool = False) -> None:
     """Atomically: a crash leaves either no file or the previous one, never a partial index. Image paths are
-    stored absolute (symbolic links kept as given), so `retrieve --index` finds them from any working directory."""
+    stored absolute as the index directory's ids are (not normalized: `dir/link/..` is not `dir` when `link` is a
+    symbolic link), so `retrieve --index` finds them from any working directory."""
     path = check_output(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def write(path: Path, runtime, images: list[Path], embeddings: np.ndarray, overw
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez(handle, format=np.array(FORMAT), embeddings=np.asarray(embeddings, np.float32),
-                     images=np.array([os.path.abspath(p) for p in images]),
+                     images=np.array([str(Path(p).absolute()) for p in images]),
                      vision_sha256=np.array(vision_sha256(runtime)), precision=np.array(runtime.backend.precision))
             handle.flush()
             os.fsync(handle.fileno())

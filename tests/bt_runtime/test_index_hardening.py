@@ -9,6 +9,7 @@ import os
 import pickle
 import stat
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,18 @@ def test_an_npz_index_follows_the_umask_as_an_index_directory_does(runtime, phot
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "g.npz").stat().st_mode) == 0o640  # mkstemp made it 0600
     assert [p.name for p in tmp_path.iterdir()] == ["g.npz"]
+
+
+def test_an_npz_index_stores_each_path_as_an_index_directory_ids_it(runtime, photos_dir, tmp_path, monkeypatch):
+    """Absolute, not normalized: `linked/..` is the photos' parent, not `tmp_path`, when `linked` is a symbolic
+    link to the photos (os.path.abspath stored tmp_path/images/NAME, a file that does not exist)."""
+    from bt_runtime.index.inputs import from_arguments
+
+    (tmp_path / "linked").symlink_to(photos_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    name = sorted(photos_dir.iterdir())[0].name
+    given = Path("linked") / ".." / photos_dir.name / name
+    gi.write(tmp_path / "g.npz", runtime, [given], runtime.embed_images([given]))
+    _, stored = gi.read(tmp_path / "g.npz", runtime)
+    assert [str(p) for p in stored] == from_arguments([str(given)], None, None).ids == [str(tmp_path / given)]
+    assert stored[0].is_file()
