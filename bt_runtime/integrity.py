@@ -37,6 +37,10 @@ _lock = threading.Lock()
 _disabled = threading.local()
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
+# What a file that no longer matches its sha256 says to do (bt-run has no flag to skip the check, on purpose)
+CHANGED_FILE_REMEDY = ("Re-export it (or copy the export again); to load it anyway, from Python: "
+                       "BridgeTowerRuntime.load(..., verify_checksums=False).")
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()

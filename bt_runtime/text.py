@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import ManifestError, TextInputError, first_line
-from .integrity import verify_sha256
+from .integrity import CHANGED_FILE_REMEDY, verify_sha256
 
 # The model reads at most max_length tokens (512 for BridgeTower: ~2,000 characters of English); 20,000 characters
 # leave 10× headroom and tokenize in ~25 ms, so one request cannot hold a worker for seconds.
@@ -75,7 +75,7 @@ class TextTokenizer:
             manifest.listed_file(info.file)  # the tokenizer must be listed with its sha256
             for ref in manifest.files:  # tokenizer.json and its companions (tokenizer_config.json): every listed file
                 verify_sha256(manifest.path(ref.file), ref.sha256,
-                              "Re-export it, or pass verify_checksums=False to load it anyway.")
+                              CHANGED_FILE_REMEDY)
         tokenizer = cls(path, info.max_length, info.pad_token_id, info.mask_token, info.mask_token_id)
         if tokenizer.tokenizer.token_to_id(info.mask_token) != info.mask_token_id:
             raise ManifestError(f"{str(path)!r}: {info.mask_token!r} is not token {info.mask_token_id} as the manifest "

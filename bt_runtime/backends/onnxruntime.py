@@ -16,7 +16,7 @@ import numpy as np
 
 from ..cpu import cpu_class, isa_class
 from ..errors import BackendError, BackendInputError, first_line
-from ..integrity import verify_sha256
+from ..integrity import CHANGED_FILE_REMEDY, verify_sha256
 from ..manifest import Manifest
 from ..onnx_refs import check_external_data
 from .base import Backend, OnnxRuntimeOptions
@@ -188,9 +188,8 @@ class OnnxRuntimeBackend(Backend):
         entry = self.files[graph]
         path = self.manifest.path(entry.file)
         if self.verify_checksums:
-            remedy = "Re-export it, or pass verify_checksums=False to load it anyway."
             for name, sha256 in [(entry.file, entry.sha256)] + [(r.file, r.sha256) for r in entry.external_data]:
-                verify_sha256(self.manifest.path(name), sha256, remedy)
+                verify_sha256(self.manifest.path(name), sha256, CHANGED_FILE_REMEDY)
             check_external_data(path, [r.file for r in entry.external_data],  # only files hashed just above
                                 f"variants.{self.precision}.files.{graph}")
         o = self.options

@@ -241,6 +241,14 @@ def test_tampered_graph_is_refused_unless_opted_out(export_copy):
     with pytest.raises(ManifestError, match="does not match the sha256.*verify_checksums=False"):
         runtime.embed_texts(["a cat"])
     assert BridgeTowerRuntime.load(export_copy, verify_checksums=False).embed_texts(["a cat"]).shape == (1, 32)
+    from typer.testing import CliRunner
+
+    from bt_runtime.cli import app
+
+    result = CliRunner().invoke(app, ["itm", str(export_copy), "--image", str(export_copy / "golden.image.png"),
+                                      "--text", "a cat"])  # bt-run has no flag to skip the check: says where it is
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "from Python: BridgeTowerRuntime.load(..., verify_checksums=False)" in said
 
 
 def test_truncated_graph_is_refused(export_copy):
