@@ -433,7 +433,6 @@ def evaluate(model, tokenizer, cfg: TrainConfig, log=print, itm_queries: list[in
 # holding only these names is a previous training's output, which --overwrite may replace.
 SAVED_FILES = frozenset({"config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
                          "tokenizer_config.json", "metrics.json", "special_tokens_map.json"})
-STAGING_BYTES = len(".") + len(".partial-") + 8  # `.NAME.partial-XXXXXXXX` beside the output
 
 
 def check_output(out_dir: Path, overwrite: bool) -> Path:
@@ -441,7 +440,9 @@ def check_output(out_dir: Path, overwrite: bool) -> Path:
     one holding only what save() writes (the shipped weights included). Anything else is refused, naming it."""
     from bt_runtime.outputs import check_output_path
 
-    path = check_output_path(Path(out_dir), "--output", STAGING_BYTES)
+    from ..staging import STAGING_SUFFIX_BYTES  # the same `.NAME.partial-XXXXXXXX` staging name beside it
+
+    path = check_output_path(Path(out_dir), "--output", STAGING_SUFFIX_BYTES)
     if not path.exists():
         return path
     if not path.is_dir():

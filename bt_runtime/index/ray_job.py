@@ -86,6 +86,11 @@ def check_resources(options: RayOptions, resources: dict, fixed: bool, log=None)
             "fixed cluster never will: lower --workers or --cpus-per-worker)")
 
 
+def _starts_local(address: str) -> bool:
+    """Whether connect(address) starts a Ray on this machine (whose size is then known) rather than joining one."""
+    return address == LOCAL and not os.environ.get("RAY_ADDRESS")
+
+
 def connect(address: str):
     """ray.init for the job: an existing cluster, or (address "auto" without RAY_ADDRESS) a local Ray bound to
     loopback. Returns whether this call started Ray (and so must shut it down)."""
@@ -94,7 +99,7 @@ def connect(address: str):
     if ray.is_initialized():
         return False
     try:
-        if address == LOCAL and not os.environ.get("RAY_ADDRESS"):
+        if _starts_local(address):
             ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
         else:
             ray.init(address=None if address == LOCAL else address, log_to_driver=False)
@@ -112,8 +117,7 @@ def session(options: RayOptions, log=None) -> Iterator[None]:
 
     started = connect(options.address)
     try:
-        local = started and options.address == LOCAL and not os.environ.get("RAY_ADDRESS")
-        check_resources(options, ray.cluster_resources(), fixed=local, log=log)
+        check_resources(options, ray.cluster_resources(), fixed=started and _starts_local(options.address), log=log)
         yield
     finally:
         if started:
